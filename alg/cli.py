@@ -1,0 +1,236 @@
+"""`ftp-alg run|check|demo`: flags and a config file in, an exit code out.
+
+Rules: the only module that picks the event loop, prints errors for people or returns exit codes
+(0 done, 1 failed at run time, 2 bad usage or config, 130 interrupted). An error is one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import re
+import sys
+from collections.abc import Coroutine, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+from alg.config import LogSettings, Settings, apply_overrides, load_config
+from alg.errors import ConfigError
+
+PROG = "ftp-alg"
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting, so errors stay one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _whole_number(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(text)
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (override the config file)")
+    group.add_argument("--mode", metavar="{reverse,transparent}")
+    group.add_argument(
+        "--listen", action="append", metavar="ADDR:PORT", help="replaces the file's list; repeat for more"
+    )
+    group.add_argument("--upstream", metavar="ADDR[:PORT]")
+    group.add_argument("--public-address", metavar="IP")
+    group.add_argument("--passive-ports", metavar="FIRST-LAST")
+    group.add_argument("--active-ports", metavar="FIRST-LAST")
+    group.add_argument("--metrics-listen", metavar="ADDR:PORT")
+    group.add_argument("--workers", type=_whole_number, metavar="N")
+    group.add_argument("--log-level", metavar="{debug,info,warning,error}")
+    group.add_argument("--log-format", metavar="{kv,json}")
+    group.add_argument("--user", metavar="USER")
+
+
+# argparse dests that are settings; each is a keyword of load_config and apply_overrides.
+_OVERRIDE_DESTS = (
+    "mode",
+    "listen",
+    "upstream",
+    "public_address",
+    "passive_ports",
+    "active_ports",
+    "metrics_listen",
+    "workers",
+    "log_level",
+    "log_format",
+    "user",
+)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {dest: getattr(args, dest) for dest in _OVERRIDE_DESTS}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="FTP application-layer gateway")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the gateway", description="Run the gateway.")
+    run.add_argument("--config", metavar="FILE", help="YAML settings; flags override it")
+    _add_overrides(run)
+    run.set_defaults(handler=_cmd_run)
+
+    check = commands.add_parser("check", help="validate settings and exit", description="Validate settings.")
+    check.add_argument("--config", metavar="FILE", required=True, help="YAML settings; flags override it")
+    _add_overrides(check)
+    check.set_defaults(handler=_cmd_check)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the gateway in front of a throw-away local FTP server",
+        description="Run the gateway in front of a throw-away pyftpdlib server (needs 'ftp-alg[demo]').",
+    )
+    demo.add_argument("--listen", default="127.0.0.1:2121", metavar="ADDR:PORT")
+    demo.add_argument("--passive-ports", default="50000-50099", metavar="FIRST-LAST")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as exc:
+        return _fail(str(exc))
+    except SystemExit as exc:  # --help has printed and asks to exit
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return code
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    settings = load_config(args.config, **_overrides(args))
+    print(f"ok: {summary(settings)}")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = load_config(args.config, **_overrides(args))
+    setup_logging(settings.log)
+    return _serve(settings)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from alg import demo
+
+    if not demo.available():
+        return _fail("the demo needs pyftpdlib: pip install 'ftp-alg[demo]'")
+    # Validated before the demo server starts; the real upstream port is known only once it listens.
+    settings = load_config(
+        None, listen=[args.listen], upstream="127.0.0.1:21", passive_ports=args.passive_ports
+    )
+    setup_logging(settings.log)
+    with demo.demo_upstream(demo.dial_address(settings)) as upstream:
+        settings = apply_overrides(settings, upstream=upstream.address)
+        print(demo.invitation(settings, upstream), flush=True)
+        return _serve(settings)
+
+
+def summary(settings: Settings) -> str:
+    upstream = settings.upstream if settings.upstream is not None else "original destination"
+    fields = {
+        "mode": settings.mode,
+        "listen": ",".join(map(str, settings.listen)),
+        "upstream": upstream,
+        "public_address": settings.public_address or "dialled address",
+        "passive_ports": settings.passive_ports,
+        "active_ports": settings.active_ports or "ephemeral",
+        "workers": settings.workers,
+    }
+    return " ".join(f"{key}={_quoted(str(value))}" for key, value in fields.items())
+
+
+def _serve(settings: Settings) -> int:
+    from alg.server import serve  # imported late: `check` needs none of the runtime
+
+    try:
+        _run_loop(serve(settings))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # typically binding: address in use, or a privileged port without rights
+        logging.getLogger("alg.cli").debug("stopped by an OS error", exc_info=True)
+        return _fail(str(exc), EXIT_FAILED)
+    return EXIT_OK
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
+# --- logging: a stand-in until the logging module takes over ---
+
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_BARE = re.compile(r"[^\s\"=\\]+")
+
+
+def _quoted(value: str) -> str:
+    return value if _BARE.fullmatch(value) else json.dumps(value)
+
+
+def _fields(record: logging.LogRecord, formatter: logging.Formatter) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    fields.update((key, value) for key, value in vars(record).items() if key not in _RECORD_FIELDS)
+    if record.exc_info:
+        fields["exc"] = formatter.formatException(record.exc_info)
+    return fields
+
+
+class _KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(f"{key}={_quoted(str(value))}" for key, value in _fields(record, self).items())
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(_fields(record, self), default=str)
+
+
+def setup_logging(log: LogSettings) -> None:
+    """One line per record on stderr, as key=value pairs or JSON."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if log.format == "json" else _KeyValueFormatter())
+    logging.basicConfig(level=log.level.upper(), handlers=[handler], force=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

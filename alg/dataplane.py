@@ -1,0 +1,210 @@
+"""Data connections: a port pool, one-shot listeners that accept only the expected peer, and the byte relay.
+
+Rules: a listener lives until it accepts the expected peer or its timeout, then closes and frees its port; a
+connection from anyone else is closed at once and counted; every socket opened here is closed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv6Address, ip_address
+
+from alg.errors import DataChannelError
+from alg.ftp.addresses import HostPort, IPAddress
+
+RELAY_CHUNK_BYTES = 256 * 1024
+
+
+class PortPool:
+    """Ports the gateway may listen on, handed out round-robin so a port rests before it is used again."""
+
+    def __init__(self, ports: Iterable[int]) -> None:
+        self._free: deque[int] = deque(ports)
+        self.size = len(self._free)
+        self._taken: set[int] = set()
+
+    @property
+    def in_use(self) -> int:
+        return len(self._taken)
+
+    def take(self) -> int | None:
+        if not self._free:
+            return None
+        port = self._free.popleft()
+        self._taken.add(port)
+        return port
+
+    def give_back(self, port: int) -> None:
+        if port in self._taken:
+            self._taken.remove(port)
+            self._free.append(port)
+
+
+def _family(ip: IPAddress) -> socket.AddressFamily:
+    return socket.AF_INET6 if isinstance(ip, IPv6Address) else socket.AF_INET
+
+
+def peer_ip(address: tuple[str, int] | tuple[str, int, int, int]) -> IPAddress:
+    """The peer's IP from a socket address; IPv4-mapped IPv6 (dual-stack sockets) becomes IPv4."""
+    ip = ip_address(address[0].split("%", 1)[0])
+    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+@dataclass(slots=True)
+class Listener:
+    sock: socket.socket
+    address: HostPort
+    _release: Callable[[], None]
+
+    def close(self) -> None:
+        self.sock.close()
+        self._release()
+
+
+def open_listener(ip: IPAddress, pool: PortPool | None) -> Listener:
+    """Bind a one-shot listener on `ip`, on a port from `pool` (or any free port when pool is None)."""
+    attempts = min(pool.size, 64) if pool is not None else 1
+    last_error: OSError | None = None
+    for _ in range(attempts):
+        port = 0
+        if pool is not None:
+            taken = pool.take()
+            if taken is None:
+                raise DataChannelError("no free data port in the range", reason="port-pool-exhausted")
+            port = taken
+        sock = socket.socket(_family(ip), socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((str(ip), port))
+            sock.listen(4)
+            sock.setblocking(False)
+        except OSError as error:
+            sock.close()
+            if pool is not None:
+                pool.give_back(port)
+            last_error = error
+            if error.errno == errno.EADDRINUSE:
+                continue  # another program holds this port: try the next one
+            raise DataChannelError(f"cannot listen on {ip}: {error.strerror}", reason="listen-failed") from error
+        bound = sock.getsockname()[1]
+
+        def release(port: int = port) -> None:
+            if pool is not None:
+                pool.give_back(port)
+
+        return Listener(sock, HostPort(ip, bound), release)
+    detail = last_error.strerror if last_error else "busy"
+    raise DataChannelError(f"no data port could be bound on {ip}: {detail}", reason="port-pool-exhausted")
+
+
+async def accept_from(listener: Listener, expected: IPAddress, on_stranger: Callable[[IPAddress], None]) -> socket.socket:
+    """The first connection from `expected`; anyone else is closed at once (data-port theft)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        conn, address = await loop.sock_accept(listener.sock)
+        if peer_ip(address) == expected:
+            conn.setblocking(False)
+            return conn
+        conn.close()
+        on_stranger(peer_ip(address))
+
+
+async def connect_from(source: IPAddress | None, target: HostPort) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(_family(target.ip), socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        if source is not None and _family(source) == _family(target.ip):
+            # vsftpd and others refuse data from another address than the control peer's.
+            sock.bind((str(source), 0))
+        await loop.sock_connect(sock, (str(target.ip), target.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass(slots=True)
+class RelayResult:
+    to_b: int = 0  # bytes from a to b
+    to_a: int = 0
+    idle_timeout: bool = False
+
+
+async def relay(
+    a: socket.socket,
+    b: socket.socket,
+    *,
+    idle_timeout_s: float,
+    on_first_eof: Callable[[], None],
+) -> RelayResult:
+    """Copy bytes both ways until both directions end; half-close is passed on (shutdown SHUT_WR).
+
+    on_first_eof runs once the first direction has delivered all its bytes and its end of file, which is when
+    a transfer's 226 may go on to the client. Sockets are left open for the caller to close.
+    """
+    loop = asyncio.get_running_loop()
+    result = RelayResult()
+    last_activity = loop.time()
+    eof_reported = False
+
+    def eof() -> None:
+        nonlocal eof_reported
+        if not eof_reported:
+            eof_reported = True
+            on_first_eof()
+
+    async def pump(src: socket.socket, dst: socket.socket, forward: bool) -> None:
+        nonlocal last_activity
+        buffer = bytearray(RELAY_CHUNK_BYTES)
+        view = memoryview(buffer)
+        while True:
+            n = await loop.sock_recv_into(src, buffer)
+            if n == 0:
+                break
+            await loop.sock_sendall(dst, view[:n])
+            last_activity = loop.time()
+            if forward:
+                result.to_b += n
+            else:
+                result.to_a += n
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        eof()
+
+    async def watchdog() -> None:
+        while True:
+            remaining = last_activity + idle_timeout_s - loop.time()
+            if remaining <= 0:
+                result.idle_timeout = True
+                raise TimeoutError("data connection idle")
+            await asyncio.sleep(remaining)
+
+    pumps = [
+        asyncio.create_task(pump(a, b, True), name="relay a->b"),
+        asyncio.create_task(pump(b, a, False), name="relay b->a"),
+    ]
+    guard = asyncio.create_task(watchdog(), name="relay idle watchdog")
+    try:
+        waiting: set[asyncio.Task[None]] = {*pumps, guard}
+        while not all(task.done() for task in pumps):
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = task.exception()
+                if error is not None:
+                    raise error
+    finally:
+        for task in (*pumps, guard):
+            task.cancel()
+        await asyncio.gather(*pumps, guard, return_exceptions=True)
+        eof()
+    return result

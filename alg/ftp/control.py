@@ -1,0 +1,560 @@
+"""The control channel of one session, as a pure state machine: bytes in from either side, actions out.
+
+Rules: replies reach the client in the order of the commands that caused them, ours included; a line that needs a
+data endpoint is held (with everything behind it) until the session reports the endpoint ready or failed; a
+227/229 is acted on only as the single-line final reply to an outstanding PASV/EPSV; no I/O, no clocks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+
+from alg.errors import FtpProtocolError, PolicyDenied
+from alg.ftp import addresses
+from alg.ftp.addresses import HostPort
+from alg.ftp.wire import Command, LineFramer, Overlong, parse_command, parse_reply_line, reply
+
+# ---- actions: orders for the session (imperative) and facts for logs and metrics (past tense) -------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendToClient:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendToServer:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ListenForClient:
+    """Passive: open a public endpoint, accept only the control client, then connect to `then_connect`."""
+
+    ticket: int
+    then_connect: HostPort
+
+
+@dataclass(frozen=True, slots=True)
+class ListenForServer:
+    """Active: open an internal endpoint, accept only the upstream server, then connect to `then_connect`."""
+
+    ticket: int
+    then_connect: HostPort
+
+
+@dataclass(frozen=True, slots=True)
+class CloseDataEndpoint:
+    ticket: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSession:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReceived:
+    verb: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrote:
+    kind: str  # port, eprt, pasv, epsv
+    before: bytes
+    after: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    rule: str  # bounce, syntax, line-length, unsupported, policy, data-endpoint, limit
+    verb: str
+    reply_code: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedIn:
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRequested:
+    ticket: int | None
+    verb: str
+    argument: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TransferReplied:
+    ticket: int | None
+    verb: str
+    reply_code: int
+
+
+Action = (
+    SendToClient
+    | SendToServer
+    | ListenForClient
+    | ListenForServer
+    | CloseDataEndpoint
+    | CloseSession
+    | CommandReceived
+    | Rewrote
+    | Refused
+    | LoggedIn
+    | TransferRequested
+    | TransferReplied
+)
+
+# ---- settings ----------------------------------------------------------------------------------------------
+
+TRANSFER_VERBS = frozenset(("RETR", "STOR", "STOU", "APPE", "LIST", "NLST", "MLSD"))
+# Commands whose replies would carry addresses we do not translate (RFC 1639 LPRT/LPSV, SPSV, pure-ftpd's P@SW)
+# or that would hide the rest of the session from us (RFC 2228 AUTH): refused so clients fall back.
+UNSUPPORTED = {
+    "LPRT": "LPRT is not supported by the gateway; use EPRT or PORT",
+    "LPSV": "LPSV is not supported by the gateway; use EPSV or PASV",
+    "SPSV": "SPSV is not supported by the gateway; use EPSV or PASV",
+    "P@SW": "P@SW is not supported by the gateway; use EPSV or PASV",
+    "AUTH": "AUTH is not supported by the gateway: FTPS is not relayed yet, continue in plain FTP",
+    "ADAT": "ADAT is not supported by the gateway",
+    "CCC": "CCC is not supported by the gateway",
+}
+
+CommandCheck = Callable[[Command], None]  # raises PolicyDenied to refuse
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    max_line_bytes: int = 4096
+    # Server replies may carry long listings (STAT) in continuation lines: a larger, still bounded limit.
+    max_server_line_bytes: int = 65536
+    max_pipelined_commands: int = 32
+    max_data_channels: int = 4
+    passive_target: str = "upstream"  # or "advertised"
+    min_active_port: int = 1024
+    check_command: CommandCheck | None = None
+
+
+# ---- state ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A command forwarded and waiting for its final reply, or a reply of ours waiting for its turn."""
+
+    verb: str
+    ticket: int | None = None
+    local_reply: bytes | None = None
+    argument: bytes = b""
+
+
+@dataclass(slots=True)
+class _Ticket:
+    passive: bool
+    line: bytes  # the line to rewrite once the endpoint is ready
+    verb: str
+    connected: bool = False
+    finished: bool = False
+    ready: bool = False
+
+
+@dataclass(slots=True)
+class _Side:
+    framer: LineFramer
+    backlog: deque[bytes | Overlong] = field(default_factory=deque)
+    waiting_for: int | None = None  # ticket whose news must come before this side's lines move on
+
+
+class ControlChannel:
+    """One FTP control connection pair, seen from the gateway.
+
+    `client` is the control client's address and `server` the upstream's, as the gateway sees them.
+    """
+
+    def __init__(self, client: HostPort, server: HostPort, settings: ChannelSettings | None = None) -> None:
+        self.settings = settings or ChannelSettings()
+        self.client = client
+        self.server = server
+        self.user: str | None = None
+        self.logged_in = False
+        self.closed = False
+        self._client = _Side(LineFramer(self.settings.max_line_bytes))
+        self._server = _Side(LineFramer(self.settings.max_server_line_bytes))
+        # The banner is the reply to connecting.
+        self._pending: deque[_Pending] = deque([_Pending("<connect>")])
+        self._multiline: int | None = None  # code of the multi-line reply in progress
+        self._suppress_multiline = False
+        self._held_reply: bytes | None = None  # a transfer's final reply waiting for its data to drain
+        self._tickets: dict[int, _Ticket] = {}
+        self._next_ticket = 1
+        self._armed: int | None = None  # the ticket the next transfer command will use
+        self._epsv_all = False
+        self._said_goodbye = False  # the server's last final reply was 221 or 421
+
+    # ---- facts from the session ----------------------------------------------------------------------------
+
+    def client_data(self, data: bytes) -> list[Action]:
+        if self.closed:
+            return []
+        if not data:
+            return self._close("the client closed the control connection")
+        self._client.backlog.extend(self._client.framer.feed(data))
+        return self._run()
+
+    def server_data(self, data: bytes) -> list[Action]:
+        if self.closed:
+            return []
+        if not data:
+            out: list[Action] = []
+            if not self._said_goodbye:
+                out.append(SendToClient(reply(421, "The FTP server closed the connection.")))
+            return out + self._close("the server closed the control connection")
+        self._server.backlog.extend(self._server.framer.feed(data))
+        return self._run()
+
+    def data_endpoint_ready(self, ticket: int, public: HostPort) -> list[Action]:
+        record = self._tickets.get(ticket)
+        if record is None or record.ready or self.closed:
+            return []
+        record.ready = True
+        out: list[Action] = []
+        if record.passive:
+            if record.verb == "PASV":
+                after = addresses.rewrite_227(record.line, public)
+                out.append(Rewrote("pasv", record.line, after))
+            else:
+                after = addresses.rewrite_229(record.line, public.port)
+                out.append(Rewrote("epsv", record.line, after))
+            out.append(SendToClient(after))
+            self._armed = ticket
+            self._server.waiting_for = None
+        else:
+            use_port = record.verb == "PORT" and isinstance(public.ip, IPv4Address)
+            argument = addresses.format_port(public) if use_port else addresses.format_eprt(public)
+            verb = "PORT" if use_port else "EPRT"
+            after = verb.encode() + b" " + argument + b"\r\n"
+            out.append(Rewrote(verb.lower(), record.line, after))
+            out.append(SendToServer(after))
+            self._pending.append(_Pending(record.verb, ticket=ticket))
+            self._armed = ticket
+            self._client.waiting_for = None
+        return out + self._run()
+
+    def data_endpoint_failed(self, ticket: int, reason: str) -> list[Action]:
+        record = self._tickets.pop(ticket, None)
+        if record is None or self.closed:
+            return []
+        refusal = reply(425, f"Can't open data connection: {reason}.")
+        out: list[Action] = [Refused("data-endpoint", record.verb, 425, reason)]
+        if record.ready:
+            # Already announced: the client learns of it from the transfer's failure.
+            if self._armed == ticket:
+                self._armed = None
+            return out + self._finished(ticket)
+        if record.passive:
+            # The server's 227/229 is replaced by our refusal, in its place in the reply order.
+            out.append(SendToClient(refusal))
+            self._server.waiting_for = None
+        else:
+            self._client.waiting_for = None
+            out.extend(self._answer_locally(refusal))
+        return out + self._run()
+
+    def data_connected(self, ticket: int) -> list[Action]:
+        record = self._tickets.get(ticket)
+        if record is not None:
+            record.connected = True
+        return []
+
+    def data_finished(self, ticket: int) -> list[Action]:
+        """The data connection ended, or at least one direction delivered its end of file."""
+        record = self._tickets.pop(ticket, None)
+        if record is None or self.closed:
+            return []
+        if self._armed == ticket:
+            self._armed = None
+        return self._finished(ticket)
+
+    @property
+    def wants_client_data(self) -> bool:
+        """False while client lines are held: the session stops reading, which bounds the backlog."""
+        return not self._client.backlog and not self.closed
+
+    @property
+    def wants_server_data(self) -> bool:
+        return not self._server.backlog and not self.closed
+
+    @property
+    def open_tickets(self) -> frozenset[int]:
+        return frozenset(self._tickets)
+
+    # ---- the engine ------------------------------------------------------------------------------------------
+
+    def _run(self) -> list[Action]:
+        out: list[Action] = []
+        progressed = True
+        while progressed and not self.closed:
+            progressed = False
+            while self._server.backlog and self._server.waiting_for is None and not self.closed:
+                out.extend(self._server_line(self._server.backlog.popleft()))
+                if self._server.waiting_for is None:
+                    out.extend(self._flush_local_replies())  # ours come before the next server reply
+                progressed = True
+            while (
+                self._client.backlog
+                and self._client.waiting_for is None
+                and len(self._pending) < self.settings.max_pipelined_commands
+                and not self.closed
+            ):
+                out.extend(self._client_line(self._client.backlog.popleft()))
+                progressed = True
+            if self._server.waiting_for is None:
+                flushed = self._flush_local_replies()
+                progressed = progressed or bool(flushed)
+                out.extend(flushed)
+        return out
+
+    def _close(self, reason: str) -> list[Action]:
+        self.closed = True
+        out: list[Action] = [CloseDataEndpoint(t) for t in self._tickets]
+        self._tickets.clear()
+        out.append(CloseSession(reason))
+        return out
+
+    def _finished(self, ticket: int) -> list[Action]:
+        if self._server.waiting_for == ticket and self._held_reply is not None:
+            held, self._held_reply = self._held_reply, None
+            self._server.waiting_for = None
+            return [SendToClient(held), *self._run()]
+        return []
+
+    def _new_ticket(self, passive: bool, line: bytes, verb: str) -> tuple[int, list[Action]]:
+        out: list[Action] = []
+        # A new PASV/PORT replaces an endpoint that no transfer has used.
+        for number, record in list(self._tickets.items()):
+            if not record.connected and number == self._armed:
+                del self._tickets[number]
+                out.append(CloseDataEndpoint(number))
+                self._armed = None
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        self._tickets[ticket] = _Ticket(passive=passive, line=line, verb=verb)
+        return ticket, out
+
+    def _answer_locally(self, line: bytes) -> list[Action]:
+        """Our own reply, queued behind the replies still owed for earlier commands."""
+        if not self._pending and self._server.waiting_for is None:
+            return [SendToClient(line)]
+        self._pending.append(_Pending("<local>", local_reply=line))
+        return []
+
+    def _flush_local_replies(self) -> list[Action]:
+        out: list[Action] = []
+        while self._pending and self._pending[0].local_reply is not None:
+            out.append(SendToClient(self._pending.popleft().local_reply or b""))
+        return out
+
+    def _refuse(self, verb: str, code: int, rule: str, detail: str) -> list[Action]:
+        return [Refused(rule, verb, code, detail), *self._answer_locally(reply(code, detail))]
+
+    # ---- client lines ------------------------------------------------------------------------------------------
+
+    def _client_line(self, line: bytes | Overlong) -> list[Action]:
+        if isinstance(line, Overlong):
+            limit = self.settings.max_line_bytes
+            return self._refuse(
+                "<overlong>", 500, "line-length", f"Command line too long (limit {limit} bytes)"
+            )
+        command = parse_command(line)
+        if command is None:
+            return self._refuse("<syntax>", 500, "syntax", "Syntax error, command unrecognized")
+        out: list[Action] = [CommandReceived(command.verb)]
+        try:
+            if self.settings.check_command is not None:
+                self.settings.check_command(command)
+            out.extend(self._dispatch(command))
+        except PolicyDenied as denied:
+            out.extend(self._refuse(command.verb, denied.reply_code, denied.rule, str(denied)))
+        except FtpProtocolError as error:
+            out.extend(self._refuse(command.verb, error.reply_code, "syntax", str(error)))
+        return out
+
+    def _dispatch(self, command: Command) -> list[Action]:
+        verb = command.verb
+        if verb in UNSUPPORTED:
+            return self._refuse(verb, 502, "unsupported", UNSUPPORTED[verb])
+        if verb in ("PORT", "EPRT"):
+            return self._active(command)
+        if verb in ("PASV", "EPSV"):
+            return self._passive(command)
+        if verb == "USER":
+            self.user = command.argument.decode("utf-8", "replace")[:128]
+            self.logged_in = False
+        elif verb == "REIN":
+            self.logged_in = False
+        out: list[Action] = []
+        ticket = None
+        if verb in TRANSFER_VERBS:
+            ticket = self._armed
+            out.append(TransferRequested(ticket, verb, command.argument))
+        self._pending.append(_Pending(verb, ticket=ticket, argument=command.argument))
+        out.append(SendToServer(command.raw))
+        return out
+
+    def _check_data_limit(self) -> None:
+        if len(self._tickets) >= self.settings.max_data_channels:
+            limit = self.settings.max_data_channels
+            raise PolicyDenied(
+                f"Too many data connections open (limit {limit})", rule="limit", reply_code=425
+            )
+
+    def _active(self, command: Command) -> list[Action]:
+        if self._epsv_all:
+            raise PolicyDenied(
+                "After EPSV ALL only EPSV may open data connections", rule="syntax", reply_code=503
+            )
+        if command.verb == "PORT":
+            target = addresses.parse_port(command.argument)
+        else:
+            target = addresses.parse_eprt(command.argument)
+        if target.ip != self.client.ip:
+            raise PolicyDenied(
+                f"{command.verb} refused: it names {target.ip}, but your connection comes from {self.client.ip}"
+                " (the client announced a LAN or third-party address; use passive mode)",
+                rule="bounce",
+                reply_code=504,
+            )
+        if target.port < self.settings.min_active_port:
+            raise PolicyDenied(
+                f"{command.verb} refused: port {target.port} is privileged (below {self.settings.min_active_port})",
+                rule="bounce",
+                reply_code=504,
+            )
+        self._check_data_limit()
+        ticket, out = self._new_ticket(passive=False, line=command.raw, verb=command.verb)
+        self._client.waiting_for = ticket
+        out.append(ListenForServer(ticket, then_connect=target))
+        return out
+
+    def _passive(self, command: Command) -> list[Action]:
+        argument = command.argument.strip().upper()
+        if command.verb == "EPSV" and argument == b"ALL":
+            # RFC 2428 section 4: from now on only EPSV; the server enforces it too.
+            self._epsv_all = True
+            self._pending.append(_Pending("EPSV ALL"))
+            return [SendToServer(command.raw)]
+        if command.verb == "PASV" and self._epsv_all:
+            raise PolicyDenied(
+                "After EPSV ALL only EPSV may open data connections", rule="syntax", reply_code=503
+            )
+        raw = command.raw
+        if command.verb == "EPSV" and argument:
+            family = b"2" if isinstance(self.client.ip, IPv6Address) else b"1"
+            if argument != family:
+                raise PolicyDenied(
+                    f"Network protocol not supported, use ({family.decode()})", rule="syntax", reply_code=522
+                )
+            raw = b"EPSV\r\n"  # the server side has its own family; let the server pick
+        if command.verb == "PASV" and isinstance(self.client.ip, IPv6Address):
+            raise PolicyDenied("PASV cannot carry an IPv6 address; use EPSV", rule="syntax", reply_code=425)
+        self._check_data_limit()
+        self._pending.append(_Pending(command.verb))
+        return [SendToServer(raw)]
+
+    # ---- server lines ------------------------------------------------------------------------------------------
+
+    def _server_line(self, line: bytes | Overlong) -> list[Action]:
+        if isinstance(line, Overlong):
+            out: list[Action] = [
+                SendToClient(reply(421, "The FTP server sent an unreadable reply; closing."))
+            ]
+            return out + self._close("the server sent an overlong line")
+        parsed = parse_reply_line(line)
+        if self._multiline is not None:
+            if parsed.code != self._multiline or parsed.more:
+                return [] if self._suppress_multiline else [SendToClient(line)]
+            self._multiline = None
+            self._suppress_multiline = False
+            return self._final_reply(parsed.code, line, single_line=False)
+        if parsed.code is None:
+            return [SendToClient(line)]  # not a reply line: passed on, acted on never
+        if parsed.more:
+            self._multiline = parsed.code
+            front = self._pending[0].verb if self._pending else ""
+            if parsed.code in (227, 229) and front in ("PASV", "EPSV"):
+                self._suppress_multiline = True  # it may name the internal address; never forwarded
+                return []
+            return [SendToClient(line)]
+        if parsed.code < 200:
+            return [SendToClient(line)]
+        return self._final_reply(parsed.code, line, single_line=True)
+
+    def _final_reply(self, code: int, line: bytes, *, single_line: bool) -> list[Action]:
+        if not self._pending or self._pending[0].local_reply is not None:
+            self._said_goodbye = code in (221, 421)
+            return [SendToClient(line)]  # unsolicited (a 421 on idle, say): passed on, acted on never
+        entry = self._pending.popleft()
+        verb = entry.verb
+        self._said_goodbye = code in (221, 421)
+        if verb in ("PASV", "EPSV") and code in (227, 229):
+            return self._passive_reply(verb, code, line, single_line)
+        out: list[Action] = []
+        if verb in ("PORT", "EPRT") and code >= 300 and entry.ticket is not None:
+            if self._tickets.pop(entry.ticket, None) is not None:
+                out.append(CloseDataEndpoint(entry.ticket))
+            if self._armed == entry.ticket:
+                self._armed = None
+        elif verb in ("USER", "PASS") and code == 230:
+            self.logged_in = True
+            out.append(LoggedIn(self.user or ""))
+        elif verb in TRANSFER_VERBS:
+            out.append(TransferReplied(entry.ticket, verb, code))
+            if entry.ticket is not None:
+                return out + self._transfer_reply(entry.ticket, code, line)
+        out.append(SendToClient(line))
+        return out
+
+    def _transfer_reply(self, ticket: int, code: int, line: bytes) -> list[Action]:
+        if self._armed == ticket:
+            self._armed = None  # one transfer per PASV/PORT
+        record = self._tickets.get(ticket)
+        if record is None:
+            return [SendToClient(line)]
+        if code < 300:
+            # Success means the data moved; the server may report it before we accepted or relayed the data
+            # connection, so the 226 waits until our relay has delivered it (bounded by the data timeouts).
+            self._held_reply = line
+            self._server.waiting_for = ticket
+            return []
+        if not record.connected:
+            del self._tickets[ticket]
+            return [CloseDataEndpoint(ticket), SendToClient(line)]
+        return [SendToClient(line)]
+
+    def _passive_reply(self, verb: str, code: int, line: bytes, single_line: bool) -> list[Action]:
+        unusable = reply(
+            425, "Can't open data connection: the FTP server's passive reply was not understood."
+        )
+        if not single_line or (verb, code) not in (("PASV", 227), ("EPSV", 229)):
+            return [Refused("server-reply", verb, 425, "unusable passive reply"), SendToClient(unusable)]
+        try:
+            if code == 227:
+                announced, _, _ = addresses.find_227(line)
+            else:
+                port, _, _ = addresses.find_229(line)
+                announced = HostPort(self.server.ip, port)
+        except FtpProtocolError as error:
+            return [Refused("server-reply", verb, 425, str(error)), SendToClient(unusable)]
+        target = announced
+        if self.settings.passive_target == "upstream":
+            # The server's idea of its own address is often private (NAT): use the host we reached it at.
+            target = HostPort(self.server.ip, announced.port)
+        ticket, out = self._new_ticket(passive=True, line=line, verb=verb)
+        self._server.waiting_for = ticket
+        out.append(ListenForClient(ticket, then_connect=target))
+        return out

@@ -1,0 +1,174 @@
+"""The gateway process: listeners, the session registry, limits, signals and graceful shutdown.
+
+Rules: a connection over a limit gets a 421 and is closed before any upstream is contacted; shutdown stops
+accepting first, gives running sessions a grace period, then cancels what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections import Counter
+from typing import Any
+
+from alg.dataplane import PortPool, peer_ip
+from alg.ftp.addresses import HostPort, IPAddress
+from alg.ftp.control import ChannelSettings
+from alg.ftp.wire import reply
+from alg.metrics import Metrics
+from alg.session import GatewayContext, Session, Timeouts
+
+log = logging.getLogger("ftp_alg.server")
+
+
+def context_from_settings(settings: Any, metrics: Metrics) -> GatewayContext:
+    limits, timeouts = settings.limits, settings.timeouts
+    public_pool = PortPool(range(settings.passive_ports.first, settings.passive_ports.last + 1))
+    internal_pool = None
+    if settings.active_ports is not None:
+        internal_pool = PortPool(range(settings.active_ports.first, settings.active_ports.last + 1))
+    metrics.pool_size.labels("public").set(public_pool.size)
+    if internal_pool is not None:
+        metrics.pool_size.labels("internal").set(internal_pool.size)
+    return GatewayContext(
+        channel_settings=ChannelSettings(
+            max_line_bytes=limits.max_line_bytes,
+            max_pipelined_commands=limits.max_pipelined_commands,
+            max_data_channels=limits.max_data_channels_per_session,
+            passive_target=settings.passive_target,
+        ),
+        timeouts=Timeouts(
+            upstream_connect_s=timeouts.upstream_connect_s,
+            login_s=timeouts.login_s,
+            idle_s=timeouts.idle_s,
+            data_connect_s=timeouts.data_connect_s,
+            data_idle_s=timeouts.data_idle_s,
+        ),
+        metrics=metrics,
+        public_pool=public_pool,
+        internal_pool=internal_pool,
+        transparent=settings.mode == "transparent",
+        public_address=settings.public_address,
+    )
+
+
+class Gateway:
+    def __init__(self, settings: Any, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.context = context_from_settings(settings, self.metrics)
+        self.sessions: dict[int, Session] = {}
+        self.ready = asyncio.Event()
+        self.addresses: list[HostPort] = []
+        self._servers: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[str]] = set()
+        self._per_client: Counter[IPAddress] = Counter()
+        self._next_id = 1
+        self._stopping = asyncio.Event()
+        self._empty = asyncio.Event()
+
+    async def start(self) -> None:
+        for address in self.settings.listen:
+            server = await asyncio.start_server(
+                self._accept,
+                host=str(address.ip),
+                port=address.port,
+                reuse_address=True,
+                reuse_port=self.settings.workers > 1 or None,
+                backlog=1024,
+                limit=64 * 1024,
+            )
+            self._servers.append(server)
+            for sock in server.sockets:
+                name = sock.getsockname()
+                self.addresses.append(HostPort(peer_ip(name), name[1]))
+        log.info("listening on %s mode=%s", ", ".join(map(str, self.addresses)), self.settings.mode)
+        self.ready.set()
+
+    def upstream_for(self, writer: asyncio.StreamWriter) -> HostPort | None:
+        upstream: HostPort | None = self.settings.upstream
+        return upstream
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = peer_ip(writer.get_extra_info("peername"))
+        limits = self.settings.limits
+        refusal = None
+        if self._stopping.is_set():
+            refusal = "Service shutting down."
+        elif len(self.sessions) >= limits.max_sessions:
+            refusal = f"Too many connections ({limits.max_sessions}); try again later."
+        elif self._per_client[client] >= limits.max_sessions_per_client:
+            refusal = f"Too many connections from your address ({limits.max_sessions_per_client})."
+        upstream = self.upstream_for(writer)
+        if refusal is None and upstream is None:
+            refusal = "No FTP server to connect you to."
+        if refusal is not None or upstream is None:
+            self.metrics.refused("limit")
+            self.metrics.session_ended("refused_limit")
+            log.info("connection refused client=%s reason=%s", client, refusal)
+            with contextlib.suppress(Exception):
+                writer.write(reply(421, refusal or "Refused."))
+                await writer.drain()
+                writer.close()
+            return
+        number = self._next_id
+        self._next_id += 1
+        session = Session(number, self.context, reader, writer, upstream)
+        self.sessions[number] = session
+        self._empty.clear()
+        self._per_client[client] += 1
+        self.metrics.sessions_active.inc()
+        try:
+            await session.run()
+        finally:
+            del self.sessions[number]
+            self._per_client[client] -= 1
+            if self._per_client[client] <= 0:
+                del self._per_client[client]
+            self.metrics.sessions_active.dec()
+            if not self.sessions:
+                self._empty.set()
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop accepting, let sessions finish for up to grace_s, then close the rest."""
+        self._stopping.set()
+        for server in self._servers:
+            server.close()
+        for session in list(self.sessions.values()):
+            session.drain()  # idle sessions close now, the others when their transfers end
+        if self.sessions:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    await self._empty.wait()
+        for session in list(self.sessions.values()):
+            session.close("shutdown")
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await server.wait_closed()
+
+
+async def serve(settings: Any) -> None:
+    """Run the gateway until SIGINT or SIGTERM, then shut down gracefully."""
+    gateway = Gateway(settings)
+    await gateway.start()
+    metrics_server = None
+    if getattr(settings, "metrics_listen", None) is not None:
+        from alg.http import start_http
+
+        metrics_server = await start_http(settings.metrics_listen, gateway)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down (grace %s s)", settings.timeouts.shutdown_grace_s)
+        await gateway.stop(settings.timeouts.shutdown_grace_s)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if metrics_server is not None:
+            metrics_server.close()

@@ -1,0 +1,428 @@
+"""One control connection pair: runs the pure ControlChannel over real sockets and carries out its actions.
+
+Rules: the channel decides, the session only executes; every task it starts is a child it cancels on close;
+every failure becomes an FTP reply, a log line and a metric, never a traceback to the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from alg.dataplane import PortPool, accept_from, connect_from, open_listener, peer_ip, relay
+from alg.errors import DataChannelError
+from alg.ftp import control as c
+from alg.ftp.addresses import HostPort, IPAddress
+from alg.ftp.wire import reply
+from alg.logs import printable
+from alg.metrics import Metrics, direction_of
+
+log = logging.getLogger("ftp_alg.session")
+transfer_log = logging.getLogger("ftp_alg.transfer")
+
+READ_BYTES = 64 * 1024
+
+
+@dataclass(slots=True)
+class Timeouts:
+    upstream_connect_s: float = 10.0
+    login_s: float = 60.0
+    idle_s: float = 900.0
+    data_connect_s: float = 30.0
+    data_idle_s: float = 300.0
+
+
+@dataclass(slots=True)
+class GatewayContext:
+    """What all sessions of one gateway process share."""
+
+    channel_settings: c.ChannelSettings
+    timeouts: Timeouts
+    metrics: Metrics
+    public_pool: PortPool | None  # ports for listeners facing the public side
+    internal_pool: PortPool | None  # ports for listeners facing the internal side (None: any free port)
+    transparent: bool = False
+    public_address: IPAddress | None = None  # announced instead of our own address on the public side
+
+
+@dataclass(slots=True)
+class _Transfer:
+    mode: str
+    verb: str | None = None
+    argument: bytes = b""
+    reply_code: int | None = None
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class _Peer:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    address: HostPort  # the other end
+    ours: HostPort  # our end of this connection
+    can_read: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _ends(writer: asyncio.StreamWriter) -> tuple[HostPort, HostPort]:
+    peer = writer.get_extra_info("peername")
+    ours = writer.get_extra_info("sockname")
+    return HostPort(peer_ip(peer), peer[1]), HostPort(peer_ip(ours), ours[1])
+
+
+class Session:
+    def __init__(
+        self,
+        number: int,
+        context: GatewayContext,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        upstream: HostPort,
+    ) -> None:
+        self.id = number
+        self.context = context
+        self.upstream = upstream
+        address, ours = _ends(writer)
+        self.client = _Peer(reader, writer, address, ours)
+        self.server: _Peer | None = None
+        self.channel: c.ControlChannel | None = None
+        self.outcome = "error"
+        self._closed = asyncio.Event()
+        self._transfers: dict[int, _Transfer] = {}
+        self._last_activity = time.monotonic()
+        self._draining = False
+        self.log = logging.LoggerAdapter(log, {"session": number})
+        _tune(writer, oob_inline=True)
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        metrics = self.context.metrics
+        self.log.info("session start client=%s upstream=%s", self.client.address, self.upstream)
+        try:
+            if await self._connect_upstream():
+                await self._serve()
+        except asyncio.CancelledError:
+            self.outcome = "shutdown"
+            raise
+        except Exception:  # the one place that catches everything: log it, answer, close
+            self.log.exception("session failed")
+            self.outcome = "error"
+        finally:
+            await self._teardown()
+            metrics.session_ended(self.outcome)
+            self.log.info("session end outcome=%s", self.outcome)
+        return self.outcome
+
+    async def _connect_upstream(self) -> bool:
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.context.timeouts.upstream_connect_s):
+                reader, writer = await asyncio.open_connection(
+                    str(self.upstream.ip), self.upstream.port, limit=READ_BYTES
+                )
+        except (OSError, TimeoutError) as error:
+            why = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
+            self.log.warning("upstream unreachable upstream=%s error=%s", self.upstream, printable(why))
+            text = f"Service not available: the FTP server {self.upstream} cannot be reached ({why})."
+            self.client.writer.write(reply(421, text))
+            with contextlib.suppress(OSError, ConnectionError):
+                await self.client.writer.drain()
+            self.outcome = "upstream_unreachable"
+            return False
+        self.context.metrics.upstream_connect_seconds.observe(time.monotonic() - started)
+        _tune(writer, oob_inline=False)
+        address, ours = _ends(writer)
+        self.server = _Peer(reader, writer, address, ours)
+        self.channel = c.ControlChannel(self.client.address, address, self.context.channel_settings)
+        return True
+
+    async def _serve(self) -> None:
+        assert self.server is not None
+        self.client.can_read.set()
+        self.server.can_read.set()
+        async with asyncio.TaskGroup() as tasks:
+            pumps = [
+                tasks.create_task(self._pump(self.client, from_client=True), name=f"#{self.id} client"),
+                tasks.create_task(self._pump(self.server, from_client=False), name=f"#{self.id} server"),
+                tasks.create_task(self._watch_timeouts(), name=f"#{self.id} timeouts"),
+            ]
+            await self._closed.wait()
+            for task in pumps:
+                task.cancel()
+
+    async def _teardown(self) -> None:
+        for transfer in self._transfers.values():
+            if transfer.task is not None:
+                transfer.task.cancel()
+        tasks = [t.task for t in self._transfers.values() if t.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._transfers.clear()
+        for peer in (self.client, self.server):
+            if peer is None:
+                continue
+            with contextlib.suppress(Exception):
+                peer.writer.close()
+        for peer in (self.client, self.server):
+            if peer is None:
+                continue
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await peer.writer.wait_closed()
+
+    def drain(self) -> None:
+        """Close once no transfer is running (graceful shutdown)."""
+        self._draining = True
+        if not self._transfers and not self._closed.is_set():
+            self.client.writer.write(reply(421, "Service shutting down."))
+            self.close("shutdown")
+
+    def close(self, outcome: str) -> None:
+        if not self._closed.is_set():
+            self.outcome = outcome
+            self._closed.set()
+
+    # ---- control pumps ---------------------------------------------------------------------------------------
+
+    async def _pump(self, peer: _Peer, *, from_client: bool) -> None:
+        channel = self.channel
+        assert channel is not None and self.server is not None
+        other = self.server if from_client else self.client
+        feed = channel.client_data if from_client else channel.server_data
+        try:
+            while not self._closed.is_set():
+                await peer.can_read.wait()
+                data = await peer.reader.read(READ_BYTES)
+                self._last_activity = time.monotonic()
+                self.execute(feed(data))
+                if not data:
+                    return
+                await other.writer.drain()
+        except (ConnectionError, OSError) as error:
+            self.log.info("control connection lost side=%s error=%s", "client" if from_client else "server", error)
+            self.execute(feed(b""))
+
+    async def _watch_timeouts(self) -> None:
+        timeouts = self.context.timeouts
+        started = time.monotonic()
+        while not self._closed.is_set():
+            await asyncio.sleep(1.0)
+            channel = self.channel
+            assert channel is not None
+            now = time.monotonic()
+            if not channel.logged_in and now - started > timeouts.login_s:
+                self._timeout(f"Login timeout ({timeouts.login_s:g} s): closing control connection.")
+            elif not self._transfers and now - self._last_activity > timeouts.idle_s:
+                self._timeout(f"Idle timeout ({timeouts.idle_s:g} s): closing control connection.")
+
+    def _timeout(self, text: str) -> None:
+        self.log.info("timeout %s", text)
+        self.context.metrics.refused("timeout")
+        self.client.writer.write(reply(421, text))
+        self.close("timeout")
+
+    # ---- actions ---------------------------------------------------------------------------------------------
+
+    def execute(self, actions: list[c.Action]) -> None:
+        """Carry out the channel's actions in order; answers to our own reports join the end of the queue."""
+        queue: deque[c.Action] = deque(actions)
+        channel = self.channel
+        assert channel is not None and self.server is not None
+        metrics = self.context.metrics
+        while queue:
+            action = queue.popleft()
+            match action:
+                case c.SendToClient(data):
+                    self.client.writer.write(data)
+                case c.SendToServer(data):
+                    self.server.writer.write(data)
+                case c.ListenForClient() | c.ListenForServer():
+                    queue.extend(self._open_data_endpoint(action))
+                case c.CloseDataEndpoint(ticket):
+                    transfer = self._transfers.pop(ticket, None)
+                    if transfer is not None and transfer.task is not None:
+                        transfer.task.cancel()
+                case c.CloseSession(reason):
+                    self.log.info("closing: %s", reason)
+                    self.close("client_closed" if "client" in reason else "server_closed")
+                case c.CommandReceived(verb):
+                    metrics.command(verb)
+                case c.Rewrote(kind, before, after):
+                    metrics.rewrites.labels(kind).inc()
+                    self.log.debug("rewrite %s: %s -> %s", kind, printable(before), printable(after))
+                case c.Refused(rule, verb, code, detail):
+                    metrics.refused(rule)
+                    self.log.info("refused rule=%s verb=%s code=%d detail=%s", rule, verb, code, printable(detail))
+                case c.LoggedIn(user):
+                    self.log.info("logged in user=%s", printable(user))
+                case c.TransferRequested(ticket, verb, argument):
+                    if ticket is not None and ticket in self._transfers:
+                        self._transfers[ticket].verb = verb
+                        self._transfers[ticket].argument = argument
+                case c.TransferReplied(ticket, verb, code):
+                    if ticket is not None and ticket in self._transfers:
+                        self._transfers[ticket].reply_code = code
+        self.client.can_read.set() if channel.wants_client_data else self.client.can_read.clear()
+        self.server.can_read.set() if channel.wants_server_data else self.server.can_read.clear()
+
+    # ---- data connections ------------------------------------------------------------------------------------
+
+    def _open_data_endpoint(self, action: c.ListenForClient | c.ListenForServer) -> list[c.Action]:
+        channel = self.channel
+        assert channel is not None and self.server is not None
+        context = self.context
+        passive = isinstance(action, c.ListenForClient)
+        # The listener sits on the side the expected peer talks to us on; the other leg leaves from our
+        # address on the other side, so each peer sees data come from the address it already knows.
+        if passive:
+            listen_on, expected, source = self.client.ours.ip, self.client.address.ip, self.server.ours.ip
+            facing_public = not context.transparent
+        else:
+            listen_on, expected, source = self.server.ours.ip, self.server.address.ip, self.client.ours.ip
+            facing_public = context.transparent
+        pool = context.public_pool if facing_public else context.internal_pool
+        try:
+            listener = open_listener(listen_on, pool)
+        except DataChannelError as error:
+            context.metrics.data_failure(error.reason)
+            self.log.warning("data endpoint failed ticket=%d reason=%s", action.ticket, error)
+            return channel.data_endpoint_failed(action.ticket, str(error))
+        self._update_pools()
+        announced = listener.address
+        if facing_public and context.public_address is not None:
+            if type(context.public_address) is type(listener.address.ip):
+                announced = HostPort(context.public_address, listener.address.port)
+        transfer = _Transfer(mode="passive" if passive else "active")
+        self._transfers[action.ticket] = transfer
+        transfer.task = asyncio.create_task(
+            self._data_connection(action.ticket, listener, expected, action.then_connect, source, transfer),
+            name=f"#{self.id} data {action.ticket}",
+        )
+        return channel.data_endpoint_ready(action.ticket, announced)
+
+    def _update_pools(self) -> None:
+        metrics = self.context.metrics
+        for name, pool in (("public", self.context.public_pool), ("internal", self.context.internal_pool)):
+            if pool is not None:
+                metrics.pool_in_use.labels(name).set(pool.in_use)
+
+    async def _data_connection(
+        self,
+        ticket: int,
+        listener: Any,
+        expected: IPAddress,
+        target: HostPort,
+        source: IPAddress,
+        transfer: _Transfer,
+    ) -> None:
+        metrics = self.context.metrics
+        timeouts = self.context.timeouts
+        accepted: socket.socket | None = None
+        connected: socket.socket | None = None
+        failure: str | None = None
+        result = None
+        started = 0.0
+
+        def stranger(ip: IPAddress) -> None:
+            metrics.refused("port_theft")
+            self.log.warning("data port theft attempt ticket=%d from=%s expected=%s", ticket, ip, expected)
+
+        try:
+            try:
+                async with asyncio.timeout(timeouts.data_connect_s):
+                    accepted = await accept_from(listener, expected, stranger)
+            except TimeoutError:
+                failure = "accept_timeout"
+                return
+            finally:
+                listener.close()
+                self._update_pools()
+            self._report(self.channel.data_connected(ticket) if self.channel else [])
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(timeouts.data_connect_s):
+                    connected = await connect_from(source, target)
+            except TimeoutError:
+                failure = "connect_timeout"
+                return
+            except OSError as error:
+                self.log.warning("data connect failed ticket=%d target=%s error=%s", ticket, target, error)
+                failure = "connect_failed"
+                return
+            metrics.data_setup_seconds.observe(time.monotonic() - started)
+            metrics.data_opened.labels(transfer.mode, direction_of(transfer.verb)).inc()
+            metrics.data_active.inc()
+            first, second = (accepted, connected)
+            try:
+                result = await relay(
+                    first,
+                    second,
+                    idle_timeout_s=timeouts.data_idle_s,
+                    on_first_eof=lambda: self._report(self.channel.data_finished(ticket) if self.channel else []),
+                )
+            except TimeoutError:
+                failure = "idle_timeout"
+            except (ConnectionError, OSError):
+                failure = "reset"
+            finally:
+                metrics.data_active.dec()
+        finally:
+            for sock in (accepted, connected):
+                if sock is not None:
+                    sock.close()
+            if failure is not None:
+                metrics.data_failure(failure)
+                self.log.info("data connection failed ticket=%d reason=%s", ticket, failure)
+            self._account(ticket, transfer, result, started)
+            self._transfers.pop(ticket, None)
+            if self.channel is not None and not self._closed.is_set():
+                self._report(self.channel.data_finished(ticket))
+            if self._draining and not self._transfers:
+                self.drain()
+
+    def _account(self, ticket: int, transfer: _Transfer, result: Any, started: float) -> None:
+        if result is None:
+            return
+        metrics = self.context.metrics
+        # Passive: a is the client; active: a is the server.
+        to_client, to_server = (result.to_b, result.to_a) if transfer.mode == "active" else (result.to_a, result.to_b)
+        metrics.data_bytes.labels("download").inc(to_client)
+        metrics.data_bytes.labels("upload").inc(to_server)
+        seconds = time.monotonic() - started
+        metrics.transfer_seconds.observe(seconds)
+        channel = self.channel
+        transfer_log.info(
+            "transfer session=%d client=%s user=%s command=%s path=%s bytes_down=%d bytes_up=%d seconds=%.3f "
+            "mode=%s outcome=%s",
+            self.id,
+            self.client.address.ip,
+            printable(channel.user or "") if channel else "",
+            transfer.verb or "-",
+            printable(transfer.argument) or "-",
+            to_client,
+            to_server,
+            seconds,
+            transfer.mode,
+            "idle_timeout" if result.idle_timeout else "complete",
+        )
+
+    def _report(self, actions: list[c.Action]) -> None:
+        if actions and not self._closed.is_set():
+            self.execute(actions)
+
+
+def _tune(writer: asyncio.StreamWriter, *, oob_inline: bool) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if oob_inline:
+            # Clients send ABOR's Telnet sync as TCP urgent data (RFC 959 4.1.3); keep it in the stream.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Install everything the integration suite (tests/integration/) needs.  Idempotent.
+#
+# - Debian packages: vsftpd (a real upstream), curl and lftp (real clients), nftables and
+#   iproute2 (namespaces, veth, the drop-everything-else rule), prometheus (promtool).
+# - pure-ftpd and proftpd: their Debian packages conflict with each other and with vsftpd
+#   and pull in init-system glue, so they are not installed.  Their .debs are downloaded and
+#   unpacked with `dpkg -x` under $FTP_ALG_TEST_CACHE (default /var/cache/ftp-alg-test);
+#   the tests run the binaries from there in the foreground.  Their shared libraries (which
+#   conflict with nothing) are installed normally.
+set -euo pipefail
+
+CACHE="${FTP_ALG_TEST_CACHE:-/var/cache/ftp-alg-test}"
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+PACKAGES=(
+    vsftpd lftp curl nftables iproute2 procps openssl prometheus
+    # shared libraries of the unpacked pure-ftpd / proftpd binaries
+    libcap2 libcrypt1 libpam0g libsodium23 libssl3 zlib1g libacl1 libhiredis0.14 libidn2-0
+    libmemcached11 libmemcachedutil2 libncursesw6 libpcre2-8-0 libpcre2-posix3 libtinfo6 libwrap0
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+export DEBIAN_FRONTEND=noninteractive
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "install-test-deps: installing ${missing[*]}"
+    $SUDO apt-get update -qq
+    # --no-install-recommends: keeps prometheus from pulling in a web UI and friends.
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# vsftpd's package starts a system daemon on :21 in the root namespace; the tests run
+# their own in namespaces, so stop it where there is an init system that started it.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet vsftpd 2>/dev/null; then
+    $SUDO systemctl stop vsftpd || true
+    $SUDO systemctl disable vsftpd >/dev/null 2>&1 || true
+fi
+
+unpack() {  # unpack <package> <marker file inside the tree>
+    local pkg="$1" marker="$2" dest="$CACHE/$1"
+    if [ -e "$dest/$marker" ]; then
+        return 0
+    fi
+    echo "install-test-deps: unpacking $pkg into $dest"
+    local tmp
+    tmp="$(mktemp -d)"
+    (cd "$tmp" && apt-get download "$pkg" >/dev/null 2>&1) || {
+        $SUDO apt-get update -qq
+        (cd "$tmp" && apt-get download "$pkg")
+    }
+    $SUDO mkdir -p "$dest.new"
+    $SUDO dpkg -x "$tmp"/"${pkg}"_*.deb "$dest.new"
+    rm -rf "$tmp"
+    $SUDO rm -rf "$dest"
+    $SUDO mv "$dest.new" "$dest"
+}
+
+$SUDO mkdir -p "$CACHE"
+unpack pure-ftpd usr/sbin/pure-ftpd
+unpack proftpd-core usr/sbin/proftpd
+
+for bin in /usr/sbin/vsftpd /usr/bin/curl /usr/bin/lftp /usr/sbin/nft /usr/sbin/ip \
+           "$CACHE/pure-ftpd/usr/sbin/pure-ftpd" "$CACHE/proftpd-core/usr/sbin/proftpd"; do
+    [ -x "$bin" ] || { echo "install-test-deps: missing $bin" >&2; exit 1; }
+done
+echo "install-test-deps: ok ($CACHE)"
