@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import re
 import sys
 from collections.abc import Coroutine, Sequence
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-from alg.config import LogSettings, Settings, apply_overrides, load_config
+from alg.config import Settings, apply_overrides, load_config
 from alg.errors import ConfigError
+from alg.logs import quoted as _quoted
+from alg.logs import setup_logging
 
 PROG = "ftp-alg"
 
@@ -170,12 +170,26 @@ def summary(settings: Settings) -> str:
 
 
 def _serve(settings: Settings) -> int:
+    if settings.workers > 1:
+        from alg.workers import supervise, worker_settings
+
+        return supervise(
+            settings.workers,
+            lambda index: _serve_worker(worker_settings(settings, index), index),
+            grace_s=settings.timeouts.shutdown_grace_s,
+        )
+    return _serve_worker(settings, 0)
+
+
+def _serve_worker(settings: Settings, worker: int) -> int:
     from alg.server import serve  # imported late: `check` needs none of the runtime
 
     try:
-        _run_loop(serve(settings))
+        _run_loop(serve(settings, worker))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except ConfigError as exc:  # found only at run time, e.g. the user to drop privileges to
+        return _fail(str(exc), EXIT_USAGE)
     except OSError as exc:  # typically binding: address in use, or a privileged port without rights
         logging.getLogger("alg.cli").debug("stopped by an OS error", exc_info=True)
         return _fail(str(exc), EXIT_FAILED)
@@ -190,46 +204,6 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
         return
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main)
-
-
-# --- logging: a stand-in until the logging module takes over ---
-
-_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-_BARE = re.compile(r"[^\s\"=\\]+")
-
-
-def _quoted(value: str) -> str:
-    return value if _BARE.fullmatch(value) else json.dumps(value)
-
-
-def _fields(record: logging.LogRecord, formatter: logging.Formatter) -> dict[str, object]:
-    fields: dict[str, object] = {
-        "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-        "level": record.levelname.lower(),
-        "logger": record.name,
-        "msg": record.getMessage(),
-    }
-    fields.update((key, value) for key, value in vars(record).items() if key not in _RECORD_FIELDS)
-    if record.exc_info:
-        fields["exc"] = formatter.formatException(record.exc_info)
-    return fields
-
-
-class _KeyValueFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return " ".join(f"{key}={_quoted(str(value))}" for key, value in _fields(record, self).items())
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_fields(record, self), default=str)
-
-
-def setup_logging(log: LogSettings) -> None:
-    """One line per record on stderr, as key=value pairs or JSON."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if log.format == "json" else _KeyValueFormatter())
-    logging.basicConfig(level=log.level.upper(), handlers=[handler], force=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -254,6 +254,9 @@ class Settings(_Frozen):
     active_ports: DataPorts | None = None
     # upstream: the address a server announces is often private or wrong, and must not steer us elsewhere.
     passive_target: Literal["upstream", "advertised"] = "upstream"
+    # refuse: a PORT/EPRT naming another host than the client is an FTP bounce (RFC 2577) and gets 504;
+    # rewrite: ignore the address and use the client's own, as OpenBSD ftp-proxy does (clients behind NAT).
+    port_address_mismatch: Literal["refuse", "rewrite"] = "refuse"
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
     # null: no extra open port unless asked for.
@@ -339,7 +342,26 @@ def apply_overrides(settings: Settings, **flag_values: object) -> Settings:
     return _validate(dict(settings), source=None, root=None, base_dir=None, flags=flag_values)
 
 
-def _parse_yaml(raw: bytes, source: str) -> tuple[yaml.Node, Mapping[str, Any]]:
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def load_yaml_model(
+    path: str | os.PathLike[str], model: type[_Model], *, what: str, context: Mapping[str, Any] | None = None
+) -> _Model:
+    """A YAML file validated as `model`, or a ConfigError naming the file, key path and line (rules use it)."""
+    source = os.fspath(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise _error(f"cannot read the file: {exc.strerror}", source=source) from exc
+    root, data = _parse_yaml(raw, source, what=what)
+    try:
+        return model.model_validate(data, context=dict(context or {}))
+    except ValidationError as exc:
+        raise _explain(exc, source=source, root=root, flags=set(), model=model) from exc
+
+
+def _parse_yaml(raw: bytes, source: str, what: str = "settings") -> tuple[yaml.Node, Mapping[str, Any]]:
     loader = yaml.SafeLoader(raw)
     try:
         root = loader.get_single_node()
@@ -354,9 +376,9 @@ def _parse_yaml(raw: bytes, source: str) -> tuple[yaml.Node, Mapping[str, Any]]:
     finally:
         loader.dispose()
     if root is None:
-        raise _error("the file is empty; expected a mapping of settings", source=source)
+        raise _error(f"the file is empty; expected a mapping of {what}", source=source)
     if not isinstance(root, yaml.MappingNode) or not isinstance(data, Mapping):
-        message = f"expected a mapping of settings at the top level, got {_show(data)}"
+        message = f"expected a mapping of {what} at the top level, got {_show(data)}"
         raise _error(message, source=source, line=root.start_mark.line + 1)
     _reject_duplicate_keys(root, (), source)
     return root, data
@@ -463,25 +485,27 @@ def _yaml_hint(node: yaml.Node | None, value: object) -> str:
     return ""
 
 
-def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Settings
+def _model_at(loc: tuple[str | int, ...], model: type[BaseModel] = Settings) -> type[BaseModel] | None:
+    annotation: Any = model
     for part in loc:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field else None
+        if isinstance(part, int):  # an item of a list of models
+            annotation = next(iter(get_args(annotation)), None)
+            continue
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
-        model = annotation
-    return model
+        field = annotation.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def _describe(error: ErrorDetails, loc: tuple[str | int, ...]) -> str:
+def _describe(error: ErrorDetails, loc: tuple[str | int, ...], model: type[BaseModel] = Settings) -> str:
     kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
     got = f"got {_show(value)}"
     if kind in ("config", "config_at"):
         return error["msg"]
     if kind == "extra_forbidden":
-        model = _model_at(loc[:-1])
-        known = list(model.model_fields) if model else []
+        inner = _model_at(loc[:-1], model)
+        known = list(inner.model_fields) if inner else []
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         if close:
             return f"unknown key {loc[-1]!r}; did you mean {close[0]!r}?"
@@ -509,7 +533,12 @@ def _describe(error: ErrorDetails, loc: tuple[str | int, ...]) -> str:
 
 
 def _explain(
-    exc: ValidationError, *, source: str | None, root: yaml.Node | None, flags: set[str]
+    exc: ValidationError,
+    *,
+    source: str | None,
+    root: yaml.Node | None,
+    flags: set[str],
+    model: type[BaseModel] = Settings,
 ) -> ConfigError:
     errors = exc.errors()
     locs = [tuple(error["loc"]) for error in errors]
@@ -520,7 +549,7 @@ def _explain(
             loc = ()
         elif any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs):
             continue  # a list that is too short because its item failed: the item's error says why
-        message = _describe(error, loc)
+        message = _describe(error, loc, model)
         flag = next((name for name in flags if loc[: len(_OVERRIDABLE[name])] == _OVERRIDABLE[name]), None)
         if flag is not None:
             problem = _error(message, source=None, key="--" + flag.replace("_", "-"))

@@ -1,4 +1,4 @@
-"""Data connections: a port pool, one-shot listeners that accept only the expected peer, and the byte relay.
+"""Data connections: a port pool, and one-shot listeners that accept only the expected peer (the relay: alg.relay).
 
 Rules: a listener lives until it accepts the expected peer or its timeout, then closes and frees its port; a
 connection from anyone else is closed at once and counted; every socket opened here is closed here.
@@ -16,8 +16,9 @@ from ipaddress import IPv6Address, ip_address
 
 from alg.errors import DataChannelError
 from alg.ftp.addresses import HostPort, IPAddress
+from alg.relay import RelayResult, relay
 
-RELAY_CHUNK_BYTES = 256 * 1024
+__all__ = ["Listener", "PortPool", "RelayResult", "accept_from", "connect_from", "open_listener", "peer_ip", "relay"]
 
 
 class PortPool:
@@ -129,82 +130,3 @@ async def connect_from(source: IPAddress | None, target: HostPort) -> socket.soc
         sock.close()
         raise
     return sock
-
-
-@dataclass(slots=True)
-class RelayResult:
-    to_b: int = 0  # bytes from a to b
-    to_a: int = 0
-    idle_timeout: bool = False
-
-
-async def relay(
-    a: socket.socket,
-    b: socket.socket,
-    *,
-    idle_timeout_s: float,
-    on_first_eof: Callable[[], None],
-) -> RelayResult:
-    """Copy bytes both ways until both directions end; half-close is passed on (shutdown SHUT_WR).
-
-    on_first_eof runs once the first direction has delivered all its bytes and its end of file, which is when
-    a transfer's 226 may go on to the client. Sockets are left open for the caller to close.
-    """
-    loop = asyncio.get_running_loop()
-    result = RelayResult()
-    last_activity = loop.time()
-    eof_reported = False
-
-    def eof() -> None:
-        nonlocal eof_reported
-        if not eof_reported:
-            eof_reported = True
-            on_first_eof()
-
-    async def pump(src: socket.socket, dst: socket.socket, forward: bool) -> None:
-        nonlocal last_activity
-        buffer = bytearray(RELAY_CHUNK_BYTES)
-        view = memoryview(buffer)
-        while True:
-            n = await loop.sock_recv_into(src, buffer)
-            if n == 0:
-                break
-            await loop.sock_sendall(dst, view[:n])
-            last_activity = loop.time()
-            if forward:
-                result.to_b += n
-            else:
-                result.to_a += n
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        eof()
-
-    async def watchdog() -> None:
-        while True:
-            remaining = last_activity + idle_timeout_s - loop.time()
-            if remaining <= 0:
-                result.idle_timeout = True
-                raise TimeoutError("data connection idle")
-            await asyncio.sleep(remaining)
-
-    pumps = [
-        asyncio.create_task(pump(a, b, True), name="relay a->b"),
-        asyncio.create_task(pump(b, a, False), name="relay b->a"),
-    ]
-    guard = asyncio.create_task(watchdog(), name="relay idle watchdog")
-    try:
-        waiting: set[asyncio.Task[None]] = {*pumps, guard}
-        while not all(task.done() for task in pumps):
-            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                error = task.exception()
-                if error is not None:
-                    raise error
-    finally:
-        for task in (*pumps, guard):
-            task.cancel()
-        await asyncio.gather(*pumps, guard, return_exceptions=True)
-        eof()
-    return result

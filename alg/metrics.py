@@ -6,12 +6,26 @@ address, a user or a path); every labelled series exists at zero from start-up.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+import threading
+from collections.abc import Callable, Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from alg import __version__
 
 SESSION_OUTCOMES = (
-    "client_closed",
+    "quit",  # the client said QUIT and the server closed: the normal end
+    "client_closed",  # the client closed the connection without QUIT
     "server_closed",
     "upstream_unreachable",
     "refused_limit",
@@ -22,7 +36,15 @@ SESSION_OUTCOMES = (
     "error",
 )
 # Verbs counted by name; anything else is "other", so a client cannot grow the label set.
-KNOWN_VERBS = ["ABOR", "ACCT", "ALLO", "APPE", "CDUP", "CWD", "DELE", "EPRT", "EPSV", "FEAT", "HELP", "LIST", "MDTM", "MKD", "MLSD", "MLST", "MODE", "NLST", "NOOP", "OPTS", "PASS", "PASV", "PORT", "PWD", "QUIT", "REIN", "REST", "RETR", "RMD", "RNFR", "RNTO", "SITE", "SIZE", "SMNT", "STAT", "STOR", "STOU", "STRU", "SYST", "TYPE", "USER", "AUTH", "PBSZ", "PROT", "LPRT", "LPSV"]
+# fmt: off
+KNOWN_VERBS = (
+    "ABOR", "ACCT", "ALLO", "APPE", "CDUP", "CWD", "DELE", "EPRT", "EPSV", "FEAT", "HELP", "LIST", "MDTM",
+    "MKD", "MLSD", "MLST", "MODE", "NLST", "NOOP", "OPTS", "PASS", "PASV", "PORT", "PWD", "QUIT", "REIN",
+    "REST", "RETR", "RMD", "RNFR", "RNTO", "SITE", "SIZE", "SMNT", "STAT", "STOR", "STOU", "STRU", "SYST",
+    "TYPE", "USER", "AUTH", "PBSZ", "PROT", "LPRT", "LPSV", "SPSV", "ADAT", "CCC", "HOST", "LANG", "CLNT",
+    "MFMT", "XPWD", "XCWD", "XCUP", "XMKD", "XRMD",
+)
+# fmt: on
 REWRITE_KINDS = ("port", "eprt", "pasv", "epsv")
 DATA_MODES = ("passive", "active")
 DATA_DIRECTIONS = ("download", "upload", "listing", "unknown")
@@ -56,14 +78,74 @@ _SETUP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 _TRANSFER_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
 
+ByteCounts = Callable[[], tuple[int, int]]  # (download, upload) bytes relayed so far
+
+
+class _DataBytes(Collector):
+    """ftp_alg_data_bytes_total: finished relays plus the running ones' bytes so far.
+
+    A running transfer's bytes show at every scrape, so rate() is smooth through long transfers instead of
+    jumping when they end; a finished relay's bytes move from `live` to `done` in one step, so the total
+    never goes down.
+    """
+
+    name = "ftp_alg_data_bytes"
+    documentation = "Bytes relayed on data connections, by direction (download: server to client)."
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # scrapes may come from another thread than the event loop
+        self._done = dict.fromkeys(BYTE_DIRECTIONS, 0)
+        self._live: dict[int, ByteCounts] = {}
+        self._next = 0
+
+    def add(self, download: int, upload: int) -> None:
+        with self._lock:
+            self._done["download"] += download
+            self._done["upload"] += upload
+
+    def start(self, counts: ByteCounts) -> int:
+        with self._lock:
+            self._next += 1
+            self._live[self._next] = counts
+            return self._next
+
+    def finish(self, token: int) -> tuple[int, int]:
+        with self._lock:
+            counts = self._live.pop(token, None)
+            if counts is None:
+                return 0, 0
+            download, upload = counts()
+            self._done["download"] += download
+            self._done["upload"] += upload
+            return download, upload
+
+    def value(self, direction: str) -> int:
+        with self._lock:
+            index = BYTE_DIRECTIONS.index(direction)
+            return self._done[direction] + sum(counts()[index] for counts in self._live.values())
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=["direction"])
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for direction in BYTE_DIRECTIONS:
+            family.add_metric([direction], self.value(direction))
+        yield family
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # *_created series would double the exposition (one per labelled series) and tell nothing that
+        # process_start_time_seconds does not; this switch is process-wide, and this process is ours.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.sessions_active = Gauge("ftp_alg_sessions_active", "Control sessions open now.", registry=r)
-        self.sessions = Counter(
-            "ftp_alg_sessions", "Control sessions ended, by outcome.", ["outcome"], registry=r
-        )
+        self.sessions = Counter("ftp_alg_sessions", "Control sessions ended, by outcome.", ["outcome"], registry=r)
         self.commands = Counter("ftp_alg_commands", "Client commands seen, by verb.", ["verb"], registry=r)
         self.rewrites = Counter("ftp_alg_rewrites", "Address rewrites, by kind.", ["kind"], registry=r)
         self.data_opened = Counter(
@@ -76,9 +158,8 @@ class Metrics:
             "ftp_alg_data_channels_failed", "Data connections that failed, by reason.", ["reason"], registry=r
         )
         self.data_active = Gauge("ftp_alg_data_channels_active", "Data connections open now.", registry=r)
-        self.data_bytes = Counter(
-            "ftp_alg_data_bytes", "Bytes relayed on data connections, by direction.", ["direction"], registry=r
-        )
+        self.data_bytes = _DataBytes()
+        r.register(self.data_bytes)
         self.data_setup_seconds = Histogram(
             "ftp_alg_data_channel_setup_seconds",
             "From the expected peer's connection to the other leg being connected.",
@@ -104,8 +185,21 @@ class Metrics:
         self.pool_in_use = Gauge(
             "ftp_alg_port_pool_in_use", "Ports of the data port pool in use.", ["pool"], registry=r
         )
+        self.upstream_ready = Gauge(
+            "ftp_alg_upstream_ready",
+            "1 when the last readiness check saw the upstream's 220 banner in time, else 0 (checked at each "
+            "scrape and each GET /readyz; 1 in transparent mode, which has no single upstream).",
+            registry=r,
+        )
+        self.tasks = Gauge(
+            "ftp_alg_tasks",
+            "asyncio tasks alive in the gateway's event loop, counted at each scrape (a leak shows as growth).",
+            registry=r,
+        )
         self.build_info = Info("ftp_alg_build", "Version of ftp-alg.", registry=r)
         self.build_info.info({"version": __version__})
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... (Linux /proc only)
+        ProcessCollector(registry=r)
         for outcome in SESSION_OUTCOMES:
             self.sessions.labels(outcome)
         for verb in (*KNOWN_VERBS, "other"):
@@ -117,14 +211,26 @@ class Metrics:
                 self.data_opened.labels(mode, direction)
         for reason in DATA_FAILURES:
             self.data_failed.labels(reason)
-        for direction in BYTE_DIRECTIONS:
-            self.data_bytes.labels(direction)
         for reason in REFUSAL_REASONS:
             self.refusals.labels(reason)
         for pool in POOLS:
             self.pool_size.labels(pool)
             self.pool_in_use.labels(pool)
         self._known_verbs = frozenset(KNOWN_VERBS)
+
+    def add_bytes(self, download: int, upload: int) -> None:
+        self.data_bytes.add(download, upload)
+
+    def relay_started(self, counts: ByteCounts) -> int:
+        """Count a running relay's bytes at every scrape; `counts` returns (download, upload) so far."""
+        return self.data_bytes.start(counts)
+
+    def relay_finished(self, token: int) -> tuple[int, int]:
+        """The relay's final (download, upload), now added to the totals for good."""
+        return self.data_bytes.finish(token)
+
+    def data_channel_opened(self, mode: str, verb: str | None) -> None:
+        self.data_opened.labels(mode if mode in DATA_MODES else "passive", direction_of(verb)).inc()
 
     def command(self, verb: str) -> None:
         self.commands.labels(verb if verb in self._known_verbs else "other").inc()

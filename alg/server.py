@@ -14,21 +14,30 @@ from collections import Counter
 from typing import Any
 
 from alg.dataplane import PortPool, peer_ip
+from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.control import ChannelSettings
 from alg.ftp.wire import reply
 from alg.metrics import Metrics
+from alg.relay import relay_mode
+from alg.rules import Policy
 from alg.session import GatewayContext, Session, Timeouts
+from alg.transparent import original_destination
+from alg.workers import port_slice
 
 log = logging.getLogger("ftp_alg.server")
 
 
-def context_from_settings(settings: Any, metrics: Metrics) -> GatewayContext:
+def context_from_settings(
+    settings: Any, metrics: Metrics, policy: Policy | None = None, worker: int = 0
+) -> GatewayContext:
+    """What the sessions of worker `worker` (of settings.workers) share; it owns a slice of each port range."""
     limits, timeouts = settings.limits, settings.timeouts
-    public_pool = PortPool(range(settings.passive_ports.first, settings.passive_ports.last + 1))
+    workers = settings.workers
+    public_pool = PortPool(port_slice(settings.passive_ports.first, settings.passive_ports.last, worker, workers))
     internal_pool = None
     if settings.active_ports is not None:
-        internal_pool = PortPool(range(settings.active_ports.first, settings.active_ports.last + 1))
+        internal_pool = PortPool(port_slice(settings.active_ports.first, settings.active_ports.last, worker, workers))
     metrics.pool_size.labels("public").set(public_pool.size)
     if internal_pool is not None:
         metrics.pool_size.labels("internal").set(internal_pool.size)
@@ -38,6 +47,10 @@ def context_from_settings(settings: Any, metrics: Metrics) -> GatewayContext:
             max_pipelined_commands=limits.max_pipelined_commands,
             max_data_channels=limits.max_data_channels_per_session,
             passive_target=settings.passive_target,
+            port_address_mismatch=settings.port_address_mismatch,
+            # The policy object, not its current rules: a reload reaches running sessions at their next command.
+            check_command=policy.check_command if policy is not None else None,
+            allow_data_peer=policy.allows_data_peer if policy is not None else None,
         ),
         timeouts=Timeouts(
             upstream_connect_s=timeouts.upstream_connect_s,
@@ -55,10 +68,14 @@ def context_from_settings(settings: Any, metrics: Metrics) -> GatewayContext:
 
 
 class Gateway:
-    def __init__(self, settings: Any, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Any, metrics: Metrics | None = None, worker: int = 0) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.context = context_from_settings(settings, self.metrics)
+        own = [address.ip for address in settings.listen]
+        if settings.public_address is not None:
+            own.append(settings.public_address)
+        self.policy = Policy(settings.rules, own_addresses=own)  # ConfigError if a rule file is bad
+        self.context = context_from_settings(settings, self.metrics, self.policy, worker)
         self.sessions: dict[int, Session] = {}
         self.ready = asyncio.Event()
         self.addresses: list[HostPort] = []
@@ -84,15 +101,32 @@ class Gateway:
             for sock in server.sockets:
                 name = sock.getsockname()
                 self.addresses.append(HostPort(peer_ip(name), name[1]))
-        log.info("listening on %s mode=%s", ", ".join(map(str, self.addresses)), self.settings.mode)
+        log.info(
+            "listening on %s mode=%s relay=%s",
+            ", ".join(map(str, self.addresses)),
+            self.settings.mode,
+            relay_mode(),
+        )
         self.ready.set()
 
+    @property
+    def stopping(self) -> bool:
+        """Shutdown has begun: no new sessions (readiness answers 503)."""
+        return self._stopping.is_set()
+
     def upstream_for(self, writer: asyncio.StreamWriter) -> HostPort | None:
+        """Reverse mode: the configured server. Transparent mode: the redirected connection's original
+        destination (PolicyDenied, 421, when it was not redirected)."""
+        if self.context.transparent:
+            return original_destination(writer.get_extra_info("socket"))
         upstream: HostPort | None = self.settings.upstream
         return upstream
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = peer_ip(writer.get_extra_info("peername"))
+        if not self.policy.allows_client(client):
+            await self._refuse_by_policy(writer, client, self.policy.client_refusal_text)
+            return
         limits = self.settings.limits
         refusal = None
         if self._stopping.is_set():
@@ -101,7 +135,11 @@ class Gateway:
             refusal = f"Too many connections ({limits.max_sessions}); try again later."
         elif self._per_client[client] >= limits.max_sessions_per_client:
             refusal = f"Too many connections from your address ({limits.max_sessions_per_client})."
-        upstream = self.upstream_for(writer)
+        try:
+            upstream = self.upstream_for(writer)
+        except PolicyDenied as denied:
+            await self._refuse_by_policy(writer, client, str(denied))
+            return
         if refusal is None and upstream is None:
             refusal = "No FTP server to connect you to."
         if refusal is not None or upstream is None:
@@ -113,6 +151,12 @@ class Gateway:
                 await writer.drain()
                 writer.close()
             return
+        if self.context.transparent:
+            try:
+                self.policy.check_destination(upstream.ip)
+            except PolicyDenied as denied:
+                await self._refuse_by_policy(writer, client, str(denied))
+                return
         number = self._next_id
         self._next_id += 1
         session = Session(number, self.context, reader, writer, upstream)
@@ -130,6 +174,16 @@ class Gateway:
             self.metrics.sessions_active.dec()
             if not self.sessions:
                 self._empty.set()
+
+    async def _refuse_by_policy(self, writer: asyncio.StreamWriter, client: IPAddress, text: str) -> None:
+        """421 and close, before any upstream is contacted (rules: clients, destinations)."""
+        self.metrics.refused("acl")
+        self.metrics.session_ended("refused_acl")
+        log.info("connection refused client=%s reason=acl text=%s", client, text)
+        with contextlib.suppress(Exception):
+            writer.write(reply(421, text))
+            await writer.drain()
+            writer.close()
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting, let sessions finish for up to grace_s, then close the rest."""
@@ -150,25 +204,47 @@ class Gateway:
                     await server.wait_closed()
 
 
-async def serve(settings: Any) -> None:
+def drop_privileges(user: str) -> None:
+    """Become `user` (and its primary group) for good; called after every privileged port is bound."""
+    import os
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"no such user {user!r}", key="user") from None
+    if os.geteuid() != 0:
+        if os.geteuid() == entry.pw_uid:
+            return
+        raise ConfigError(f"cannot switch to {user!r}: not started as root", key="user")
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    log.info("running as user=%s uid=%d gid=%d", user, entry.pw_uid, entry.pw_gid)
+
+
+async def serve(settings: Any, worker: int = 0) -> None:
     """Run the gateway until SIGINT or SIGTERM, then shut down gracefully."""
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, worker=worker)
     await gateway.start()
     metrics_server = None
     if getattr(settings, "metrics_listen", None) is not None:
         from alg.http import start_http
 
         metrics_server = await start_http(settings.metrics_listen, gateway)
+    if settings.user is not None:
+        drop_privileges(settings.user)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.policy.reload)  # keeps the old rules if a file is bad
     try:
         await stop.wait()
         log.info("shutting down (grace %s s)", settings.timeouts.shutdown_grace_s)
         await gateway.stop(settings.timeouts.shutdown_grace_s)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         if metrics_server is not None:
             metrics_server.close()

@@ -9,19 +9,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from alg.dataplane import PortPool, accept_from, connect_from, open_listener, peer_ip, relay
+from alg.dataplane import PortPool, RelayResult, accept_from, connect_from, open_listener, peer_ip, relay
 from alg.errors import DataChannelError
 from alg.ftp import control as c
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.wire import reply
-from alg.logs import printable
-from alg.metrics import Metrics, direction_of
+from alg.logs import printable, redact
+from alg.metrics import ByteCounts, Metrics
 
 log = logging.getLogger("ftp_alg.session")
 transfer_log = logging.getLogger("ftp_alg.transfer")
@@ -58,6 +59,8 @@ class _Transfer:
     argument: bytes = b""
     reply_code: int | None = None
     task: asyncio.Task[None] | None = None
+    connected: bool = False  # both legs up: counted in data_channels_opened once its verb is known
+    counted: bool = False
 
 
 @dataclass(slots=True)
@@ -96,6 +99,7 @@ class Session:
         self._transfers: dict[int, _Transfer] = {}
         self._last_activity = time.monotonic()
         self._draining = False
+        self._quit = False  # the client said QUIT: the server closing next is the normal end
         self.log = logging.LoggerAdapter(log, {"session": number})
         _tune(writer, oob_inline=True)
 
@@ -130,7 +134,7 @@ class Session:
             why = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
             self.log.warning("upstream unreachable upstream=%s error=%s", self.upstream, printable(why))
             text = f"Service not available: the FTP server {self.upstream} cannot be reached ({why})."
-            self.client.writer.write(reply(421, text))
+            _write(self.client.writer, reply(421, text))
             with contextlib.suppress(OSError, ConnectionError):
                 await self.client.writer.drain()
             self.outcome = "upstream_unreachable"
@@ -180,7 +184,7 @@ class Session:
         """Close once no transfer is running (graceful shutdown)."""
         self._draining = True
         if not self._transfers and not self._closed.is_set():
-            self.client.writer.write(reply(421, "Service shutting down."))
+            _write(self.client.writer, reply(421, "Service shutting down."))
             self.close("shutdown")
 
     def close(self, outcome: str) -> None:
@@ -199,11 +203,21 @@ class Session:
             while not self._closed.is_set():
                 await peer.can_read.wait()
                 data = await peer.reader.read(READ_BYTES)
-                self._last_activity = time.monotonic()
+                lines = channel.client_lines
                 self.execute(feed(data))
+                if channel.client_lines != lines:
+                    # Only whole commands count: a byte a minute with no newline does not keep a session.
+                    self._last_activity = time.monotonic()
                 if not data:
                     return
-                await other.writer.drain()
+                try:
+                    await other.writer.drain()
+                except (ConnectionError, OSError) as error:
+                    # The other side is gone, not this one: its end of stream is what the channel must hear.
+                    gone = "server" if from_client else "client"
+                    self.log.info("control connection lost side=%s error=%s", gone, error)
+                    self.execute((channel.server_data if from_client else channel.client_data)(b""))
+                    return
         except (ConnectionError, OSError) as error:
             self.log.info("control connection lost side=%s error=%s", "client" if from_client else "server", error)
             self.execute(feed(b""))
@@ -224,7 +238,7 @@ class Session:
     def _timeout(self, text: str) -> None:
         self.log.info("timeout %s", text)
         self.context.metrics.refused("timeout")
-        self.client.writer.write(reply(421, text))
+        _write(self.client.writer, reply(421, text))
         self.close("timeout")
 
     # ---- actions ---------------------------------------------------------------------------------------------
@@ -239,9 +253,12 @@ class Session:
             action = queue.popleft()
             match action:
                 case c.SendToClient(data):
-                    self.client.writer.write(data)
-                case c.SendToServer(data):
-                    self.server.writer.write(data)
+                    _write(self.client.writer, data)
+                case c.SendToServer(data, urgent):
+                    if urgent:
+                        self._send_urgent(data)
+                    else:
+                        _write(self.server.writer, data)
                 case c.ListenForClient() | c.ListenForServer():
                     queue.extend(self._open_data_endpoint(action))
                 case c.CloseDataEndpoint(ticket):
@@ -250,12 +267,21 @@ class Session:
                         transfer.task.cancel()
                 case c.CloseSession(reason):
                     self.log.info("closing: %s", reason)
-                    self.close("client_closed" if "client" in reason else "server_closed")
-                case c.CommandReceived(verb):
+                    if "overlong" in reason:
+                        self.close("protocol_error")
+                    elif self._quit:  # whichever side closed first after QUIT
+                        self.close("quit")
+                    else:
+                        self.close("client_closed" if "client" in reason else "server_closed")
+                case c.CommandReceived(verb, line):
                     metrics.command(verb)
+                    if self.log.isEnabledFor(logging.DEBUG):
+                        self.log.debug("command %s", printable(redact(line)))
+                    self._quit = self._quit or verb == "QUIT"
                 case c.Rewrote(kind, before, after):
                     metrics.rewrites.labels(kind).inc()
-                    self.log.debug("rewrite %s: %s -> %s", kind, printable(before), printable(after))
+                    if self.log.isEnabledFor(logging.DEBUG):
+                        self.log.debug("rewrite %s: %s -> %s", kind, printable(before), printable(after))
                 case c.Refused(rule, verb, code, detail):
                     metrics.refused(rule)
                     self.log.info("refused rule=%s verb=%s code=%d detail=%s", rule, verb, code, printable(detail))
@@ -265,11 +291,30 @@ class Session:
                     if ticket is not None and ticket in self._transfers:
                         self._transfers[ticket].verb = verb
                         self._transfers[ticket].argument = argument
+                        self._count_opened(self._transfers[ticket])
                 case c.TransferReplied(ticket, verb, code):
                     if ticket is not None and ticket in self._transfers:
                         self._transfers[ticket].reply_code = code
         self.client.can_read.set() if channel.wants_client_data else self.client.can_read.clear()
         self.server.can_read.set() if channel.wants_server_data else self.server.can_read.clear()
+
+    def _send_urgent(self, data: bytes) -> None:
+        """Write `data` with its last byte marked urgent (MSG_OOB), as ftplib and BSD ftp send ABOR."""
+        assert self.server is not None
+        transport = self.server.writer.transport
+        sock = self.server.writer.get_extra_info("socket")
+        if sock is None or transport.get_write_buffer_size() > 0:
+            _write(self.server.writer, data)  # the urgent mark cannot overtake queued bytes: send it plainly
+            return
+        # The transport owns the socket; a duplicate descriptor lets us pass a flag it has no API for.
+        try:
+            with socket.socket(fileno=os.dup(sock.fileno())) as raw:
+                sent = raw.send(data, socket.MSG_OOB)
+        except OSError:
+            sent = 0
+        if sent < len(data):
+            _write(self.server.writer, data[sent:])
+        self.log.debug("sent urgent bytes=%d of %d", sent, len(data))
 
     # ---- data connections ------------------------------------------------------------------------------------
 
@@ -287,6 +332,12 @@ class Session:
             listen_on, expected, source = self.server.ours.ip, self.server.address.ip, self.client.ours.ip
             facing_public = context.transparent
         pool = context.public_pool if facing_public else context.internal_pool
+        lan_passive = passive and context.transparent
+        if lan_passive:
+            # The LAN client dials the server's own address (a 229 names no address; curl and FileZilla ignore
+            # a 227 address that differs) and the firewall redirects that port range to us (deploy/nftables):
+            # the listener needs a known range, and the 227 names the server, as if there were no gateway.
+            pool = context.internal_pool or context.public_pool
         try:
             listener = open_listener(listen_on, pool)
         except DataChannelError as error:
@@ -298,6 +349,8 @@ class Session:
         if facing_public and context.public_address is not None:
             if type(context.public_address) is type(listener.address.ip):
                 announced = HostPort(context.public_address, listener.address.port)
+        if lan_passive:
+            announced = HostPort(self.server.address.ip, listener.address.port)
         transfer = _Transfer(mode="passive" if passive else "active")
         self._transfers[action.ticket] = transfer
         transfer.task = asyncio.create_task(
@@ -326,7 +379,7 @@ class Session:
         accepted: socket.socket | None = None
         connected: socket.socket | None = None
         failure: str | None = None
-        result = None
+        moved: tuple[int, int] | None = None  # (download, upload) once a relay ran
         started = 0.0
 
         def stranger(ip: IPAddress) -> None:
@@ -356,22 +409,32 @@ class Session:
                 failure = "connect_failed"
                 return
             metrics.data_setup_seconds.observe(time.monotonic() - started)
-            metrics.data_opened.labels(transfer.mode, direction_of(transfer.verb)).inc()
+            transfer.connected = True
+            if transfer.verb is not None:  # else counted when the client's RETR/STOR/LIST arrives
+                self._count_opened(transfer)
             metrics.data_active.inc()
             first, second = (accepted, connected)
+            counts = RelayResult()
+            token = metrics.relay_started(_byte_counts(counts, transfer.mode))
+            started = time.monotonic()
             try:
-                result = await relay(
+                await relay(
                     first,
                     second,
                     idle_timeout_s=timeouts.data_idle_s,
                     on_first_eof=lambda: self._report(self.channel.data_finished(ticket) if self.channel else []),
+                    result=counts,
                 )
             except TimeoutError:
                 failure = "idle_timeout"
             except (ConnectionError, OSError):
                 failure = "reset"
+            except asyncio.CancelledError:
+                failure = "aborted"  # ABOR, or the session closing under a running transfer
+                raise
             finally:
                 metrics.data_active.dec()
+                moved = metrics.relay_finished(token)
         finally:
             for sock in (accepted, connected):
                 if sock is not None:
@@ -379,42 +442,64 @@ class Session:
             if failure is not None:
                 metrics.data_failure(failure)
                 self.log.info("data connection failed ticket=%d reason=%s", ticket, failure)
-            self._account(ticket, transfer, result, started)
+            if transfer.connected:
+                self._count_opened(transfer, final=True)
+            if moved is not None:
+                self._account(transfer, moved, time.monotonic() - started, failure or "complete")
             self._transfers.pop(ticket, None)
+            # The idle timeout counts afresh from the end of a transfer, as servers' own do: a transfer longer
+            # than idle_s must not get the session closed the moment it ends.
+            self._last_activity = time.monotonic()
             if self.channel is not None and not self._closed.is_set():
                 self._report(self.channel.data_finished(ticket))
             if self._draining and not self._transfers:
                 self.drain()
 
-    def _account(self, ticket: int, transfer: _Transfer, result: Any, started: float) -> None:
-        if result is None:
-            return
-        metrics = self.context.metrics
-        # Passive: a is the client; active: a is the server.
-        to_client, to_server = (result.to_b, result.to_a) if transfer.mode == "active" else (result.to_a, result.to_b)
-        metrics.data_bytes.labels("download").inc(to_client)
-        metrics.data_bytes.labels("upload").inc(to_server)
-        seconds = time.monotonic() - started
-        metrics.transfer_seconds.observe(seconds)
+    def _count_opened(self, transfer: _Transfer, *, final: bool = False) -> None:
+        """One count per data connection, by mode and by the direction its command gives (else `unknown`)."""
+        if transfer.connected and not transfer.counted and (transfer.verb is not None or final):
+            transfer.counted = True
+            self.context.metrics.data_channel_opened(transfer.mode, transfer.verb)
+
+    def _account(self, transfer: _Transfer, moved: tuple[int, int], seconds: float, outcome: str) -> None:
+        """The transfer log's record (xferlog's fields, as key=value or JSON), and the duration histogram."""
+        download, upload = moved
+        if outcome == "complete":
+            self.context.metrics.transfer_seconds.observe(seconds)
         channel = self.channel
         transfer_log.info(
-            "transfer session=%d client=%s user=%s command=%s path=%s bytes_down=%d bytes_up=%d seconds=%.3f "
-            "mode=%s outcome=%s",
-            self.id,
-            self.client.address.ip,
-            printable(channel.user or "") if channel else "",
-            transfer.verb or "-",
-            printable(transfer.argument) or "-",
-            to_client,
-            to_server,
-            seconds,
-            transfer.mode,
-            "idle_timeout" if result.idle_timeout else "complete",
+            "transfer",
+            extra={
+                "session": self.id,
+                "client": str(self.client.address.ip),
+                "user": printable(channel.user or "-") if channel else "-",
+                "command": transfer.verb or "-",
+                "path": printable(transfer.argument) or "-",
+                "bytes": download + upload,
+                "bytes_download": download,
+                "bytes_upload": upload,
+                "seconds": round(seconds, 3),
+                "mode": transfer.mode,
+                "outcome": outcome,
+            },
         )
 
     def _report(self, actions: list[c.Action]) -> None:
         if actions and not self._closed.is_set():
             self.execute(actions)
+
+
+def _byte_counts(result: RelayResult, mode: str) -> ByteCounts:
+    """(download, upload) of a running relay: passive, `a` is the client's leg; active, `a` is the server's."""
+    if mode == "active":
+        return lambda: (result.to_b, result.to_a)
+    return lambda: (result.to_a, result.to_b)
+
+
+def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Queue bytes for a peer; a peer already gone takes none (uvloop raises RuntimeError where asyncio drops them)."""
+    if not writer.transport.is_closing():
+        writer.write(data)
 
 
 def _tune(writer: asyncio.StreamWriter, *, oob_inline: bool) -> None:

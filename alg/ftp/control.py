@@ -28,6 +28,9 @@ class SendToClient:
 @dataclass(frozen=True, slots=True)
 class SendToServer:
     data: bytes
+    # Send as TCP urgent data (RFC 959 4.1.3): servers such as vsftpd look for ABOR during a transfer only
+    # when urgent data arrives, and the client's urgent mark cannot cross the gateway by itself.
+    urgent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class CloseSession:
 @dataclass(frozen=True, slots=True)
 class CommandReceived:
     verb: str
+    line: bytes = b""  # as received; log it only through alg.logs.redact (PASS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,7 @@ UNSUPPORTED = {
 }
 
 CommandCheck = Callable[[Command], None]  # raises PolicyDenied to refuse
+DataPeerCheck = Callable[[IPv4Address | IPv6Address, IPv4Address | IPv6Address], bool]  # (peer, expected)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +141,11 @@ class ChannelSettings:
     max_pipelined_commands: int = 32
     max_data_channels: int = 4
     passive_target: str = "upstream"  # or "advertised"
+    port_address_mismatch: str = "refuse"  # or "rewrite": use the control client's address instead
     min_active_port: int = 1024
     check_command: CommandCheck | None = None
+    # passive_target "advertised": may a 227 name another host than the upstream? (default: never)
+    allow_data_peer: DataPeerCheck | None = None
 
 
 # ---- state ---------------------------------------------------------------------------------------------------
@@ -183,12 +191,15 @@ class ControlChannel:
         self.user: str | None = None
         self.logged_in = False
         self.closed = False
+        self.client_lines = 0  # complete lines received: activity that a byte-a-minute client cannot fake
         self._client = _Side(LineFramer(self.settings.max_line_bytes))
         self._server = _Side(LineFramer(self.settings.max_server_line_bytes))
         # The banner is the reply to connecting.
         self._pending: deque[_Pending] = deque([_Pending("<connect>")])
         self._multiline: int | None = None  # code of the multi-line reply in progress
         self._suppress_multiline = False
+        self._kept: list[bytes] | None = None  # lines of a transfer's multi-line final reply, kept together
+        self._kept_bytes = 0
         self._held_reply: bytes | None = None  # a transfer's final reply waiting for its data to drain
         self._tickets: dict[int, _Ticket] = {}
         self._next_ticket = 1
@@ -203,7 +214,9 @@ class ControlChannel:
             return []
         if not data:
             return self._close("the client closed the control connection")
-        self._client.backlog.extend(self._client.framer.feed(data))
+        lines = self._client.framer.feed(data)
+        self.client_lines += len(lines)
+        self._client.backlog.extend(lines)
         return self._run()
 
     def server_data(self, data: bytes) -> list[Action]:
@@ -211,6 +224,8 @@ class ControlChannel:
             return []
         if not data:
             out: list[Action] = []
+            if any(entry.verb in TRANSFER_VERBS for entry in self._pending):
+                out.append(SendToClient(reply(426, "Connection closed; transfer aborted: the FTP server went away.")))
             if not self._said_goodbye:
                 out.append(SendToClient(reply(421, "The FTP server closed the connection.")))
             return out + self._close("the server closed the control connection")
@@ -373,7 +388,7 @@ class ControlChannel:
         command = parse_command(line)
         if command is None:
             return self._refuse("<syntax>", 500, "syntax", "Syntax error, command unrecognized")
-        out: list[Action] = [CommandReceived(command.verb)]
+        out: list[Action] = [CommandReceived(command.verb, command.raw)]
         try:
             if self.settings.check_command is not None:
                 self.settings.check_command(command)
@@ -403,7 +418,7 @@ class ControlChannel:
             ticket = self._armed
             out.append(TransferRequested(ticket, verb, command.argument))
         self._pending.append(_Pending(verb, ticket=ticket, argument=command.argument))
-        out.append(SendToServer(command.raw))
+        out.append(SendToServer(command.raw, urgent=verb == "ABOR"))
         return out
 
     def _check_data_limit(self) -> None:
@@ -422,6 +437,8 @@ class ControlChannel:
             target = addresses.parse_port(command.argument)
         else:
             target = addresses.parse_eprt(command.argument)
+        if target.ip != self.client.ip and self.settings.port_address_mismatch == "rewrite":
+            target = HostPort(self.client.ip, target.port)
         if target.ip != self.client.ip:
             raise PolicyDenied(
                 f"{command.verb} refused: it names {target.ip}, but your connection comes from {self.client.ip}"
@@ -477,22 +494,45 @@ class ControlChannel:
         parsed = parse_reply_line(line)
         if self._multiline is not None:
             if parsed.code != self._multiline or parsed.more:
-                return [] if self._suppress_multiline else [SendToClient(line)]
+                return self._continuation(line)
             self._multiline = None
-            self._suppress_multiline = False
+            suppressed, self._suppress_multiline = self._suppress_multiline, False
+            if self._kept is not None:
+                line, self._kept, self._kept_bytes = b"".join(self._kept) + line, None, 0
+            if parsed.code < 200 and not suppressed:
+                return [SendToClient(line)]  # a multi-line preliminary reply (pure-ftpd's 150-) ends
             return self._final_reply(parsed.code, line, single_line=False)
         if parsed.code is None:
             return [SendToClient(line)]  # not a reply line: passed on, acted on never
         if parsed.more:
             self._multiline = parsed.code
-            front = self._pending[0].verb if self._pending else ""
-            if parsed.code in (227, 229) and front in ("PASV", "EPSV"):
+            front = self._pending[0] if self._pending else None
+            verb = front.verb if front is not None else ""
+            if parsed.code in (227, 229) and verb in ("PASV", "EPSV"):
                 self._suppress_multiline = True  # it may name the internal address; never forwarded
+                return []
+            if 200 <= parsed.code < 300 and verb in TRANSFER_VERBS and front is not None and front.ticket in self._tickets:
+                # A transfer's final reply may not reach the client before its data (pure-ftpd: "226-Options"),
+                # so the whole reply is kept until its last line decides.
+                self._kept = [line]
                 return []
             return [SendToClient(line)]
         if parsed.code < 200:
             return [SendToClient(line)]
         return self._final_reply(parsed.code, line, single_line=True)
+
+    def _continuation(self, line: bytes) -> list[Action]:
+        if self._suppress_multiline:
+            return []
+        if self._kept is None:
+            return [SendToClient(line)]
+        self._kept.append(line)
+        self._kept_bytes += len(line)
+        if self._kept_bytes > self.settings.max_server_line_bytes:
+            # Too long to keep: pass it on; only its last line will wait for the data.
+            kept, self._kept, self._kept_bytes = self._kept, None, 0
+            return [SendToClient(b"".join(kept))]
+        return []
 
     def _final_reply(self, code: int, line: bytes, *, single_line: bool) -> list[Action]:
         if not self._pending or self._pending[0].local_reply is not None:
@@ -551,10 +591,19 @@ class ControlChannel:
         except FtpProtocolError as error:
             return [Refused("server-reply", verb, 425, str(error)), SendToClient(unusable)]
         target = announced
+        out: list[Action] = []
         if self.settings.passive_target == "upstream":
             # The server's idea of its own address is often private (NAT): use the host we reached it at.
             target = HostPort(self.server.ip, announced.port)
-        ticket, out = self._new_ticket(passive=True, line=line, verb=verb)
+        elif announced.ip != self.server.ip:
+            check = self.settings.allow_data_peer
+            if check is None or not check(announced.ip, self.server.ip):
+                # RFC 2577: a reply naming a third party is not followed; the upstream host is used instead.
+                target = HostPort(self.server.ip, announced.port)
+                detail = f"the server announced third-party address {announced.ip}; using {self.server.ip}"
+                out.append(Refused("bounce", verb, 0, detail))
+        ticket, closed = self._new_ticket(passive=True, line=line, verb=verb)
+        out.extend(closed)
         self._server.waiting_for = ticket
         out.append(ListenForClient(ticket, then_connect=target))
         return out

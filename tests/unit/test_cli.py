@@ -32,7 +32,7 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     """alg.server replaced by a serve() that records its settings and returns at once."""
     served: list[Settings] = []
 
-    async def serve(settings: Settings) -> None:
+    async def serve(settings: Settings, worker: int = 0) -> None:
         served.append(settings)
 
     module = types.ModuleType("alg.server")
@@ -123,7 +123,7 @@ def test_run_bad_file_starts_nothing(
 def test_run_interrupted_returns_130(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async def serve(settings: Settings) -> None:
+    async def serve(settings: Settings, worker: int = 0) -> None:
         raise KeyboardInterrupt
 
     module = types.ModuleType("alg.server")
@@ -136,7 +136,7 @@ def test_run_interrupted_returns_130(
 def test_run_os_error_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async def serve(settings: Settings) -> None:
+    async def serve(settings: Settings, worker: int = 0) -> None:
         raise PermissionError(13, "Permission denied")
 
     module = types.ModuleType("alg.server")

@@ -90,8 +90,18 @@ def test_passive_target_upstream_ignores_an_announced_private_address() -> None:
     assert listen.then_connect == HostPort(SERVER.ip, 1025)
 
 
-def test_passive_target_advertised_follows_the_announced_address() -> None:
+def test_passive_target_advertised_follows_a_third_party_only_when_allowed() -> None:
     ch = channel(passive_target="advertised")
+    ch.server_data(b"220 x\r\n")
+    ch.client_data(b"PASV\r\n")
+    actions = ch.server_data(b"227 Entering Passive Mode (198,51,100,11,4,1)\r\n")
+    listen = next(a for a in actions if isinstance(a, ListenForClient))
+    assert listen.then_connect == HostPort(SERVER.ip, 1025), "a third party is not followed by default"
+    assert any(isinstance(a, Refused) and a.rule == "bounce" for a in actions)
+
+
+def test_passive_target_advertised_follows_the_announced_address() -> None:
+    ch = channel(passive_target="advertised", allow_data_peer=lambda peer, expected: True)
     ch.server_data(b"220 x\r\n")
     ch.client_data(b"PASV\r\n")
     actions = ch.server_data(b"227 Entering Passive Mode (198,51,100,11,4,1)\r\n")
@@ -344,3 +354,49 @@ def test_any_bytes_from_either_side_give_actions_or_our_error(feeds: list[tuple[
                 ch.data_endpoint_ready(a.ticket, PUBLIC)
             elif isinstance(a, ListenForServer):
                 ch.data_endpoint_ready(a.ticket, INTERNAL)
+
+
+def test_port_address_mismatch_rewrite_uses_the_control_clients_address() -> None:
+    ch = channel(port_address_mismatch="rewrite")
+    ch.server_data(b"220 x\r\n")
+    actions = ch.client_data(b"PORT 198,18,0,10,200,10\r\n")
+    listen = next(a for a in actions if isinstance(a, ListenForServer))
+    assert listen.then_connect == HostPort(CLIENT.ip, 200 * 256 + 10)
+
+
+def test_server_dying_during_a_transfer_gives_426_then_421() -> None:
+    ch = logged_in()
+    ch.client_data(b"PASV\r\n")
+    actions = ch.server_data(b"227 Entering Passive Mode (198,51,100,10,195,80)\r\n")
+    ticket = next(a.ticket for a in actions if isinstance(a, ListenForClient))
+    ch.data_endpoint_ready(ticket, PUBLIC)
+    ch.client_data(b"RETR big\r\n")
+    ch.server_data(b"150 here\r\n")
+    out = to_client(ch.server_data(b""))
+    assert out.startswith(b"426 ") and b"\r\n421 " in out
+
+
+def test_only_complete_lines_count_as_client_activity() -> None:
+    ch = logged_in()
+    before = ch.client_lines
+    ch.client_data(b"N")
+    ch.client_data(b"O")
+    assert ch.client_lines == before
+    ch.client_data(b"OP\r\n")
+    assert ch.client_lines == before + 1
+
+
+def test_a_multiline_preliminary_reply_is_not_the_final_one() -> None:
+    """pure-ftpd answers RETR with '150-Accepted data connection' / '150 1024.0 kbytes to download'."""
+    ch = logged_in()
+    ch.client_data(b"PASV\r\n")
+    actions = ch.server_data(b"227 Entering Passive Mode (198,51,100,10,195,80)\r\n")
+    ticket = next(a.ticket for a in actions if isinstance(a, ListenForClient))
+    ch.data_endpoint_ready(ticket, PUBLIC)
+    ch.data_connected(ticket)
+    ch.client_data(b"RETR f\r\n")
+    out = to_client(ch.server_data(b"150-Accepted data connection\r\n150 1024.0 kbytes to download\r\n"))
+    assert out == b"150-Accepted data connection\r\n150 1024.0 kbytes to download\r\n"
+    # The whole multi-line 226 waits for the data, not just its last line (curl gives up on an early "226-").
+    assert to_client(ch.server_data(b"226-File successfully transferred\r\n226 0.004 seconds\r\n")) == b""
+    assert to_client(ch.data_finished(ticket)) == b"226-File successfully transferred\r\n226 0.004 seconds\r\n"

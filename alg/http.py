@@ -1,0 +1,251 @@
+"""The metrics and health listener: GET /metrics, /healthz and /readyz on one small asyncio HTTP server.
+
+Rules: it runs on the gateway's event loop and never blocks it (one short-lived task per connection, bounded
+request head, time limit, connection cap, one request per connection); /readyz and every scrape check that the
+upstream sends its 220 banner in time, one check at a time and at most once a second, so probes cannot be
+turned into a flood of connections to the FTP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import generate_latest
+
+from alg.dataplane import peer_ip
+from alg.ftp.addresses import HostPort
+from alg.logs import printable
+
+if TYPE_CHECKING:
+    from alg.server import Gateway
+
+log = logging.getLogger("ftp_alg.http")
+
+READY_TIMEOUT_S = 2.0  # the upstream's 220 banner must arrive within this
+READY_CACHE_S = 1.0  # answers reused for this long, so a busy prober costs the upstream one login a second
+REQUEST_TIMEOUT_S = 5.0  # the whole request head must arrive within this
+MAX_HEAD_LINE_BYTES = 8 * 1024
+MAX_HEAD_LINES = 100
+MAX_CONNECTIONS = 64
+MAX_BANNER_LINES = 100
+# The text format generate_latest writes; named here, as newer prometheus_client's CONTENT_TYPE_LATEST says
+# version=1.0.0, which Prometheus 2 does not know.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# RFC 959 4.2: the last line of a reply is the code followed by a space (or by nothing at all).
+_FINAL_REPLY = re.compile(rb"([0-9]{3})(?: |\r?\n|$)")
+
+_STATUS_TEXT = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+
+_INDEX = b"ftp-alg: /metrics (Prometheus), /healthz (serving), /readyz (upstream answers with 220)\n"
+
+
+async def probe_upstream(upstream: HostPort, timeout_s: float = READY_TIMEOUT_S) -> str | None:
+    """None when `upstream` greets with 220 within `timeout_s` (then we say QUIT); else why it is not ready."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(str(upstream.ip), upstream.port, limit=MAX_HEAD_LINE_BYTES)
+            try:
+                return await _read_banner(reader, writer)
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+    except TimeoutError:
+        return f"no 220 banner from {upstream} within {timeout_s:g} s"
+    except OSError as error:
+        return f"cannot connect to {upstream}: {error.strerror or error}"
+    except ValueError:  # StreamReader.readline past its limit
+        return f"{upstream} sent an overlong banner line"
+
+
+async def _read_banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str | None:
+    for _ in range(MAX_BANNER_LINES):
+        line = await reader.readline()
+        if not line:
+            return "the upstream closed the connection before its 220 banner"
+        match = _FINAL_REPLY.match(line)
+        if match is None:
+            continue  # a line inside a multi-line reply (220-...)
+        code = int(match.group(1))
+        if code == 120:  # RFC 959: "service ready in nnn minutes"; 220 follows
+            continue
+        if code != 220:
+            return f"the upstream answered {printable(line.rstrip(), 120)}"
+        writer.write(b"QUIT\r\n")
+        with contextlib.suppress(OSError):
+            await writer.drain()
+        return None
+    return "the upstream's banner does not end"
+
+
+class Readiness:
+    """Whether the gateway can serve: listening, not shutting down, and its upstream greets with 220."""
+
+    def __init__(self, gateway: Gateway, *, timeout_s: float = READY_TIMEOUT_S, cache_s: float = READY_CACHE_S) -> None:
+        self.gateway = gateway
+        self.timeout_s = timeout_s
+        self.cache_s = cache_s
+        self._lock = asyncio.Lock()
+        self._checked_at = float("-inf")
+        self._reason: str | None = None
+
+    async def check(self) -> str | None:
+        """None when ready, else the reason (one line, fit for a 503 body and a log)."""
+        gateway = self.gateway
+        if gateway.stopping:
+            return "shutting down"
+        if not gateway.ready.is_set():
+            return "not listening yet"
+        upstream: HostPort | None = gateway.settings.upstream
+        if upstream is None:  # transparent mode: each session's upstream is its own original destination
+            gateway.metrics.upstream_ready.set(1)
+            return None
+        async with self._lock:  # concurrent probes wait for the one running and share its answer
+            if time.monotonic() - self._checked_at >= self.cache_s:
+                reason = await probe_upstream(upstream, self.timeout_s)
+                if reason != self._reason:
+                    level = logging.INFO if reason is None else logging.WARNING
+                    log.log(level, "upstream %s", "ready" if reason is None else f"not ready: {reason}")
+                self._reason = reason
+                self._checked_at = time.monotonic()
+                gateway.metrics.upstream_ready.set(1 if reason is None else 0)
+            return self._reason
+
+
+@dataclass(slots=True)
+class _Response:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class HttpListener:
+    """The running listener; close() stops accepting (what `serve` calls at shutdown)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.readiness = Readiness(gateway)
+        self.addresses: list[HostPort] = []
+        self._server: asyncio.Server | None = None
+        self._connections = 0
+
+    async def start(self, address: HostPort) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, host=str(address.ip), port=address.port, reuse_address=True, limit=MAX_HEAD_LINE_BYTES
+        )
+        for sock in self._server.sockets:
+            name = sock.getsockname()
+            self.addresses.append(HostPort(peer_ip(name), name[1]))
+        log.info("metrics and health on http://%s/metrics", ", ".join(map(str, self.addresses)))
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._connections += 1
+        try:
+            if self._connections <= MAX_CONNECTIONS:
+                await self._serve_one(reader, writer)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._connections -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                request_line = await _read_head(reader)
+        except (TimeoutError, ValueError, asyncio.IncompleteReadError):
+            return  # too slow, too long or cut short: nothing worth answering
+        if request_line is None:
+            response = _Response(400, b"bad request\n")
+            method = b"GET"
+        else:
+            method, path = request_line
+            response = await self._route(method, path)
+        _write(writer, response, head_only=method == b"HEAD")
+        await writer.drain()
+
+    async def _route(self, method: bytes, path: bytes) -> _Response:
+        if path not in (b"/metrics", b"/healthz", b"/readyz", b"/"):
+            return _Response(404, b"not found\n")
+        if method not in (b"GET", b"HEAD"):
+            return _Response(405, b"method not allowed\n", headers=(("Allow", "GET, HEAD"),))
+        if path == b"/healthz":
+            return _Response(200, b"ok\n")
+        if path == b"/readyz":
+            reason = await self.readiness.check()
+            if reason is None:
+                return _Response(200, b"ready\n")
+            return _Response(503, f"not ready: {reason}\n".encode())
+        if path == b"/metrics":
+            await self.readiness.check()  # keeps ftp_alg_upstream_ready current at every scrape
+            self.gateway.metrics.tasks.set(len(asyncio.all_tasks()))  # this scrape's own task included
+            return _Response(200, generate_latest(self.gateway.metrics.registry), METRICS_CONTENT_TYPE)
+        return _Response(200, _INDEX)
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
+    """(method, path without query) of the request, after reading its head; None when it is not HTTP."""
+    first = await reader.readline()
+    if not first.endswith(b"\n"):
+        raise asyncio.IncompleteReadError(first, None)
+    for _ in range(MAX_HEAD_LINES):
+        line = await reader.readline()
+        if not line.endswith(b"\n"):
+            raise asyncio.IncompleteReadError(line, None)
+        if line in (b"\r\n", b"\n"):
+            break
+    else:
+        return None
+    parts = first.split()
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+        return None
+    method, target = parts[0], parts[1]
+    return method, target.split(b"?", 1)[0]
+
+
+def _write(writer: asyncio.StreamWriter, response: _Response, *, head_only: bool) -> None:
+    reason = _STATUS_TEXT.get(response.status, "")
+    headers = [
+        f"HTTP/1.1 {response.status} {reason}",
+        f"Content-Type: {response.content_type}",
+        f"Content-Length: {len(response.body)}",
+        "Cache-Control: no-store",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in response.headers),
+    ]
+    writer.write(("\r\n".join(headers) + "\r\n\r\n").encode("ascii"))
+    if not head_only:
+        writer.write(response.body)
+
+
+async def start_http(address: HostPort, gateway: Gateway) -> HttpListener:
+    """Serve /metrics, /healthz and /readyz for `gateway` on `address` until close()."""
+    listener = HttpListener(gateway)
+    await listener.start(address)
+    return listener

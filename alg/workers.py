@@ -1,0 +1,151 @@
+"""`workers: N`: N gateway processes behind one control port, each owning a slice of every data port range.
+
+Rules: every worker binds the control listeners itself with SO_REUSEPORT, so the kernel spreads new sessions
+over the workers; a data port belongs to exactly one worker, so a data connection always reaches the process
+that announced it. The parent only forks, forwards signals and reaps: a worker that dies after it started
+well is started again; one that fails at once (a port in use) stops them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+log = logging.getLogger("ftp_alg.workers")
+
+# A worker that ends sooner than this after its start failed to start (bind error, bad rule file):
+# restarting it would only fail again, so the whole gateway stops with its exit code.
+MIN_UPTIME_S = 5.0
+# After the stop signal the workers get their own shutdown grace, plus this, before SIGKILL.
+KILL_AFTER_GRACE_S = 10.0
+
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def port_slice(first: int, last: int, index: int, count: int) -> range:
+    """Worker `index`'s share of the ports first..last: consecutive, disjoint, together the whole range."""
+    if not 0 <= index < count:
+        raise ValueError(f"worker {index} of {count}")
+    size, extra = divmod(last - first + 1, count)
+    if size == 0:
+        raise ValueError(f"{last - first + 1} ports cannot be shared among {count} workers")
+    start = first + index * size + min(index, extra)
+    return range(start, start + size + (1 if index < extra else 0))
+
+
+def worker_settings(settings: Any, index: int) -> Any:
+    """The settings worker `index` runs with: its own metrics port (port + index), when there is one."""
+    metrics = getattr(settings, "metrics_listen", None)
+    if index == 0 or metrics is None or metrics.port == 0:
+        return settings
+    return settings.model_copy(update={"metrics_listen": metrics._replace(port=metrics.port + index)})
+
+
+class _Supervisor:
+    def __init__(self, count: int, run_worker: Callable[[int], int], grace_s: float) -> None:
+        self.count = count
+        self.run_worker = run_worker
+        self.grace_s = grace_s
+        self.workers: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
+        self.stopping = False
+        self.failure: int | None = None
+
+    def start(self, index: int) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Signals wait until the worker has its own handlers, so it never runs the parent's.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the parent's code
+            code = 1
+            try:
+                for signum in (*_FORWARDED, signal.SIGALRM):
+                    signal.signal(signum, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+                code = self.run_worker(index)
+            except BaseException:  # the worker's last word; the parent sees the exit code
+                traceback.print_exc()
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        self.workers[pid] = (index, time.monotonic())
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        log.info("worker started index=%d pid=%d", index, pid)
+
+    def signal_all(self, signum: int) -> None:
+        for pid in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.signal_all(signum)  # rule reload, in every worker
+            return
+        if not self.stopping:
+            self.stopping = True
+            signal.signal(signal.SIGALRM, self.on_alarm)
+            signal.alarm(int(self.grace_s + KILL_AFTER_GRACE_S))
+        self.signal_all(signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    def on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        log.warning("workers still running after the grace period: killing %s", sorted(self.workers))
+        self.signal_all(signal.SIGKILL)
+
+    def reap(self, pid: int, status: int) -> None:
+        index, started = self.workers.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if self.stopping:
+            log.info("worker stopped index=%d pid=%d code=%d", index, pid, code)
+            if code not in (0, 130, -signal.SIGTERM, -signal.SIGINT):
+                self.failure = self.failure or 1
+            return
+        lived = time.monotonic() - started
+        if lived < MIN_UPTIME_S:
+            log.error("worker failed at start index=%d pid=%d code=%d: stopping the gateway", index, pid, code)
+            self.failure = code if code > 0 else 1
+            self.stopping = True
+            signal.signal(signal.SIGALRM, self.on_alarm)
+            signal.alarm(int(self.grace_s + KILL_AFTER_GRACE_S))
+            self.signal_all(signal.SIGTERM)
+            return
+        log.error("worker died index=%d pid=%d code=%d after %.0f s: starting it again", index, pid, code, lived)
+        self.start(index)
+
+    def run(self) -> int:
+        previous = {signum: signal.signal(signum, self.on_signal) for signum in _FORWARDED}
+        try:
+            for index in range(self.count):
+                if self.stopping:
+                    break
+                self.start(index)
+            while self.workers:
+                try:
+                    pid, status = os.wait()  # signal handlers run while it waits (PEP 475)
+                except ChildProcessError:
+                    break
+                if pid in self.workers:
+                    self.reap(pid, status)
+        finally:
+            signal.alarm(0)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return self.failure or 0
+
+
+def supervise(count: int, run_worker: Callable[[int], int], *, grace_s: float = 30.0) -> int:
+    """Fork `count` workers, each running `run_worker(index)` (its exit code); return the gateway's exit code.
+
+    SIGTERM and SIGINT stop every worker (each shuts down gracefully), SIGHUP reaches every worker."""
+    log.info("starting %d workers", count)
+    return _Supervisor(count, run_worker, grace_s).run()

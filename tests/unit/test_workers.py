@@ -1,0 +1,73 @@
+"""Workers: the port slices, the per-worker settings, and the supervisor's start, stop and failure rules."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from alg.config import load_config
+from alg.workers import port_slice, supervise, worker_settings
+
+
+@given(first=st.integers(1024, 65535), size=st.integers(1, 3000), count=st.integers(1, 64))
+def test_slices_are_disjoint_consecutive_and_cover_the_range(first: int, size: int, count: int) -> None:
+    last = min(65535, first + size - 1)
+    if last - first + 1 < count:
+        with pytest.raises(ValueError):
+            port_slice(first, last, 0, count)
+        return
+    slices = [port_slice(first, last, index, count) for index in range(count)]
+    assert [port for part in slices for port in part] == list(range(first, last + 1))
+    assert max(map(len, slices)) - min(map(len, slices)) <= 1
+
+
+def test_the_documented_example() -> None:
+    assert (port_slice(50000, 50999, 0, 2), port_slice(50000, 50999, 1, 2)) == (
+        range(50000, 50500),
+        range(50500, 51000),
+    )
+    with pytest.raises(ValueError):
+        port_slice(50000, 50999, 2, 2)
+
+
+def test_each_worker_gets_its_own_metrics_port() -> None:
+    settings = load_config(None, upstream="198.51.100.10", workers=3, metrics_listen="127.0.0.1:9100")
+    ports = [worker_settings(settings, index).metrics_listen.port for index in range(3)]
+    assert ports == [9100, 9101, 9102]
+    plain = load_config(None, upstream="198.51.100.10", workers=3)
+    assert worker_settings(plain, 2) is plain
+
+
+def test_a_worker_that_fails_at_start_stops_the_gateway_with_its_code() -> None:
+    assert supervise(2, lambda index: 3, grace_s=1) == 3
+
+
+def test_a_signal_stops_every_worker_and_the_gateway_exits_cleanly() -> None:
+    ready_r, ready_w = os.pipe()
+
+    def worker(index: int) -> int:
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        os.write(ready_w, b"x")
+        stop.wait(30)
+        return 0 if stop.is_set() else 9
+
+    def stop_when_both_run() -> None:
+        got = b""
+        while len(got) < 2:
+            got += os.read(ready_r, 2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=stop_when_both_run)
+    killer.start()
+    try:
+        assert supervise(2, worker, grace_s=5) == 0
+    finally:
+        killer.join(10)
+        os.close(ready_r)
+        os.close(ready_w)
