@@ -105,7 +105,9 @@ def open_listener(ip: IPAddress, pool: PortPool | None) -> Listener:
     raise DataChannelError(f"no data port could be bound on {ip}: {detail}", reason="port-pool-exhausted")
 
 
-async def accept_from(listener: Listener, expected: IPAddress, on_stranger: Callable[[IPAddress], None]) -> socket.socket:
+async def accept_from(
+    listener: Listener, expected: IPAddress, on_stranger: Callable[[IPAddress], None]
+) -> socket.socket:
     """The first connection from `expected`; anyone else is closed at once (data-port theft)."""
     loop = asyncio.get_running_loop()
     while True:

@@ -29,6 +29,13 @@ transfer_log = logging.getLogger("ftp_alg.transfer")
 
 READ_BYTES = 64 * 1024
 
+# Why a data connection ended before any byte moved, as the client's 426 says it.
+_FAILURE_TEXT = {
+    "accept_timeout": "nobody connected to the data port in time",
+    "connect_failed": "the other end of the data connection could not be reached",
+    "connect_timeout": "the other end of the data connection did not answer in time",
+}
+
 
 @dataclass(slots=True)
 class Timeouts:
@@ -346,9 +353,9 @@ class Session:
             return channel.data_endpoint_failed(action.ticket, str(error))
         self._update_pools()
         announced = listener.address
-        if facing_public and context.public_address is not None:
-            if type(context.public_address) is type(listener.address.ip):
-                announced = HostPort(context.public_address, listener.address.port)
+        public = context.public_address
+        if facing_public and public is not None and type(public) is type(listener.address.ip):
+            announced = HostPort(public, listener.address.port)
         if lan_passive:
             announced = HostPort(self.server.address.ip, listener.address.port)
         transfer = _Transfer(mode="passive" if passive else "active")
@@ -451,7 +458,11 @@ class Session:
             # than idle_s must not get the session closed the moment it ends.
             self._last_activity = time.monotonic()
             if self.channel is not None and not self._closed.is_set():
-                self._report(self.channel.data_finished(ticket))
+                if failure is not None and moved is None:
+                    # No byte was relayed: the transfer cannot have completed, whatever the server answers.
+                    self._report(self.channel.data_endpoint_failed(ticket, _FAILURE_TEXT.get(failure, failure)))
+                else:
+                    self._report(self.channel.data_finished(ticket))
             if self._draining and not self._transfers:
                 self.drain()
 

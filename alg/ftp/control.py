@@ -201,6 +201,7 @@ class ControlChannel:
         self._kept: list[bytes] | None = None  # lines of a transfer's multi-line final reply, kept together
         self._kept_bytes = 0
         self._held_reply: bytes | None = None  # a transfer's final reply waiting for its data to drain
+        self._failed: dict[int, bytes] = {}  # ticket -> our 426, for a transfer whose data connection broke
         self._tickets: dict[int, _Ticket] = {}
         self._next_ticket = 1
         self._armed: int | None = None  # the ticket the next transfer command will use
@@ -264,13 +265,19 @@ class ControlChannel:
         record = self._tickets.pop(ticket, None)
         if record is None or self.closed:
             return []
-        refusal = reply(425, f"Can't open data connection: {reason}.")
-        out: list[Action] = [Refused("data-endpoint", record.verb, 425, reason)]
         if record.ready:
-            # Already announced: the client learns of it from the transfer's failure.
+            # Already announced, maybe in use: a transfer whose data connection broke is not reported as
+            # complete, whatever the server says (it may have written everything into the gateway's buffers).
             if self._armed == ticket:
                 self._armed = None
-            return out + self._finished(ticket)
+            aborted = reply(426, f"Connection closed; transfer aborted: {reason}.")
+            if self._server.waiting_for == ticket and self._held_reply is not None:
+                self._held_reply = aborted
+            elif any(entry.ticket == ticket and entry.verb in TRANSFER_VERBS for entry in self._pending):
+                self._failed[ticket] = aborted  # bounded: one per transfer command still owed a reply
+            return self._finished(ticket)
+        refusal = reply(425, f"Can't open data connection: {reason}.")
+        out: list[Action] = [Refused("data-endpoint", record.verb, 425, reason)]
         if record.passive:
             # The server's 227/229 is replaced by our refusal, in its place in the reply order.
             out.append(SendToClient(refusal))
@@ -511,7 +518,8 @@ class ControlChannel:
             if parsed.code in (227, 229) and verb in ("PASV", "EPSV"):
                 self._suppress_multiline = True  # it may name the internal address; never forwarded
                 return []
-            if 200 <= parsed.code < 300 and verb in TRANSFER_VERBS and front is not None and front.ticket in self._tickets:
+            live_transfer = front is not None and verb in TRANSFER_VERBS and front.ticket in self._tickets
+            if 200 <= parsed.code < 300 and live_transfer:
                 # A transfer's final reply may not reach the client before its data (pure-ftpd: "226-Options"),
                 # so the whole reply is kept until its last line decides.
                 self._kept = [line]
@@ -562,6 +570,9 @@ class ControlChannel:
     def _transfer_reply(self, ticket: int, code: int, line: bytes) -> list[Action]:
         if self._armed == ticket:
             self._armed = None  # one transfer per PASV/PORT
+        failed = self._failed.pop(ticket, None)
+        if failed is not None and code < 300:
+            return [SendToClient(failed)]
         record = self._tickets.get(ticket)
         if record is None:
             return [SendToClient(line)]

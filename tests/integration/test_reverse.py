@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from clients import MODES, Mode, curl, curl_download, curl_list, curl_upload, ftplib_run, lftp
+from clients import MODES, Mode, curl_download, curl_list, curl_upload, ftplib_run, lftp
 from conftest import require_netns, require_server
 from gateway import Gateway, random_file, sha256_file, start_reverse_gateway
 from netns import Topology

@@ -1,0 +1,30 @@
+"""The type checker and the linter are part of the suite: a change that breaks either fails here."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    if shutil.which(tool, path=str(Path(sys.executable).parent)) is None:
+        pytest.fail(f"{tool} is not installed in the test environment (pip install '.[test]')")
+    return subprocess.run(
+        [sys.executable, "-m", tool, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_mypy_strict_on_the_package() -> None:
+    done = run("mypy", "--strict", "alg")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ruff_check() -> None:
+    done = run("ruff", "check", "alg", "tests", "bench")
+    assert done.returncode == 0, done.stdout + done.stderr
