@@ -26,5 +26,6 @@ def test_mypy_strict_on_the_package() -> None:
 
 
 def test_ruff_check() -> None:
-    done = run("ruff", "check", "alg", "tests", "bench")
+    paths = [name for name in ("alg", "tests", "bench") if (ROOT / name).exists()]
+    done = run("ruff", "check", *paths)
     assert done.returncode == 0, done.stdout + done.stderr
