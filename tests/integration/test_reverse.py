@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from clients import MODES, Mode, curl_download, curl_list, curl_upload, ftplib_run, lftp
+from clients import MODES, Mode, curl_download, curl_list, curl_upload, lftp
 from conftest import require_netns, require_server
 from gateway import Gateway, random_file, sha256_file, start_reverse_gateway
 from netns import Topology
+from scenarios import ftplib_round_trip
 from servers import KINDS, FtpServer, FtpTarget, start_server
 
 pytestmark = pytest.mark.netns
@@ -112,32 +113,7 @@ def test_lftp_session(setup: Setup, mode: Mode, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_ftplib_session(setup: Setup, mode: Mode, tmp_path: Path) -> None:
-    local, resumed = tmp_path / "small.bin", tmp_path / "resumed.bin"
-    half = SMALL // 2
-    resumed.write_bytes((setup.files / "small.bin").read_bytes()[:half])
-    remote = f"upload/up-ftplib-{mode}.bin"
-    result = ftplib_run(
-        setup.topo.client,
-        setup.target,
-        [
-            ("list",),
-            ("nlst",),
-            ("retr", "small.bin", local),
-            ("rest_retr", "small.bin", resumed, half),
-            ("stor", setup.files / "one.bin", remote),
-            ("appe", setup.files / "small.bin", remote),
-            ("retr", "empty.bin", tmp_path / "empty.bin"),
-        ],
-        mode=mode,
-    )
-    assert result.ok, result
-    assert result.data is not None
-    assert "small.bin" in result.data["results"][1]["names"]
-    assert sha256_file(local) == sha256_file(setup.files / "small.bin")
-    assert sha256_file(resumed) == sha256_file(setup.files / "small.bin"), "REST resume"
-    expected = (setup.files / "one.bin").read_bytes() + (setup.files / "small.bin").read_bytes()
-    assert setup.server.path(remote).read_bytes() == expected, "STOR then APPE"
-    assert (tmp_path / "empty.bin").read_bytes() == b""
+    result = ftplib_round_trip(setup.topo.client, setup.target, setup.server, setup.files, mode, tmp_path)
     assert_rewritten(result.received())
 
 

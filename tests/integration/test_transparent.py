@@ -10,7 +10,6 @@ ftp-alg active mode cannot work (test_active_mode_fails_through_plain_masquerade
 
 from __future__ import annotations
 
-import hashlib
 import re
 import socket
 from collections.abc import Iterator
@@ -25,12 +24,12 @@ from clients import (
     curl_download,
     curl_list,
     curl_upload,
-    ftplib_run,
     lftp,
 )
 from conftest import require_netns, require_server
 from gateway import Gateway, random_file, sha256_file, wait_listening
 from netns import Host, Topology
+from scenarios import ftplib_round_trip
 from servers import KINDS, FtpServer, FtpTarget, start_server
 
 pytestmark = pytest.mark.netns
@@ -209,29 +208,7 @@ def test_lftp_session(setup: Setup, mode: Mode, tmp_path: Path) -> None:
 @with_kinds("vsftpd")
 @pytest.mark.parametrize("mode", MODES)
 def test_ftplib_session(setup: Setup, mode: Mode, tmp_path: Path) -> None:
-    local, resumed = tmp_path / "small.bin", tmp_path / "resumed.bin"
-    half = SMALL // 2
-    resumed.write_bytes((setup.files / "small.bin").read_bytes()[:half])
-    remote = f"upload/up-ftplib-{mode}.bin"
-    result = ftplib_run(
-        setup.topo.client,
-        setup.target,
-        [
-            ("list",),
-            ("retr", "small.bin", local),
-            ("rest_retr", "small.bin", resumed, half),
-            ("stor", setup.files / "one.bin", remote),
-            ("appe", setup.files / "small.bin", remote),
-        ],
-        mode=mode,
-    )
-    assert result.ok, result
-    assert result.data is not None
-    assert any("small.bin" in line for line in result.data["results"][0]["lines"])
-    assert sha256_file(local) == sha256_file(setup.files / "small.bin")
-    assert sha256_file(resumed) == sha256_file(setup.files / "small.bin"), "REST resume"
-    expected = (setup.files / "one.bin").read_bytes() + (setup.files / "small.bin").read_bytes()
-    assert hashlib.sha256(setup.server.path(remote).read_bytes()).hexdigest() == hashlib.sha256(expected).hexdigest()
+    result = ftplib_round_trip(setup.topo.client, setup.target, setup.server, setup.files, mode, tmp_path)
     assert_relayed(setup, result.received(), result.sent())
 
 
