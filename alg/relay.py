@@ -295,6 +295,7 @@ class _Direction:
                 self.splice = False
                 return self._read()
             self.spliced = True
+            self.buffer = None  # the copy buffer of the first bytes is not needed any more
             self.total += read
             return read
         buffer = self.buffer

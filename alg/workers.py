@@ -84,7 +84,7 @@ class _Supervisor:
         log.info("worker started index=%d pid=%d", index, pid)
 
     def signal_all(self, signum: int) -> None:
-        for pid in self.workers:
+        for pid in list(self.workers):  # a handler may run while the dict changes
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 

@@ -1,0 +1,398 @@
+"""`python -m bench` (or `./dev bench`): the gateway against the direct path, in one run, figures and ratios.
+
+Builds the reverse topology in network namespaces (needs root), serves files with vsftpd (and pyftpdlib for
+the idle test), and runs each workload directly (routed through the gw namespace by the kernel) and through
+ftp-alg. Prints a table and writes bench-results/bench-<time>.json. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import workloads as w
+from bench.world import PYFTPDLIB_PORT, REPO_ROOT, Topology, World, cpu_seconds, descriptor_limit
+
+WORKLOADS = ("retr", "stor", "small", "concurrent", "idle", "workers")
+
+FULL = {"big": 1 << 30, "small": 1000, "concurrent": (200, 1000), "idle": (1000, 10000), "runs": 5}
+QUICK = {"big": 64 << 20, "small": 100, "concurrent": (20, 100), "idle": (100, 1000), "runs": 1}
+SMALL_FILE_BYTES = 4096
+SESSION_TIMEOUT_S = 30  # a concurrent session that takes longer counts as failed
+WARMUP_SESSIONS = 10  # held before the idle test's baseline, so first-use allocations are not counted
+
+# The issue's targets, as (what, check) over the results; ratios are gateway / direct from the same run.
+TARGETS = {
+    "bulk_ratio": 0.75,
+    "cpu_s_per_gib": 0.3,
+    "small_ratio": 0.85,
+    "banner_max_s": 5.0,
+    "idle_bytes_per_session": 64 * 1024,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    parser.add_argument("--quick", action="store_true", help="small sizes and one run each: a smoke test (~1 min)")
+    parser.add_argument("--runs", type=int, help="repetitions of bulk and small-file runs (median taken)")
+    parser.add_argument("--relay", choices=("splice", "asyncio"), help="the gateway's relay (FTP_ALG_RELAY)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results", help="where the JSON goes")
+    args = parser.parse_args(argv)
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(only) - set(WORKLOADS))
+    if unknown:
+        parser.error(f"unknown workload(s) {','.join(unknown)}; choose from {','.join(WORKLOADS)}")
+    if os.geteuid() != 0:
+        parser.error("needs root (network namespaces); run it as root, e.g. via ./dev bench")
+    sizes = dict(QUICK if args.quick else FULL)
+    if args.runs:
+        sizes["runs"] = args.runs
+    report: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load_average_before": os.getloadavg(),  # other work on the machine makes the figures noisy
+        "options": {"only": only, "quick": args.quick, "relay": args.relay or "auto", **sizes},
+        "results": {},
+    }
+    started = time.monotonic()
+    with Topology("reverse") as topology:
+        world = World(topology)
+        world.route_directly()
+        world.make_files(int(sizes["big"]), int(sizes["small"]), SMALL_FILE_BYTES)
+        vsftpd = world.start_vsftpd()
+        with world.gateway(vsftpd, relay=args.relay) as gateway:
+            steps: dict[str, Callable[[], Any]] = {
+                "retr": lambda: bulk_pair(world, vsftpd, gateway, "retr", sizes),
+                "stor": lambda: bulk_pair(world, vsftpd, gateway, "stor", sizes),
+                "small": lambda: small_pair(world, vsftpd, gateway, sizes),
+                "concurrent": lambda: concurrent_pair(world, vsftpd, gateway, sizes),
+            }
+            for name in WORKLOADS:
+                if name in only and name in steps:
+                    report["results"][name] = attempt(name, steps[name])
+        if "workers" in only:
+            report["results"]["workers"] = attempt("workers", lambda: workers_pair(world, vsftpd, sizes, args.relay))
+        if "idle" in only:
+            report["results"]["idle"] = attempt("idle", lambda: idle_memory(world, sizes, args.relay))
+    report["seconds"] = round(time.monotonic() - started, 1)
+    report["load_average_after"] = os.getloadavg()
+    report["verdicts"] = verdicts(report["results"])
+    print_table(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{datetime.now(UTC):%Y%m%d-%H%M%S}{'-quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nresults: {w.relative(path)} ({report['seconds']} s)")
+    # Exit 1 when a workload could not run; a missed target is a figure to read, not a failure of the tool.
+    return 1 if any(isinstance(v, dict) and "error" in v for v in report["results"].values()) else 0
+
+
+def attempt(name: str, step: Callable[[], Any]) -> Any:
+    print(f"bench: {name} ...", file=sys.stderr, flush=True)
+    try:
+        return step()
+    except Exception as error:  # one workload failing does not lose the others' figures
+        traceback.print_exc()
+        return {"error": f"{type(error).__name__}: {error}"[:2000]}
+
+
+# --- workloads, direct and through the gateway ----------------------------------------------------------------
+
+
+def bulk_pair(world: World, server: w.Target, gateway: w.Gateway, verb: str, sizes: dict[str, Any]) -> dict[str, Any]:
+    size, results = int(sizes["big"]), {}
+    timeout_s = 30 + size / (50 * w.MB)  # 50 MB/s at the very least
+    for mode in ("passive", "active"):
+        direct, through = [], []
+        for _ in range(int(sizes["runs"])):  # interleaved, so drift in the machine hits both paths alike
+            direct.append(w.bulk(world, server, verb, mode, size, None, timeout_s))
+            through.append(w.bulk(world, gateway.target, verb, mode, size, gateway, timeout_s))
+        d, g = w.median_run(direct), w.median_run(through)
+        cpu = w.median([run.cpu_s / (run.bytes / w.GIB) for run in through if run.cpu_s is not None])
+        results[mode] = {
+            "bytes": size,
+            "direct_mb_s": round(d.mb_s, 1),
+            "gateway_mb_s": round(g.mb_s, 1),
+            "ratio": round(g.mb_s / d.mb_s, 3),
+            "gateway_cpu_s_per_gib": round(cpu, 3),
+            # The whole machine's CPU per GiB (client, server, gateway, kernel): what the extra hop costs.
+            "machine_cpu_s_per_gib_direct": round(
+                w.median([run.machine_cpu_s / (run.bytes / w.GIB) for run in direct]), 3
+            ),
+            "machine_cpu_s_per_gib_gateway": round(
+                w.median([run.machine_cpu_s / (run.bytes / w.GIB) for run in through]), 3
+            ),
+            "runs_direct_mb_s": [round(run.mb_s, 1) for run in direct],
+            "runs_gateway_mb_s": [round(run.mb_s, 1) for run in through],
+        }
+    return results
+
+
+def small_pair(world: World, server: w.Target, gateway: w.Gateway, sizes: dict[str, Any]) -> dict[str, Any]:
+    count = int(sizes["small"])
+    direct, through, cpu, slowest = [], [], [], {"direct": 0.0, "gateway": 0.0}
+    for _ in range(int(sizes["runs"])):
+        run = w.small_files(world, server, count, 300)
+        direct.append(count / run.seconds)
+        slowest["direct"] = max(slowest["direct"], run.slowest_s)
+        before = gateway.cpu_seconds()
+        run = w.small_files(world, gateway.target, count, 300)
+        through.append(count / run.seconds)
+        slowest["gateway"] = max(slowest["gateway"], run.slowest_s)
+        cpu.append(gateway.cpu_seconds() - before)
+    d, g = w.median(direct), w.median(through)
+    return {
+        "files": count,
+        "file_bytes": SMALL_FILE_BYTES,
+        "direct_files_s": round(d, 1),
+        "gateway_files_s": round(g, 1),
+        "ratio": round(g / d, 3),
+        "gateway_cpu_ms_per_file": round(1000 * w.median(cpu) / count, 3),
+        "runs_direct_files_s": [round(x, 1) for x in direct],
+        "runs_gateway_files_s": [round(x, 1) for x in through],
+        "slowest_file_s": {path: round(seconds, 4) for path, seconds in slowest.items()},
+    }
+
+
+def concurrent_pair(world: World, server: w.Target, gateway: w.Gateway, sizes: dict[str, Any]) -> dict[str, Any]:
+    results = {}
+    for count in sizes["concurrent"]:
+        results[str(count)] = {
+            "direct": w.concurrent_sessions(world, server, int(count), SESSION_TIMEOUT_S),
+            "gateway": w.concurrent_sessions(world, gateway.target, int(count), SESSION_TIMEOUT_S),
+        }
+    return results
+
+
+def workers_pair(world: World, server: w.Target, sizes: dict[str, Any], relay: str | None) -> dict[str, Any]:
+    size, parallel = int(sizes["big"]), 4
+    timeout_s = 60 + parallel * size / (50 * w.MB)
+    results: dict[str, Any] = {"parallel": parallel, "bytes_each": size}
+    runs = int(sizes["runs"])
+    results["direct_mb_s"] = round(
+        w.median([w.parallel_retr(world, server, parallel, size, timeout_s).mb_s for _ in range(runs)]), 1
+    )
+    for workers in (1, 2):
+        with world.gateway(server, port=2100, workers=workers, relay=relay) as gateway:
+            speeds, shares = [], []
+            for _ in range(runs):
+                before = {pid: cpu_seconds(pid) for pid in gateway.worker_pids()}
+                speeds.append(w.parallel_retr(world, gateway.target, parallel, size, timeout_s).mb_s)
+                shares.append([round(cpu_seconds(pid) - cpu, 2) for pid, cpu in before.items()])
+            results[f"workers_{workers}"] = {
+                "mb_s": round(w.median(speeds), 1),
+                "runs_mb_s": [round(s, 1) for s in speeds],
+                "cpu_s_per_worker": shares,
+            }
+    results["ratio_2_to_1"] = round(results["workers_2"]["mb_s"] / results["workers_1"]["mb_s"], 3)
+    return results
+
+
+def idle_memory(world: World, sizes: dict[str, Any], relay: str | None) -> dict[str, Any]:
+    upstream = world.start_pyftpdlib()
+    # Each session holds two sockets. Where the descriptor limit cannot be raised that far (no
+    # CAP_SYS_RESOURCE), the sessions are spread over enough workers; RSS is summed over all processes.
+    needed = 2 * max(int(count) for count in sizes["idle"]) + 512
+    workers = -(-needed // descriptor_limit())
+    results: dict[str, Any] = {"workers": workers, "descriptor_limit": descriptor_limit()}
+    with world.gateway(upstream, port=PYFTPDLIB_PORT, relay=relay, workers=workers) as gateway:
+        client = w.IdleClient(world.client, gateway.target, 60)
+        try:
+            warm = client.hold(WARMUP_SESSIONS, 60)
+            baseline = gateway.rss_bytes()
+            results["baseline_rss_bytes"] = baseline
+            results["baseline_sessions"] = warm["open"]
+            for count in sizes["idle"]:
+                held = client.hold(int(count), 600)
+                rss = gateway.rss_bytes()
+                added = max(1, held["open"] - warm["open"])
+                results[str(count)] = {
+                    "open": held["open"],
+                    "failed": held["failed"],
+                    "errors": held.get("errors", {}),
+                    "seconds_to_open": round(held["seconds"], 1),
+                    "rss_bytes": rss,
+                    "bytes_per_session": round((rss - baseline) / added),
+                }
+        finally:
+            client.close()
+    return results
+
+
+# --- verdicts and the table -----------------------------------------------------------------------------------
+
+
+def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def add(what: str, value: Any, target: str, ok: bool | None) -> None:
+        out.append({"what": what, "value": value, "target": target, "ok": ok})
+
+    for verb in ("retr", "stor"):
+        for mode, figures in (results.get(verb) or {}).items():
+            if not isinstance(figures, dict):
+                continue
+            add(f"{verb.upper()} {mode} ratio", figures["ratio"], ">= 0.75", figures["ratio"] >= TARGETS["bulk_ratio"])
+            cpu = figures["gateway_cpu_s_per_gib"]
+            add(f"{verb.upper()} {mode} gateway CPU s/GiB", cpu, "<= 0.3", cpu <= TARGETS["cpu_s_per_gib"])
+    small = results.get("small") or {}
+    if "ratio" in small:
+        add("small files ratio", small["ratio"], ">= 0.85", small["ratio"] >= TARGETS["small_ratio"])
+    for count, pair in (results.get("concurrent") or {}).items():
+        if isinstance(pair, dict) and "gateway" in pair:
+            g = pair["gateway"]
+            ok = g["failed"] == 0 and (g["banner_max_s"] or 99) <= TARGETS["banner_max_s"]
+            add(
+                f"{count} sessions via gateway ok/max banner s", f"{g['ok']}/{g['banner_max_s']:.2f}", "all, <= 5 s", ok
+            )
+    for count, figures in (results.get("idle") or {}).items():
+        if isinstance(figures, dict) and "bytes_per_session" in figures:
+            per = figures["bytes_per_session"]
+            ok = per < TARGETS["idle_bytes_per_session"] if count == "10000" else None
+            add(f"{count} idle sessions, bytes each", per, "< 64 KiB at 10,000", ok)
+    workers = results.get("workers") or {}
+    if "ratio_2_to_1" in workers:
+        add("4 x RETR, 2 workers / 1 worker", workers["ratio_2_to_1"], "> 1", workers["ratio_2_to_1"] > 1)
+    for name, value in results.items():
+        if isinstance(value, dict) and "error" in value:
+            add(f"{name} failed", value["error"].splitlines()[0], "runs", False)
+    return out
+
+
+def print_table(report: dict[str, Any]) -> None:
+    m, r = report["machine"], report["results"]
+    print(
+        f"\nftp-alg benchmark {report['date']}  {m['cpus']} CPUs ({m['cpu']}), kernel {m['kernel']}, "
+        f"python {m['python']}, relay {report['options']['relay']}"
+    )
+    rows = [("workload", "direct", "gateway", "ratio", "gateway CPU")]
+    for verb in ("retr", "stor"):
+        for mode, f in (r.get(verb) or {}).items():
+            if isinstance(f, dict):
+                rows.append(
+                    (
+                        f"{verb.upper()} {f['bytes'] >> 20} MiB {mode}, MB/s",
+                        f["direct_mb_s"],
+                        f["gateway_mb_s"],
+                        f["ratio"],
+                        f"{f['gateway_cpu_s_per_gib']} s/GiB",
+                    )
+                )
+                rows.append(
+                    (
+                        "  whole machine CPU, s/GiB",
+                        f["machine_cpu_s_per_gib_direct"],
+                        f["machine_cpu_s_per_gib_gateway"],
+                        "",
+                        "",
+                    )
+                )
+    small = r.get("small") or {}
+    if "ratio" in small:
+        rows.append(
+            (
+                f"{small['files']} x 4 KiB RETR, one session, files/s",
+                small["direct_files_s"],
+                small["gateway_files_s"],
+                small["ratio"],
+                f"{small['gateway_cpu_ms_per_file']} ms/file",
+            )
+        )
+    for count, pair in (r.get("concurrent") or {}).items():
+        if isinstance(pair, dict) and "gateway" in pair:
+            d, g = pair["direct"], pair["gateway"]
+            rows.append((f"{count} concurrent sessions: ok", f"{d['ok']}/{count}", f"{g['ok']}/{count}", "", ""))
+            rows.append(("  max banner wait, s", _num(d["banner_max_s"]), _num(g["banner_max_s"]), "", ""))
+            rows.append(("  all done in, s", _num(d["seconds"]), _num(g["seconds"]), "", ""))
+    idle = r.get("idle") or {}
+    for count, f in idle.items():
+        if isinstance(f, dict) and "rss_bytes" in f:
+            rows.append(
+                (
+                    f"{count} idle sessions: gateway RSS MiB"
+                    + (f" ({idle['workers']} workers)" if idle.get("workers", 1) > 1 else ""),
+                    "",
+                    f"{f['rss_bytes'] / (1 << 20):.1f}",
+                    "",
+                    f"{f['bytes_per_session'] / 1024:.1f} KiB/session",
+                )
+            )
+    workers = r.get("workers") or {}
+    if "ratio_2_to_1" in workers:
+        rows.append(
+            (
+                "4 x RETR at once, total MB/s: 1 worker",
+                workers["direct_mb_s"],
+                workers["workers_1"]["mb_s"],
+                round(workers["workers_1"]["mb_s"] / workers["direct_mb_s"], 3),
+                "",
+            )
+        )
+        rows.append(
+            (
+                "  2 workers",
+                "",
+                workers["workers_2"]["mb_s"],
+                round(workers["workers_2"]["mb_s"] / workers["direct_mb_s"], 3),
+                f"2/1 = {workers['ratio_2_to_1']}",
+            )
+        )
+    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+    for index, row in enumerate(rows):
+        print(
+            "  ".join(
+                str(cell).ljust(widths[i]) if i == 0 else str(cell).rjust(widths[i]) for i, cell in enumerate(row)
+            )
+        )
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+    print("\ntargets:")
+    for v in report["verdicts"]:
+        mark = {True: "ok  ", False: "MISS", None: "    "}[v["ok"]]
+        print(f"  {mark} {v['what']}: {v['value']} (target {v['target']})")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        memory = Path("/proc/meminfo").read_text().split()[1]
+    except OSError:
+        memory = "0"
+    try:
+        import uvloop
+
+        uvloop_version = uvloop.__version__
+    except ImportError:
+        uvloop_version = None
+    from alg.relay import relay_mode
+
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(int(memory) / (1 << 20), 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "uvloop": uvloop_version,
+        "default_relay": relay_mode(),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""The benchmark's world: the reverse topology with a routed direct path, the upstreams, the gateway process.
+
+client 203.0.113.10 ─ gw 203.0.113.1 | 198.51.100.1 ─ server 198.51.100.10, built with the integration
+harness (tests/integration/netns.py). For the direct path the client and the server get routes through
+the gw namespace, which forwards: the same wires, the kernel instead of the gateway. Everything started
+here is stopped here, by PID; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
+
+from netns import Host, ManagedProcess, Topology  # noqa: E402  (the harness lives with the tests)
+
+SERVER_ADDR = "198.51.100.10"
+GATEWAY_ADDR = "203.0.113.1"
+VSFTPD_PORT = 21
+PYFTPDLIB_PORT = 2121
+GATEWAY_PORT = 21  # in front of vsftpd
+GATEWAY_IDLE_PORT = 2121  # in front of pyftpdlib
+PASSIVE_PORTS = "40000-49999"  # room for 1,000 concurrent sessions' data connections, in any worker
+NOFILE = 65536  # descriptors for the processes started here: 10,000 sessions hold 20,000 sockets
+
+VSFTPD = Path("/usr/sbin/vsftpd")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def raise_nofile() -> None:
+    """preexec_fn of the processes started here (only them): as many descriptors as this machine allows."""
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+    except (ValueError, OSError):  # no CAP_SYS_RESOURCE: up to the hard limit we were given
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def descriptor_limit() -> int:
+    """The RLIMIT_NOFILE the processes started here get (see raise_nofile), this process left as it is."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY or hard >= NOFILE:
+        return NOFILE
+    return NOFILE if _has_capability(_CAP_SYS_RESOURCE) else hard
+
+
+_CAP_SYS_RESOURCE = 24
+
+
+def _has_capability(bit: int) -> bool:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> bit & 1)
+    return False
+
+
+@dataclass(frozen=True)
+class Target:
+    addr: str
+    port: int
+    user: str = "anonymous"
+    password: str = "bench@ftp-alg.test"
+
+    def url(self, path: str = "") -> str:
+        return f"ftp://{self.addr}:{self.port}/{path.lstrip('/')}"
+
+
+class World:
+    """One topology for a whole run: vsftpd (and pyftpdlib when asked) behind it, gateways started on demand."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.topo = topology
+        self.root = topology.workdir / "ftproot"
+        self.client_files = topology.workdir / "client"
+        self.vsftpd: ManagedProcess | None = None
+        self.pyftpdlib: ManagedProcess | None = None
+
+    @property
+    def client(self) -> Host:
+        return self.topo.client
+
+    # --- the direct path -------------------------------------------------------------------------------------
+
+    def route_directly(self) -> None:
+        """Client and server reach each other through the gw namespace, which forwards (no gateway involved)."""
+        self.topo.client.ip("route", "add", "198.51.100.0/24", "via", GATEWAY_ADDR)
+        self.topo.server.ip("route", "add", "203.0.113.0/24", "via", "198.51.100.1")
+        self.topo.gw.sysctl("net.ipv4.ip_forward", 1)
+
+    # --- files -----------------------------------------------------------------------------------------------
+
+    def make_files(self, big_bytes: int, small_count: int, small_bytes: int) -> None:
+        """The served tree: big.bin (zeros), small/f0000.. , upload/ (writable); the client's big.bin to send."""
+        for directory in (self.root, self.root / "small", self.root / "upload", self.client_files):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)
+        (self.root / "upload").chmod(0o777)
+        for path in (self.root / "big.bin", self.client_files / "big.bin"):
+            _zero_file(path, big_bytes)
+            _read_through(path)  # into the page cache: the first run must not pay for it
+        payload = os.urandom(small_bytes)
+        for index in range(small_count):
+            path = self.root / "small" / f"f{index:04d}"
+            path.write_bytes(payload)
+            path.chmod(0o644)
+        (self.root / "hello.txt").write_bytes(b"hello from the benchmark\r\n")
+
+    def clear_uploads(self) -> None:
+        """Uploaded files go before their dirty pages are written back, so no run waits for the disk."""
+        for path in (self.root / "upload").iterdir():
+            path.unlink()
+
+    # --- upstreams -------------------------------------------------------------------------------------------
+
+    def start_vsftpd(self) -> Target:
+        workdir = self.topo.workdir / "vsftpd"
+        workdir.mkdir(exist_ok=True)
+        empty = workdir / "empty"
+        empty.mkdir(exist_ok=True)
+        conf = workdir / "vsftpd.conf"
+        ftp_user = "ftp" if _user_exists("ftp") else "nobody"
+        # The integration tests' settings, with the limits a load test needs: unlimited clients, a wide
+        # passive range, no per-session network namespace (isolate*: its set-up cost would be measured) and no
+        # per-command log. Both paths meet the same server.
+        conf.write_text(f"""\
+listen=YES
+listen_ipv6=NO
+listen_address={SERVER_ADDR}
+listen_port={VSFTPD_PORT}
+background=NO
+anonymous_enable=YES
+local_enable=NO
+ftp_username={ftp_user}
+anon_root={self.root}
+write_enable=YES
+anon_upload_enable=YES
+anon_mkdir_write_enable=YES
+anon_other_write_enable=YES
+anon_world_readable_only=NO
+anon_umask=022
+allow_writeable_chroot=YES
+pasv_enable=YES
+pasv_min_port=30000
+pasv_max_port=39999
+port_enable=YES
+connect_from_port_20=NO
+pasv_promiscuous=NO
+port_promiscuous=NO
+secure_chroot_dir={empty}
+seccomp_sandbox=NO
+isolate=NO
+isolate_network=NO
+syslog_enable=NO
+xferlog_enable=NO
+log_ftp_protocol=NO
+idle_session_timeout=600
+data_connection_timeout=120
+accept_timeout=30
+connect_timeout=30
+max_clients=0
+max_per_ip=0
+""")
+        conf.chmod(0o600)
+        self.vsftpd = self.topo.server.popen([VSFTPD, conf], name="vsftpd", preexec_fn=raise_nofile)
+        self.topo.server.wait_port(SERVER_ADDR, VSFTPD_PORT, process=self.vsftpd)
+        return Target(SERVER_ADDR, VSFTPD_PORT)
+
+    def start_pyftpdlib(self) -> Target:
+        """A light single-process upstream for the idle test (vsftpd would fork 10,000 processes)."""
+        if self.pyftpdlib is None:
+            self.pyftpdlib = self.python(
+                self.topo.server,
+                [REPO_ROOT / "bench" / "upstream.py", SERVER_ADDR, PYFTPDLIB_PORT, self.root],
+                name="pyftpdlib",
+            )
+            self.topo.server.wait_port(SERVER_ADDR, PYFTPDLIB_PORT, process=self.pyftpdlib, timeout_s=15)
+        return Target(SERVER_ADDR, PYFTPDLIB_PORT)
+
+    # --- processes -------------------------------------------------------------------------------------------
+
+    def python(
+        self, host: Host, argv: Sequence[Any], *, name: str, env: dict[str, str] | None = None
+    ) -> ManagedProcess:
+        """The benchmark's interpreter in a namespace, with the repository importable and many descriptors."""
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO_ROOT), full_env.get("PYTHONPATH"))))
+        full_env["PYTHONUNBUFFERED"] = "1"
+        return host.popen(
+            [sys.executable, *map(str, argv)], name=name, env=full_env, cwd=REPO_ROOT, preexec_fn=raise_nofile
+        )
+
+    @contextlib.contextmanager
+    def gateway(
+        self, upstream: Target, *, port: int = GATEWAY_PORT, workers: int = 1, relay: str | None = None
+    ) -> Iterator[Gateway]:
+        """ftp-alg in the gw namespace in front of `upstream`, at its defaults except the limits a load needs."""
+        config = self.topo.workdir / f"gateway-{port}-{workers}.yaml"
+        config.write_text(f"""\
+listen: {GATEWAY_ADDR}:{port}
+upstream: {upstream.addr}:{upstream.port}
+passive_ports: {PASSIVE_PORTS}
+workers: {workers}
+limits:
+  max_sessions: 20000
+  max_sessions_per_client: 20000
+""")
+        env = {"FTP_ALG_RELAY": relay} if relay else {}
+        process = self.python(self.topo.gw, ["-m", "alg.cli", "run", "--config", config], name="gateway", env=env)
+        gateway = Gateway(process, Target(GATEWAY_ADDR, port, upstream.user, upstream.password), workers)
+        try:
+            gateway.wait_listening(self.topo.gw, port)
+            yield gateway
+        finally:
+            process.stop(timeout_s=10)
+            self.topo.processes.remove(process)
+
+
+@dataclass
+class Gateway:
+    process: ManagedProcess
+    target: Target
+    workers: int
+
+    def pids(self) -> list[int]:
+        """The gateway's processes: the supervisor and its workers, or the one process."""
+        pid = self.process.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return [pid, *map(int, children)]
+
+    def worker_pids(self) -> list[int]:
+        pids = self.pids()
+        return pids[1:] if self.workers > 1 else pids[:1]
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids())
+
+    def rss_bytes(self) -> int:
+        return sum(rss_bytes(pid) for pid in self.pids())
+
+    def wait_listening(self, gw: Host, port: int, timeout_s: float = 15.0) -> None:
+        """Until every worker listens on the control port (each binds its own SO_REUSEPORT socket)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.process.alive():
+                raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.process.log()[-4000:]}")
+            listening = gw.run(["ss", "-Hltn", f"sport = :{port}"]).stdout.splitlines()
+            if len(listening) >= self.workers:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"gateway not listening on :{port} after {timeout_s} s:\n{self.process.log()[-4000:]}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (/proc/PID/stat fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy (/proc/stat: user, nice, system, irq, softirq), all CPUs."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = map(int, fields[:7])
+    return (user + nice + system + irq + softirq) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
+    except OSError:
+        return 0
+
+
+def _zero_file(path: Path, size: int) -> None:
+    """`size` zero bytes, at once: fallocate where the file system has it (reads come from no disk)."""
+    if path.exists() and path.stat().st_size == size:
+        return
+    path.unlink(missing_ok=True)
+    if shutil.which("fallocate") and subprocess.run(["fallocate", "-l", str(size), path]).returncode == 0:
+        pass
+    else:
+        with open(path, "wb") as f:
+            f.truncate(size)
+    path.chmod(0o644)
+
+
+def _read_through(path: Path) -> None:
+    with open(path, "rb") as f:
+        while f.read(1 << 20):
+            pass
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
