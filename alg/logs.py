@@ -24,6 +24,20 @@ TRANSFER_LOGGER = "ftp_alg.transfer"
 _PASS = re.compile(rb"^((?:\xff[\xf0-\xfe])*\s*PASS)( .*)?$", re.IGNORECASE | re.DOTALL)
 
 
+_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(char: str) -> str:
+    """What Python's unicode_escape writes for one character, without a codec lookup: that imports a module
+    at first use, which fails once privileges are dropped if the interpreter's files are not readable."""
+    code = ord(char)
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
 def printable(data: bytes | str, limit: int = 200) -> str:
     """The text with CR, LF and every other control character escaped, cut at `limit` characters."""
     text = data.decode("utf-8", "backslashreplace") if isinstance(data, bytes) else data
@@ -34,7 +48,7 @@ def printable(data: bytes | str, limit: int = 200) -> str:
         if char == "\\" or char.isprintable():
             out.append(char)
         else:
-            out.append(char.encode("unicode_escape").decode("ascii"))
+            out.append(_escape(char))
     if len(text) > limit:
         out.append("...")
     return "".join(out)

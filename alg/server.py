@@ -123,7 +123,12 @@ class Gateway:
         return upstream
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        client = peer_ip(writer.get_extra_info("peername"))
+        peername = writer.get_extra_info("peername")
+        if peername is None:  # reset before we looked (uvloop then has no address): nothing to answer
+            self.metrics.session_ended("client_closed")
+            writer.close()
+            return
+        client = peer_ip(peername)
         if not self.policy.allows_client(client):
             await self._refuse_by_policy(writer, client, self.policy.client_refusal_text)
             return
