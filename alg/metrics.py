@@ -162,7 +162,7 @@ class Metrics:
         r.register(self.data_bytes)
         self.data_setup_seconds = Histogram(
             "ftp_alg_data_channel_setup_seconds",
-            "From the expected peer's connection to the other leg being connected.",
+            "Time to connect the gateway's own leg of a data connection (server's passive port or client's PORT).",
             buckets=_SETUP_BUCKETS,
             registry=r,
         )

@@ -361,9 +361,13 @@ class Session:
         transfer = _Transfer(mode="passive" if passive else "active")
         self._transfers[action.ticket] = transfer
         transfer.task = asyncio.create_task(
-            self._data_connection(action.ticket, listener, expected, action.then_connect, source, transfer),
+            self._data_connection(
+                action.ticket, listener, expected, action.then_connect, source, transfer, announced if passive else None
+            ),
             name=f"#{self.id} data {action.ticket}",
         )
+        if passive:
+            return []  # announced once the server's leg is connected (_data_connection)
         return channel.data_endpoint_ready(action.ticket, announced)
 
     def _update_pools(self) -> None:
@@ -380,7 +384,10 @@ class Session:
         target: HostPort,
         source: IPAddress,
         transfer: _Transfer,
+        announce: HostPort | None = None,
     ) -> None:
+        """One data connection. Passive (`announce` given): connect to the server's passive port first, then
+        announce our port to the client. Active: accept the server first, then connect to the client."""
         metrics = self.context.metrics
         timeouts = self.context.timeouts
         accepted: socket.socket | None = None
@@ -393,7 +400,33 @@ class Session:
             metrics.refused("port_theft")
             self.log.warning("data port theft attempt ticket=%d from=%s expected=%s", ticket, ip, expected)
 
+        async def connect_other_leg() -> socket.socket | None:
+            nonlocal failure
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(timeouts.data_connect_s):
+                    sock = await connect_from(source, target)
+            except TimeoutError:
+                failure = "connect_timeout"
+                return None
+            except OSError as error:
+                self.log.warning("data connect failed ticket=%d target=%s error=%s", ticket, target, error)
+                failure = "connect_failed"
+                return None
+            metrics.data_setup_seconds.observe(time.monotonic() - started)
+            return sock
+
         try:
+            if announce is not None:
+                # Passive: the server's passive port is taken before the client hears of ours. All sessions reach
+                # the server from one address, so a port the server re-announces could otherwise receive another
+                # session's late data connection; and the client's data then flows at once.
+                connected = await connect_other_leg()
+                if connected is None:
+                    listener.close()
+                    self._update_pools()
+                    return
+                self._report(self.channel.data_endpoint_ready(ticket, announce) if self.channel else [])
             try:
                 async with asyncio.timeout(timeouts.data_connect_s):
                     accepted = await accept_from(listener, expected, stranger)
@@ -404,18 +437,10 @@ class Session:
                 listener.close()
                 self._update_pools()
             self._report(self.channel.data_connected(ticket) if self.channel else [])
-            started = time.monotonic()
-            try:
-                async with asyncio.timeout(timeouts.data_connect_s):
-                    connected = await connect_from(source, target)
-            except TimeoutError:
-                failure = "connect_timeout"
-                return
-            except OSError as error:
-                self.log.warning("data connect failed ticket=%d target=%s error=%s", ticket, target, error)
-                failure = "connect_failed"
-                return
-            metrics.data_setup_seconds.observe(time.monotonic() - started)
+            if connected is None:
+                connected = await connect_other_leg()
+                if connected is None:
+                    return
             transfer.connected = True
             if transfer.verb is not None:  # else counted when the client's RETR/STOR/LIST arrives
                 self._count_opened(transfer)
