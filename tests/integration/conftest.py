@@ -8,7 +8,9 @@ Import the helpers as plain modules: `from netns import Topology`, `from servers
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 import sys
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -118,6 +120,24 @@ def ftp_server_factory(request: pytest.FixtureRequest) -> Iterator[Callable[...,
         if _failed(request):
             print(server.logs()[-8000:])
         server.stop()
+
+
+# More than every socket buffer on the path can hold: a client that stops reading stalls the transfer.
+HUGE = 32 * 1024 * 1024
+
+
+@pytest.fixture
+def vsftpd(reverse_topo: Topology, ftp_server_factory: Callable[..., FtpServer]) -> FtpServer:
+    """vsftpd at 198.51.100.10:21 in `reverse_topo`."""
+    return ftp_server_factory("vsftpd", reverse_topo.server)
+
+
+@pytest.fixture
+def huge(vsftpd: FtpServer) -> str:
+    """sha256 of huge.bin, a 32 MiB file on `vsftpd`."""
+    payload = random.Random(32).randbytes(HUGE)
+    vsftpd.put_file("huge.bin", payload)
+    return hashlib.sha256(payload).hexdigest()
 
 
 @pytest.fixture(params=servers.KINDS)

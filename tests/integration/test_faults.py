@@ -10,15 +10,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import random
 import re
 import signal
 import socket
 import time
-from collections.abc import Callable
 
 import netns
 import pytest
+from conftest import HUGE
 from hostile import (
     FakeServer,
     RawFtp,
@@ -37,20 +36,7 @@ from servers import FtpServer
 
 pytestmark = pytest.mark.netns
 
-HUGE = 32 * 1024 * 1024
 SMALL_RCVBUF = 4096
-
-
-@pytest.fixture
-def vsftpd(reverse_topo: Topology, ftp_server_factory: Callable[..., FtpServer]) -> FtpServer:
-    return ftp_server_factory("vsftpd", reverse_topo.server)
-
-
-@pytest.fixture
-def huge(vsftpd: FtpServer) -> str:
-    payload = random.Random(32).randbytes(HUGE)
-    vsftpd.put_file("huge.bin", payload)
-    return hashlib.sha256(payload).hexdigest()
 
 
 def running_download(topo: Topology, client: RawFtp) -> tuple[socket.socket, bytes]:

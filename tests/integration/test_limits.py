@@ -8,12 +8,11 @@ Topology: client 203.0.113.10 (and .11) -> gateway 203.0.113.1 | 198.51.100.1 ->
 from __future__ import annotations
 
 import hashlib
-import random
 import socket
 import time
-from collections.abc import Callable
 
 import pytest
+from conftest import HUGE
 from hostile import (
     Closed,
     FakeServer,
@@ -35,21 +34,7 @@ from servers import FtpServer
 pytestmark = pytest.mark.netns
 
 SECOND_CLIENT = "203.0.113.11"
-HUGE = 32 * 1024 * 1024  # more than every socket buffer on the path can hold: a client that stops reading stalls it
 SMALL_RCVBUF = 4096
-
-
-@pytest.fixture
-def vsftpd(reverse_topo: Topology, ftp_server_factory: Callable[..., FtpServer]) -> FtpServer:
-    return ftp_server_factory("vsftpd", reverse_topo.server)
-
-
-@pytest.fixture
-def huge(vsftpd: FtpServer) -> str:
-    """sha256 of huge.bin, a 32 MiB file on the server."""
-    payload = random.Random(32).randbytes(HUGE)
-    vsftpd.put_file("huge.bin", payload)
-    return hashlib.sha256(payload).hexdigest()
 
 
 def session_outcome(topo: Topology, outcome: str) -> float:

@@ -181,10 +181,10 @@ def test_data_peers_default_to_the_expected_peer_only(tmp_path: Path) -> None:
 
 def test_destinations_and_loops(tmp_path: Path) -> None:
     never_own: Callable[[IPAddress], bool] = lambda _ip: False  # noqa: E731
-    path = write(tmp_path, "destinations:\n  deny: [10.0.0.0/8]\n")
+    path = write(tmp_path, "destinations:\n  deny: [198.51.100.128/25]\n")
     policy = Policy([path], own_addresses=[ip("203.0.113.1"), ip("0.0.0.0")], is_own=never_own)
     assert policy.allowed_destination(ip("203.0.113.20"))
-    assert not policy.allowed_destination(ip("10.1.2.3"))
+    assert not policy.allowed_destination(ip("198.51.100.200"))
     with pytest.raises(PolicyDenied, match="loop") as loop:
         policy.check_destination(ip("203.0.113.1"))
     assert loop.value.reply_code == 421
