@@ -24,6 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
 
 from netns import Host, ManagedProcess, Topology  # noqa: E402  (the harness lives with the tests)
+from servers import start_server  # noqa: E402
 
 SERVER_ADDR = "198.51.100.10"
 GATEWAY_ADDR = "203.0.113.1"
@@ -34,7 +35,6 @@ GATEWAY_IDLE_PORT = 2121  # in front of pyftpdlib
 PASSIVE_PORTS = "40000-49999"  # room for 1,000 concurrent sessions' data connections, in any worker
 NOFILE = 65536  # descriptors for the processes started here: 10,000 sessions hold 20,000 sockets
 
-VSFTPD = Path("/usr/sbin/vsftpd")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
@@ -125,56 +125,30 @@ class World:
     # --- upstreams -------------------------------------------------------------------------------------------
 
     def start_vsftpd(self) -> Target:
-        workdir = self.topo.workdir / "vsftpd"
-        workdir.mkdir(exist_ok=True)
-        empty = workdir / "empty"
-        empty.mkdir(exist_ok=True)
-        conf = workdir / "vsftpd.conf"
-        ftp_user = "ftp" if _user_exists("ftp") else "nobody"
-        # The integration tests' settings, with the limits a load test needs: unlimited clients, a wide
+        # The integration tests' vsftpd, with what a load test needs: this run's tree, unlimited clients, a wide
         # passive range, no per-session network namespace (isolate*: its set-up cost would be measured) and no
         # per-command log. Both paths meet the same server.
-        conf.write_text(f"""\
-listen=YES
-listen_ipv6=NO
-listen_address={SERVER_ADDR}
-listen_port={VSFTPD_PORT}
-background=NO
-anonymous_enable=YES
-local_enable=NO
-ftp_username={ftp_user}
-anon_root={self.root}
-write_enable=YES
-anon_upload_enable=YES
-anon_mkdir_write_enable=YES
-anon_other_write_enable=YES
-anon_world_readable_only=NO
-anon_umask=022
-allow_writeable_chroot=YES
-pasv_enable=YES
-pasv_min_port=30000
-pasv_max_port=39999
-port_enable=YES
-connect_from_port_20=NO
-pasv_promiscuous=NO
-port_promiscuous=NO
-secure_chroot_dir={empty}
-seccomp_sandbox=NO
-isolate=NO
-isolate_network=NO
-syslog_enable=NO
-xferlog_enable=NO
-log_ftp_protocol=NO
-idle_session_timeout=600
-data_connection_timeout=120
-accept_timeout=30
-connect_timeout=30
-max_clients=0
-max_per_ip=0
-""")
-        conf.chmod(0o600)
-        self.vsftpd = self.topo.server.popen([VSFTPD, conf], name="vsftpd", preexec_fn=raise_nofile)
-        self.topo.server.wait_port(SERVER_ADDR, VSFTPD_PORT, process=self.vsftpd)
+        server = start_server(
+            "vsftpd",
+            self.topo.server,
+            addr=SERVER_ADDR,
+            port=VSFTPD_PORT,
+            pasv_ports=(30000, 39999),
+            options={
+                "anon_root": str(self.root),
+                "isolate": "NO",
+                "isolate_network": "NO",
+                "xferlog_enable": "NO",
+                "log_ftp_protocol": "NO",
+                "idle_session_timeout": "600",
+                "data_connection_timeout": "120",
+                "accept_timeout": "30",
+                "connect_timeout": "30",
+                "max_clients": "0",
+                "max_per_ip": "0",
+            },
+        )
+        self.vsftpd = server.process
         return Target(SERVER_ADDR, VSFTPD_PORT)
 
     def start_pyftpdlib(self) -> Target:
@@ -306,13 +280,3 @@ def _read_through(path: Path) -> None:
     with open(path, "rb") as f:
         while f.read(1 << 20):
             pass
-
-
-def _user_exists(name: str) -> bool:
-    import pwd
-
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True

@@ -15,6 +15,7 @@ import random
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,9 +181,14 @@ def start_server(
     port: int = 21,
     pasv_ports: tuple[int, int] = DEFAULT_PASV_PORTS,
     ready_timeout_s: float = READY_TIMEOUT_S,
+    options: Mapping[str, str] | None = None,
 ) -> FtpServer:
-    """Start an FTP daemon of `kind` in `host`'s namespace and wait until it accepts connections."""
+    """Start an FTP daemon of `kind` in `host`'s namespace and wait until it accepts connections.
+
+    `options` (vsftpd only) replace or add vsftpd.conf settings, e.g. {"max_clients": "2000"}."""
     reason = missing(kind)
+    if options and kind != "vsftpd":
+        raise ValueError(f"options are for vsftpd, not {kind}")
     if reason is not None:
         raise FileNotFoundError(reason)
     addr = ipaddress.IPv4Address(str(addr or host.addr))
@@ -195,7 +201,7 @@ def start_server(
     root.chmod(0o755)
     seeded = seed_tree(root, kind)
     starter = {"vsftpd": _start_vsftpd, "pure-ftpd": _start_pureftpd, "proftpd": _start_proftpd}[kind]
-    server = starter(host, addr, port, pasv_ports, workdir, root)
+    server = starter(host, addr, port, pasv_ports, workdir, root, **({"options": options} if options else {}))
     server.seeded = seeded
     try:
         host.wait_port(addr, port, timeout_s=ready_timeout_s, process=server.process)
@@ -209,7 +215,13 @@ def start_server(
 
 
 def _start_vsftpd(
-    host: Host, addr: ipaddress.IPv4Address, port: int, pasv_ports: tuple[int, int], workdir: Path, root: Path
+    host: Host,
+    addr: ipaddress.IPv4Address,
+    port: int,
+    pasv_ports: tuple[int, int],
+    workdir: Path,
+    root: Path,
+    options: Mapping[str, str] | None = None,
 ) -> FtpServer:
     # Anonymous login (any password), chrooted into the served tree, uploads allowed.  vsftpd refuses
     # a writable chroot unless allow_writeable_chroot; the anonymous user is `ftp` (created by the
@@ -220,46 +232,48 @@ def _start_vsftpd(
     log = workdir / "vsftpd.log"
     ftp_user = "ftp" if _user_exists("ftp") else "nobody"
     conf = workdir / "vsftpd.conf"
-    conf.write_text(f"""\
-listen=YES
-listen_ipv6=NO
-listen_address={addr}
-listen_port={port}
-background=NO
-anonymous_enable=YES
-local_enable=NO
-ftp_username={ftp_user}
-anon_root={root}
-write_enable=YES
-anon_upload_enable=YES
-anon_mkdir_write_enable=YES
-anon_other_write_enable=YES
-anon_world_readable_only=NO
-anon_umask=022
-allow_writeable_chroot=YES
-pasv_enable=YES
-pasv_min_port={pasv_ports[0]}
-pasv_max_port={pasv_ports[1]}
-port_enable=YES
-connect_from_port_20=NO
-pasv_promiscuous=NO
-port_promiscuous=NO
-pasv_addr_resolve=NO
-secure_chroot_dir={empty}
-seccomp_sandbox=NO
-syslog_enable=NO
-xferlog_enable=YES
-dual_log_enable=NO
-xferlog_std_format=NO
-log_ftp_protocol=YES
-vsftpd_log_file={log}
-idle_session_timeout=60
-data_connection_timeout=30
-accept_timeout=10
-connect_timeout=10
-max_clients=100
-max_per_ip=100
-""")
+    settings = {
+        "listen": "YES",
+        "listen_ipv6": "NO",
+        "listen_address": str(addr),
+        "listen_port": str(port),
+        "background": "NO",
+        "anonymous_enable": "YES",
+        "local_enable": "NO",
+        "ftp_username": str(ftp_user),
+        "anon_root": str(root),
+        "write_enable": "YES",
+        "anon_upload_enable": "YES",
+        "anon_mkdir_write_enable": "YES",
+        "anon_other_write_enable": "YES",
+        "anon_world_readable_only": "NO",
+        "anon_umask": "022",
+        "allow_writeable_chroot": "YES",
+        "pasv_enable": "YES",
+        "pasv_min_port": str(pasv_ports[0]),
+        "pasv_max_port": str(pasv_ports[1]),
+        "port_enable": "YES",
+        "connect_from_port_20": "NO",
+        "pasv_promiscuous": "NO",
+        "port_promiscuous": "NO",
+        "pasv_addr_resolve": "NO",
+        "secure_chroot_dir": str(empty),
+        "seccomp_sandbox": "NO",
+        "syslog_enable": "NO",
+        "xferlog_enable": "YES",
+        "dual_log_enable": "NO",
+        "xferlog_std_format": "NO",
+        "log_ftp_protocol": "YES",
+        "vsftpd_log_file": str(log),
+        "idle_session_timeout": "60",
+        "data_connection_timeout": "30",
+        "accept_timeout": "10",
+        "connect_timeout": "10",
+        "max_clients": "100",
+        "max_per_ip": "100",
+    }
+    settings.update(options or {})
+    conf.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
     conf.chmod(0o600)  # vsftpd insists that root owns its config file
     process = host.popen([VSFTPD, conf], name="vsftpd", log_path=workdir / "vsftpd.out")
     return FtpServer(

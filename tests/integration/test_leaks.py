@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from hostile import metric, open_fds, scrape, start_gateway, wait_until
 from netns import Topology
-from servers import VSFTPD, FtpServer
+from servers import FtpServer
 
 pytestmark = pytest.mark.netns
 
@@ -350,23 +350,13 @@ def vsftpd(reverse_topo: Topology, ftp_server_factory: Callable[..., FtpServer])
     ports like a real server's: with the harness's 20, vsftpd runs out ("500 OOPS: vsf_sysutil_bind") and
     reuses a port within milliseconds, so a late data connection of one session can land on the next
     session's listener (all sessions reach it from the gateway's one address)."""
-    server = ftp_server_factory("vsftpd", reverse_topo.server)
-    conf = server.workdir / "vsftpd.conf"
-    text = conf.read_text()
-    low, high = server.pasv_ports
-    changes = {
-        "max_clients=100\n": "max_clients=2000\n",
-        "max_per_ip=100\n": "max_per_ip=2000\n",
-        f"pasv_max_port={high}\n": f"pasv_max_port={low + 999}\n",
-    }
-    for old, new in changes.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    server.process.kill()
-    conf.write_text(text)
-    server.process = server.host.popen([VSFTPD, conf], name="vsftpd", log_path=server.workdir / "vsftpd-roomy.out")
-    server.host.wait_port(server.addr, server.port, process=server.process)
-    return server
+    low = 30000
+    return ftp_server_factory(
+        "vsftpd",
+        reverse_topo.server,
+        pasv_ports=(low, low + 999),
+        options={"max_clients": "2000", "max_per_ip": "2000"},
+    )
 
 
 def test_2000_aborted_sessions_leave_no_descriptor_task_port_or_session_behind(

@@ -159,7 +159,7 @@ def test_port_leading_zeros(addr: HostPort, widths: list[int]) -> None:
         (b"(1(203.0.113.1(50000(", HostPort(V4("203.0.113.1"), 50000)),
         # Leading zeros are decimal, never octal; surrounding spaces are ignored.
         (b"|1|203.000.113.001|05000|", HostPort(V4("203.0.113.1"), 5000)),
-        (b"|1|010.0.0.1|21|", HostPort(V4("10.0.0.1"), 21)),
+        (b"|1|203.000.113.001|21|", HostPort(V4("203.0.113.1"), 21)),
         (b"  |1|203.0.113.1|50000| ", HostPort(V4("203.0.113.1"), 50000)),
     ],
 )
