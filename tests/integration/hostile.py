@@ -81,7 +81,11 @@ def scrape(topo: Topology) -> Samples:
         with opener.open(f"http://{METRICS}/metrics", timeout=IO_TIMEOUT_S) as response:
             return str(response.read().decode())
 
-    text = topo.gw.call(get, timeout_s=IO_TIMEOUT_S + 5)
+    return parse_samples(topo.gw.call(get, timeout_s=IO_TIMEOUT_S + 5))
+
+
+def parse_samples(text: str) -> Samples:
+    """Prometheus text format -> {(name, labels): value}."""
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(text)

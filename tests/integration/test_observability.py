@@ -25,8 +25,8 @@ import pytest
 import yaml
 from clients import curl_download, ftplib_run
 from conftest import skip_or_fail
+from hostile import Samples, metric, parse_samples
 from netns import Host, ManagedProcess, Topology
-from prometheus_client.parser import text_string_to_metric_families
 from servers import FtpServer, FtpTarget, sha256_file
 
 pytestmark = pytest.mark.netns
@@ -40,8 +40,6 @@ PROMETHEUS_ADDR = "127.0.0.1:9090"  # inside the gw namespace
 DEADLINE_S = 20.0
 POLL_S = 0.1
 MIB = 1024 * 1024
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -68,15 +66,7 @@ def gateway_url(topo: Topology, path: str) -> str:
 def scrape(topo: Topology) -> Samples:
     status, text = http_get(topo.client, gateway_url(topo, "/metrics"))
     assert status == 200, text
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def metric(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, frozenset(labels.items()))]
+    return parse_samples(text)
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout_s: float = DEADLINE_S) -> Any:

@@ -52,6 +52,18 @@ def logged_in() -> ControlChannel:
     return ch
 
 
+def passive_ready(*, connected: bool = False) -> tuple[ControlChannel, int]:
+    """A logged-in channel whose PASV got its 227 rewritten; the data connection accepted if `connected`."""
+    ch = logged_in()
+    ch.client_data(b"PASV\r\n")
+    actions = ch.server_data(b"227 Entering Passive Mode (198,51,100,10,195,80)\r\n")
+    ticket = next(a.ticket for a in actions if isinstance(a, ListenForClient))
+    ch.data_endpoint_ready(ticket, PUBLIC)
+    if connected:
+        ch.data_connected(ticket)
+    return ch, ticket
+
+
 def test_banner_and_login_pass_through_unchanged() -> None:
     ch = channel()
     assert to_client(ch.server_data(b"220 ready\r\n")) == b"220 ready\r\n"
@@ -208,23 +220,14 @@ def test_our_refusal_waits_for_replies_owed_to_earlier_commands() -> None:
 
 
 def test_transfer_success_waits_for_the_data_to_drain() -> None:
-    ch = logged_in()
-    ch.client_data(b"PASV\r\n")
-    actions = ch.server_data(b"227 Entering Passive Mode (198,51,100,10,195,80)\r\n")
-    ticket = next(a.ticket for a in actions if isinstance(a, ListenForClient))
-    ch.data_endpoint_ready(ticket, PUBLIC)
-    ch.data_connected(ticket)
+    ch, ticket = passive_ready(connected=True)
     assert to_server(ch.client_data(b"RETR f\r\n")) == b"RETR f\r\n"
     assert to_client(ch.server_data(b"150 here it comes\r\n226 done\r\n")) == b"150 here it comes\r\n"
     assert to_client(ch.data_finished(ticket)) == b"226 done\r\n"
 
 
 def test_transfer_failure_before_connection_closes_the_endpoint() -> None:
-    ch = logged_in()
-    ch.client_data(b"PASV\r\n")
-    actions = ch.server_data(b"227 Entering Passive Mode (198,51,100,10,195,80)\r\n")
-    ticket = next(a.ticket for a in actions if isinstance(a, ListenForClient))
-    ch.data_endpoint_ready(ticket, PUBLIC)
+    ch, ticket = passive_ready()
     ch.client_data(b"RETR missing\r\n")
     actions = ch.server_data(b"550 No such file\r\n")
     assert CloseDataEndpoint(ticket) in actions and to_client(actions) == b"550 No such file\r\n"
@@ -284,9 +287,7 @@ def test_pipelining_is_bounded() -> None:
 
 # ---- properties -------------------------------------------------------------------------------------------
 
-SCRIPT_CLIENT = (
-    b"USER ftp\r\nPASS x\r\nPASV\r\nRETR a\r\nEPSV\r\nLIST\r\nPORT 203,0,113,10,200,10\r\nNOOP\r\nLPSV\r\n"
-)
+SCRIPT_CLIENT = b"USER ftp\r\nPASS x\r\nPASV\r\nRETR a\r\nEPSV\r\nLIST\r\nPORT 203,0,113,10,200,10\r\nNOOP\r\nLPSV\r\n"
 SCRIPT_SERVER = (
     b"220-hi\r\n220 ready\r\n331 pass\r\n230 in\r\n227 Entering Passive Mode (198,51,100,10,1,2)\r\n"
     b"150 go\r\n226 done\r\n229 Entering Extended Passive Mode (|||6446|)\r\n150 go\r\n226 done\r\n"
@@ -365,11 +366,7 @@ def test_port_address_mismatch_rewrite_uses_the_control_clients_address() -> Non
 
 
 def test_server_dying_during_a_transfer_gives_426_then_421() -> None:
-    ch = logged_in()
-    ch.client_data(b"PASV\r\n")
-    actions = ch.server_data(b"227 Entering Passive Mode (198,51,100,10,195,80)\r\n")
-    ticket = next(a.ticket for a in actions if isinstance(a, ListenForClient))
-    ch.data_endpoint_ready(ticket, PUBLIC)
+    ch, _ = passive_ready()
     ch.client_data(b"RETR big\r\n")
     ch.server_data(b"150 here\r\n")
     out = to_client(ch.server_data(b""))
@@ -388,12 +385,7 @@ def test_only_complete_lines_count_as_client_activity() -> None:
 
 def test_a_multiline_preliminary_reply_is_not_the_final_one() -> None:
     """pure-ftpd answers RETR with '150-Accepted data connection' / '150 1024.0 kbytes to download'."""
-    ch = logged_in()
-    ch.client_data(b"PASV\r\n")
-    actions = ch.server_data(b"227 Entering Passive Mode (198,51,100,10,195,80)\r\n")
-    ticket = next(a.ticket for a in actions if isinstance(a, ListenForClient))
-    ch.data_endpoint_ready(ticket, PUBLIC)
-    ch.data_connected(ticket)
+    ch, ticket = passive_ready(connected=True)
     ch.client_data(b"RETR f\r\n")
     out = to_client(ch.server_data(b"150-Accepted data connection\r\n150 1024.0 kbytes to download\r\n"))
     assert out == b"150-Accepted data connection\r\n150 1024.0 kbytes to download\r\n"
