@@ -14,10 +14,10 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, NoReturn
 
-from alg.config import Settings, apply_overrides, load_config
 from alg.errors import ConfigError
-from alg.logs import quoted as _quoted
-from alg.logs import setup_logging
+from alg.ops.config import Settings, apply_overrides, load_config
+from alg.ops.logs import quoted as _quoted
+from alg.ops.logs import setup_logging
 
 PROG = "ftp-alg"
 
@@ -145,9 +145,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not demo.available():
         return _fail("the demo needs pyftpdlib: pip install 'ftp-alg[demo]'")
     # Validated before the demo server starts; the real upstream port is known only once it listens.
-    settings = load_config(
-        None, listen=[args.listen], upstream="127.0.0.1:21", passive_ports=args.passive_ports
-    )
+    settings = load_config(None, listen=[args.listen], upstream="127.0.0.1:21", passive_ports=args.passive_ports)
     setup_logging(settings.log)
     with demo.demo_upstream(demo.dial_address(settings)) as upstream:
         settings = apply_overrides(settings, upstream=upstream.address)
@@ -171,7 +169,7 @@ def summary(settings: Settings) -> str:
 
 def _serve(settings: Settings) -> int:
     if settings.workers > 1:
-        from alg.workers import supervise, worker_settings
+        from alg.gateway.workers import supervise, worker_settings
 
         return supervise(
             settings.workers,
@@ -182,7 +180,7 @@ def _serve(settings: Settings) -> int:
 
 
 def _serve_worker(settings: Settings, worker: int) -> int:
-    from alg.server import serve  # imported late: `check` needs none of the runtime
+    from alg.gateway.server import serve  # imported late: `check` needs none of the runtime
 
     try:
         _run_loop(serve(settings, worker))

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
-from alg.config import Settings
 from alg.ftp.addresses import HostPort
+from alg.ops.config import Settings
 
 # pyftpdlib's permission letters: list, read, and every kind of write, so uploads can be tried too.
 _ANONYMOUS_PERMISSIONS = "elradfmwMT"
@@ -86,9 +86,7 @@ def demo_upstream(gateway: HostPort) -> Iterator[DemoUpstream]:
             warnings.simplefilter("ignore", RuntimeWarning)
             authorizer.add_anonymous(folder, perm=_ANONYMOUS_PERMISSIONS)
         # A subclass, so the settings stay off pyftpdlib's shared FTPHandler class.
-        handler = type(
-            "DemoHandler", (FTPHandler,), {"authorizer": authorizer, "banner": "ftp-alg demo upstream"}
-        )
+        handler = type("DemoHandler", (FTPHandler,), {"authorizer": authorizer, "banner": "ftp-alg demo upstream"})
         server = FTPServer(("127.0.0.1", 0), handler)
         host, port = server.address[:2]
         stop = threading.Event()

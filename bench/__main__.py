@@ -381,7 +381,7 @@ def machine() -> dict[str, Any]:
         uvloop_version = uvloop.__version__
     except ImportError:
         uvloop_version = None
-    from alg.relay import relay_mode
+    from alg.net.relay import relay_mode
 
     return {
         "cpus": os.cpu_count(),

@@ -38,9 +38,7 @@ _SIX_NUMBERS = rb",".join([_BYTE] * 6)
 _PORT_ARGUMENT = re.compile(_SIX_NUMBERS)
 # RFC 1123 4.1.2.6: the 227 text is free-form; scan for six numbers that are whole words and not part of a
 # longer comma-separated run, so "1,2,3,4,5,6,7", "1000,2,3,4,5,6", "1,2,3,4,5,1_0" are not an address.
-_SIX_NUMBERS_IN_TEXT = re.compile(
-    rb"(?<![0-9A-Za-z_])(?<![0-9],)" + _SIX_NUMBERS + rb"(?![0-9A-Za-z_])(?!,[0-9])"
-)
+_SIX_NUMBERS_IN_TEXT = re.compile(rb"(?<![0-9A-Za-z_])(?<![0-9],)" + _SIX_NUMBERS + rb"(?![0-9A-Za-z_])(?!,[0-9])")
 # RFC 2428 section 3: "(<d><d><d><tcp-port><d>)"; the four delimiters are the same printable ASCII byte.
 _EPSV_PORT_IN_TEXT = re.compile(rb"\((?P<d>[\x21-\x7e])(?P=d)(?P=d)(?P<port>[0-9]{1,5})(?P=d)\)")
 
@@ -103,9 +101,7 @@ def parse_eprt(argument: bytes) -> HostPort:
     elif protocol == _NET_PRT_IPV6:
         ip = _parse_eprt_ipv6(net_addr)
     else:
-        raise ClientProtocolError(
-            f"EPRT network protocol {protocol} not supported, use (1,2)", reply_code=522
-        )
+        raise ClientProtocolError(f"EPRT network protocol {protocol} not supported, use (1,2)", reply_code=522)
     if _TCP_PORT.fullmatch(tcp_port) is None or not 0 < int(tcp_port) <= _MAX_PORT:
         raise ClientProtocolError("EPRT port is not a number in 1-65535", reply_code=501)
     return HostPort(ip, int(tcp_port))

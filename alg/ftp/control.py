@@ -62,7 +62,7 @@ class CloseSession:
 @dataclass(frozen=True, slots=True)
 class CommandReceived:
     verb: str
-    line: bytes = b""  # as received; log it only through alg.logs.redact (PASS)
+    line: bytes = b""  # as received; log it only through alg.ops.logs.redact (PASS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,9 +389,7 @@ class ControlChannel:
     def _client_line(self, line: bytes | Overlong) -> list[Action]:
         if isinstance(line, Overlong):
             limit = self.settings.max_line_bytes
-            return self._refuse(
-                "<overlong>", 500, "line-length", f"Command line too long (limit {limit} bytes)"
-            )
+            return self._refuse("<overlong>", 500, "line-length", f"Command line too long (limit {limit} bytes)")
         command = parse_command(line)
         if command is None:
             return self._refuse("<syntax>", 500, "syntax", "Syntax error, command unrecognized")
@@ -431,15 +429,11 @@ class ControlChannel:
     def _check_data_limit(self) -> None:
         if len(self._tickets) >= self.settings.max_data_channels:
             limit = self.settings.max_data_channels
-            raise PolicyDenied(
-                f"Too many data connections open (limit {limit})", rule="limit", reply_code=425
-            )
+            raise PolicyDenied(f"Too many data connections open (limit {limit})", rule="limit", reply_code=425)
 
     def _active(self, command: Command) -> list[Action]:
         if self._epsv_all:
-            raise PolicyDenied(
-                "After EPSV ALL only EPSV may open data connections", rule="syntax", reply_code=503
-            )
+            raise PolicyDenied("After EPSV ALL only EPSV may open data connections", rule="syntax", reply_code=503)
         if command.verb == "PORT":
             target = addresses.parse_port(command.argument)
         else:
@@ -473,9 +467,7 @@ class ControlChannel:
             self._pending.append(_Pending("EPSV ALL"))
             return [SendToServer(command.raw)]
         if command.verb == "PASV" and self._epsv_all:
-            raise PolicyDenied(
-                "After EPSV ALL only EPSV may open data connections", rule="syntax", reply_code=503
-            )
+            raise PolicyDenied("After EPSV ALL only EPSV may open data connections", rule="syntax", reply_code=503)
         raw = command.raw
         if command.verb == "EPSV" and argument:
             family = b"2" if isinstance(self.client.ip, IPv6Address) else b"1"
@@ -494,9 +486,7 @@ class ControlChannel:
 
     def _server_line(self, line: bytes | Overlong) -> list[Action]:
         if isinstance(line, Overlong):
-            out: list[Action] = [
-                SendToClient(reply(421, "The FTP server sent an unreadable reply; closing."))
-            ]
+            out: list[Action] = [SendToClient(reply(421, "The FTP server sent an unreadable reply; closing."))]
             return out + self._close("the server sent an overlong line")
         parsed = parse_reply_line(line)
         if self._multiline is not None:
@@ -588,9 +578,7 @@ class ControlChannel:
         return [SendToClient(line)]
 
     def _passive_reply(self, verb: str, code: int, line: bytes, single_line: bool) -> list[Action]:
-        unusable = reply(
-            425, "Can't open data connection: the FTP server's passive reply was not understood."
-        )
+        unusable = reply(425, "Can't open data connection: the FTP server's passive reply was not understood.")
         if not single_line or (verb, code) not in (("PASV", 227), ("EPSV", 229)):
             return [Refused("server-reply", verb, 425, "unusable passive reply"), SendToClient(unusable)]
         try:

@@ -196,8 +196,13 @@ def run_abort(setup: Setup, host_addr: str, passive: bool, direct: bool) -> dict
     import json
     import sys
 
-    spec = {"host": host_addr, "port": 21, "user": setup.target.user, "password": setup.target.password,
-            "passive": passive}
+    spec = {
+        "host": host_addr,
+        "port": 21,
+        "user": setup.target.user,
+        "password": setup.target.password,
+        "passive": passive,
+    }
     host = setup.topo.server if direct else setup.topo.client
     done = host.run([sys.executable, "-c", ABORT_SCRIPT], input=json.dumps(spec), timeout=30)
     assert done.returncode == 0, done.stderr + ("" if direct else setup.gateway.log()[-3000:])

@@ -19,7 +19,7 @@ from gateway import Gateway, start_reverse_gateway
 from netns import Topology
 from servers import FtpServer, start_server
 
-from alg.rules import is_own_address
+from alg.ops.rules import is_own_address
 
 pytestmark = pytest.mark.netns
 

@@ -266,7 +266,7 @@ HOSTILE_LINES = [
 def test_control_characters_from_the_network_never_reach_a_log_line_unescaped(
     reverse_topo: Topology, vsftpd: FtpServer, log_format: str
 ) -> None:
-    """Protection: every value from a peer goes through alg.logs.printable (and PASS through redact) before a
+    """Protection: every value from a peer goes through alg.ops.logs.printable (and PASS through redact) before a
     log line; one record is one line. Without it the CR/LF/ESC/U+2028 bytes would split or forge lines."""
     topo = reverse_topo
     gateway = start_gateway(topo, {"log": {"format": log_format}}, "--log-level", "debug")

@@ -428,9 +428,7 @@ CLIENT_PARSERS: list[Callable[[bytes], object]] = [parse_port, parse_eprt]
 SERVER_PARSERS: list[Callable[[bytes], object]] = [find_227, find_229]
 
 
-def _returns_or_raises_ours(
-    parse: Callable[[bytes], object], data: bytes, error: type[FtpProtocolError]
-) -> None:
+def _returns_or_raises_ours(parse: Callable[[bytes], object], data: bytes, error: type[FtpProtocolError]) -> None:
     try:
         parse(data)
     except error as raised:

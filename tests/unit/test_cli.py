@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from alg import cli, demo
-from alg.config import LogSettings, Settings
+from alg.ops.config import LogSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "rules" / "gateway.example.yaml"
@@ -29,15 +29,15 @@ FLAGS = [
 
 @pytest.fixture
 def fake_server(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
-    """alg.server replaced by a serve() that records its settings and returns at once."""
+    """alg.gateway.server replaced by a serve() that records its settings and returns at once."""
     served: list[Settings] = []
 
     async def serve(settings: Settings, worker: int = 0) -> None:
         served.append(settings)
 
-    module = types.ModuleType("alg.server")
+    module = types.ModuleType("alg.gateway.server")
     module.serve = serve  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "alg.server", module)
+    monkeypatch.setitem(sys.modules, "alg.gateway.server", module)
     return served
 
 
@@ -62,15 +62,12 @@ def test_check_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert cli.main(["check", "--config", str(path)]) == 2
     line = one_error_line(capsys)
     assert line.endswith(
-        "passive_ports (line 2): expected FIRST-LAST, got 1221: "
-        "YAML 1.1 reads 20:21 as a base-60 number; quote it"
+        "passive_ports (line 2): expected FIRST-LAST, got 1221: YAML 1.1 reads 20:21 as a base-60 number; quote it"
     )
 
 
 def test_check_flag_overrides_file(capsys: pytest.CaptureFixture[str]) -> None:
-    assert (
-        cli.main(["check", "--config", str(EXAMPLE), "--passive-ports", "60000-60099", "--workers", "2"]) == 0
-    )
+    assert cli.main(["check", "--config", str(EXAMPLE), "--passive-ports", "60000-60099", "--workers", "2"]) == 0
     out = capsys.readouterr().out
     assert "passive_ports=60000-60099" in out and "workers=2" in out
 
@@ -103,10 +100,7 @@ def test_run_with_flags_alone(fake_server: list[Settings]) -> None:
 
 def test_run_bad_flag_starts_nothing(fake_server: list[Settings], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["run", *FLAGS, "--passive-ports", "70000-80000"]) == 2
-    assert (
-        one_error_line(capsys)
-        == "ftp-alg: error: --passive-ports: ports must be within 1024-65535, got 70000-80000"
-    )
+    assert one_error_line(capsys) == "ftp-alg: error: --passive-ports: ports must be within 1024-65535, got 70000-80000"
     assert fake_server == []
 
 
@@ -120,28 +114,24 @@ def test_run_bad_file_starts_nothing(
     assert fake_server == []
 
 
-def test_run_interrupted_returns_130(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_run_interrupted_returns_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     async def serve(settings: Settings, worker: int = 0) -> None:
         raise KeyboardInterrupt
 
-    module = types.ModuleType("alg.server")
+    module = types.ModuleType("alg.gateway.server")
     module.serve = serve  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "alg.server", module)
+    monkeypatch.setitem(sys.modules, "alg.gateway.server", module)
     assert cli.main(["run", *FLAGS]) == 130
     assert capsys.readouterr().err == ""
 
 
-def test_run_os_error_is_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_run_os_error_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     async def serve(settings: Settings, worker: int = 0) -> None:
         raise PermissionError(13, "Permission denied")
 
-    module = types.ModuleType("alg.server")
+    module = types.ModuleType("alg.gateway.server")
     module.serve = serve  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "alg.server", module)
+    monkeypatch.setitem(sys.modules, "alg.gateway.server", module)
     assert cli.main(["run", *FLAGS]) == 1
     assert "Permission denied" in one_error_line(capsys)
 
@@ -152,9 +142,7 @@ def test_demo_without_pyftpdlib(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     assert "pip install 'ftp-alg[demo]'" in one_error_line(capsys)
 
 
-def test_demo_bad_flag_starts_nothing(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_demo_bad_flag_starts_nothing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     def no_upstream(gateway: object) -> None:
         raise AssertionError("the demo server must not start")
 
@@ -175,10 +163,7 @@ def test_subprocess_error_has_no_traceback(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert (
-        result.stderr
-        == f"ftp-alg: error: {path}: listen[0] (line 1): expected ADDRESS:PORT, got '203.0.113.1'\n"
-    )
+    assert result.stderr == f"ftp-alg: error: {path}: listen[0] (line 1): expected ADDRESS:PORT, got '203.0.113.1'\n"
 
 
 def test_key_value_log_lines(capsys: pytest.CaptureFixture[str]) -> None:

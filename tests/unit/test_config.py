@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from alg.config import PortRange, Settings, apply_overrides, load_config, settings_from_mapping
 from alg.errors import ConfigError
 from alg.ftp.addresses import HostPort
+from alg.ops.config import PortRange, Settings, apply_overrides, load_config, settings_from_mapping
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "rules" / "gateway.example.yaml"
 UPSTREAM = "upstream: 198.51.100.10:21\n"
@@ -128,8 +128,7 @@ def test_bad_value_names_key_and_line(tmp_path: Path, text: str, where: str, fra
 def test_base60_trap(tmp_path: Path) -> None:
     message = error_of(tmp_path, UPSTREAM + "\n\npassive_ports: 20:21\n")
     assert message.endswith(
-        "passive_ports (line 4): expected FIRST-LAST, got 1221: "
-        "YAML 1.1 reads 20:21 as a base-60 number; quote it"
+        "passive_ports (line 4): expected FIRST-LAST, got 1221: YAML 1.1 reads 20:21 as a base-60 number; quote it"
     )
 
 
@@ -217,9 +216,7 @@ def test_upstream_port_defaults_to_21() -> None:
 
 
 def test_port_range_mapping_form() -> None:
-    settings = settings_from_mapping(
-        {"upstream": "198.51.100.10", "active_ports": {"first": 40000, "last": 40009}}
-    )
+    settings = settings_from_mapping({"upstream": "198.51.100.10", "active_ports": {"first": 40000, "last": 40009}})
     assert settings.active_ports == PortRange(40000, 40009)
 
 
@@ -234,9 +231,7 @@ def test_port_range_behaves_like_a_collection() -> None:
 
 
 def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, UPSTREAM + "rules: [default.yaml, /etc/ftp-alg/extra.yaml]\nlog: {transfer_log: t.log}\n"
-    )
+    path = write(tmp_path, UPSTREAM + "rules: [default.yaml, /etc/ftp-alg/extra.yaml]\nlog: {transfer_log: t.log}\n")
     settings = load_config(path)
     assert settings.rules == (tmp_path / "default.yaml", Path("/etc/ftp-alg/extra.yaml"))
     assert settings.log.transfer_log == tmp_path / "t.log"
@@ -313,10 +308,7 @@ def test_listen_round_trip(ip: IPv4Address | IPv6Address, port: int) -> None:
 @given(st.integers(1024, 65535), st.integers(0, 2000))
 def test_port_range_round_trip(first: int, extra: int) -> None:
     ports = PortRange(first, min(first + extra, 65535))
-    assert (
-        settings_from_mapping({"upstream": "198.51.100.10", "passive_ports": str(ports)}).passive_ports
-        == ports
-    )
+    assert settings_from_mapping({"upstream": "198.51.100.10", "passive_ports": str(ports)}).passive_ports == ports
 
 
 @given(st.text(max_size=30))

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from alg import http
 from alg.ftp.addresses import HostPort
-from alg.metrics import Metrics
+from alg.ops import http
+from alg.ops.metrics import Metrics
 
 UPSTREAM = HostPort(ip_address("198.51.100.10"), 21)
 

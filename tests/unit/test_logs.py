@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from alg.config import LogSettings
-from alg.logs import (
+from alg.ops.config import LogSettings
+from alg.ops.logs import (
     TRANSFER_LOGGER,
     JsonFormatter,
     KeyValueFormatter,

@@ -19,7 +19,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from alg import __version__
-from alg.metrics import (
+from alg.ops.metrics import (
     BYTE_DIRECTIONS,
     DATA_DIRECTIONS,
     DATA_FAILURES,

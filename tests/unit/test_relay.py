@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from alg import relay as relay_module
-from alg.relay import RelayResult, relay, relay_mode
+from alg.net import relay as relay_module
+from alg.net.relay import RelayResult, relay, relay_mode
 
 MODES = ["splice", "asyncio"] if relay_module.splice_available() else ["asyncio"]
 LOOPS = ["asyncio", "uvloop"]

@@ -13,7 +13,7 @@ from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.control import ChannelSettings, ControlChannel, Refused, SendToClient, SendToServer
 from alg.ftp.wire import Command, parse_command
-from alg.rules import Policy, RuleSet, load_rules
+from alg.ops.rules import Policy, RuleSet, load_rules
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 

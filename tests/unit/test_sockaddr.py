@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from alg.errors import PolicyDenied
 from alg.ftp.addresses import HostPort
-from alg.transparent import SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, original_destination, parse_sockaddr
+from alg.net.transparent import SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, original_destination, parse_sockaddr
 
 
 def sockaddr_in(ip: str, port: int) -> bytes:

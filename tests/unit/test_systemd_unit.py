@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from alg.config import Timeouts
+from alg.ops.config import Timeouts
 
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "ftp-alg.service"
 

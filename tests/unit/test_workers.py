@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from alg.config import load_config
-from alg.workers import port_slice, supervise, worker_settings
+from alg.gateway.workers import port_slice, supervise, worker_settings
+from alg.ops.config import load_config
 
 
 @given(first=st.integers(1024, 65535), size=st.integers(1, 3000), count=st.integers(1, 64))

@@ -16,13 +16,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from alg.dataplane import PortPool, RelayResult, accept_from, connect_from, open_listener, peer_ip, relay
 from alg.errors import DataChannelError
 from alg.ftp import control as c
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.wire import reply
-from alg.logs import printable, redact
-from alg.metrics import ByteCounts, Metrics
+from alg.net.dataplane import PortPool, RelayResult, accept_from, connect_from, open_listener, peer_ip, relay
+from alg.ops.logs import printable, redact
+from alg.ops.metrics import ByteCounts, Metrics
 
 log = logging.getLogger("ftp_alg.session")
 transfer_log = logging.getLogger("ftp_alg.transfer")

@@ -19,9 +19,9 @@ import struct
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
-from alg.dataplane import peer_ip
 from alg.errors import PolicyDenied
 from alg.ftp.addresses import HostPort
+from alg.net.dataplane import peer_ip
 
 # linux/netfilter_ipv4.h SO_ORIGINAL_DST and linux/netfilter_ipv6/ip6_tables.h IP6T_SO_ORIGINAL_DST: both 80,
 # asked at level SOL_IP (0) and SOL_IPV6 (41) respectively.

@@ -20,10 +20,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from alg.config import load_yaml_model
 from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import IPAddress
 from alg.ftp.wire import Command
+from alg.ops.config import load_yaml_model
 
 log = logging.getLogger("ftp_alg.rules")
 

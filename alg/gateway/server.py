@@ -13,17 +13,17 @@ import signal
 from collections import Counter
 from typing import Any
 
-from alg.dataplane import PortPool, peer_ip
 from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.control import ChannelSettings
 from alg.ftp.wire import reply
-from alg.metrics import Metrics
-from alg.relay import relay_mode
-from alg.rules import Policy
-from alg.session import GatewayContext, Session, Timeouts
-from alg.transparent import original_destination
-from alg.workers import port_slice
+from alg.gateway.session import GatewayContext, Session, Timeouts
+from alg.gateway.workers import port_slice
+from alg.net.dataplane import PortPool, peer_ip
+from alg.net.relay import relay_mode
+from alg.net.transparent import original_destination
+from alg.ops.metrics import Metrics
+from alg.ops.rules import Policy
 
 log = logging.getLogger("ftp_alg.server")
 
@@ -234,7 +234,7 @@ async def serve(settings: Any, worker: int = 0) -> None:
     await gateway.start()
     metrics_server = None
     if getattr(settings, "metrics_listen", None) is not None:
-        from alg.http import start_http
+        from alg.ops.http import start_http
 
         metrics_server = await start_http(settings.metrics_listen, gateway)
     if settings.user is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from alg.config import LogSettings
+    from alg.ops.config import LogSettings
 
 TRANSFER_LOGGER = "ftp_alg.transfer"
 

@@ -1,4 +1,4 @@
-"""Data connections: a port pool, and one-shot listeners that accept only the expected peer (the relay: alg.relay).
+"""Data connections: a port pool, and one-shot listeners that accept only the expected peer (the relay: alg.net.relay).
 
 Rules: a listener lives until it accepts the expected peer or its timeout, then closes and frees its port; a
 connection from anyone else is closed at once and counted; every socket opened here is closed here.
@@ -16,7 +16,7 @@ from ipaddress import IPv6Address, ip_address
 
 from alg.errors import DataChannelError
 from alg.ftp.addresses import HostPort, IPAddress
-from alg.relay import RelayResult, relay
+from alg.net.relay import RelayResult, relay
 
 __all__ = ["Listener", "PortPool", "RelayResult", "accept_from", "connect_from", "open_listener", "peer_ip", "relay"]
 

@@ -14,16 +14,27 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from prometheus_client import generate_latest
 
-from alg.dataplane import peer_ip
 from alg.ftp.addresses import HostPort
-from alg.logs import printable
+from alg.net.dataplane import peer_ip
+from alg.ops.logs import printable
+from alg.ops.metrics import Metrics
 
-if TYPE_CHECKING:
-    from alg.server import Gateway
+
+class Gateway(Protocol):
+    """What the HTTP side reports on. The gateway hands itself in (alg.gateway.server.Gateway fits), so this
+    module never imports the layer that starts it."""
+
+    ready: asyncio.Event
+    settings: Any
+    metrics: Metrics
+
+    @property
+    def stopping(self) -> bool: ...
+
 
 log = logging.getLogger("ftp_alg.http")
 

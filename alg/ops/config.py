@@ -241,9 +241,7 @@ class Settings(_Frozen):
     # The common deployment: one public front for internal FTP servers.
     mode: Literal["reverse", "transparent"] = "reverse"
     # The standard FTP control port on every IPv4 address.
-    listen: Annotated[tuple[ListenAddress, ...], Field(min_length=1)] = (
-        HostPort(IPv4Address("0.0.0.0"), 21),
-    )
+    listen: Annotated[tuple[ListenAddress, ...], Field(min_length=1)] = (HostPort(IPv4Address("0.0.0.0"), 21),)
     # No default: only the admin knows the server; transparent mode uses each original destination.
     upstream: UpstreamAddress | None = None
     # null: advertise the address the client dialled, right unless a NAT sits in front of the gateway.
@@ -328,9 +326,7 @@ def load_config(path: str | os.PathLike[str] | None, **flag_values: object) -> S
     return _validate(data, source=source, root=root, base_dir=base_dir, flags=flag_values)
 
 
-def settings_from_mapping(
-    data: Mapping[str, Any], *, source: str | None = None, **flag_values: object
-) -> Settings:
+def settings_from_mapping(data: Mapping[str, Any], *, source: str | None = None, **flag_values: object) -> Settings:
     """Settings from an already parsed mapping (no line numbers), then flag values on top."""
     if not isinstance(data, Mapping):
         raise _error(f"expected a mapping of settings, got {_show(data)}", source=source)

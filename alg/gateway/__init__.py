@@ -1,0 +1,1 @@
+"""The running gateway: sessions (a ControlChannel over real connections), the server, workers."""
