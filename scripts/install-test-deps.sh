@@ -30,9 +30,9 @@ done
 export DEBIAN_FRONTEND=noninteractive
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "install-test-deps: installing ${missing[*]}"
-    $SUDO apt-get update -qq
+    $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
     # --no-install-recommends: keeps prometheus from pulling in a web UI and friends.
-    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
 fi
 # vsftpd's package starts a system daemon on :21 in the root namespace; the tests run
 # their own in namespaces, so stop it where there is an init system that started it.
@@ -50,7 +50,7 @@ unpack() {  # unpack <package> <marker file inside the tree>
     local tmp
     tmp="$(mktemp -d)"
     (cd "$tmp" && apt-get download "$pkg" >/dev/null 2>&1) || {
-        $SUDO apt-get update -qq
+        $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
         (cd "$tmp" && apt-get download "$pkg")
     }
     $SUDO mkdir -p "$dest.new"
