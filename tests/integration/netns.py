@@ -39,6 +39,7 @@ PUBLIC_NET = ipaddress.IPv4Network("203.0.113.0/24")
 INTERNAL_NET = ipaddress.IPv4Network("198.51.100.0/24")
 LAN_NET = ipaddress.IPv4Network("198.18.0.0/24")
 ALLOWED_NETS = (PUBLIC_NET, INTERNAL_NET, LAN_NET)
+DOC_NET6 = ipaddress.IPv6Network("2001:db8::/32")  # IPv6 test hosts: the documentation prefix only
 
 NS_PREFIX = "falg-"
 NETNS_DIR = Path("/run/netns")
@@ -277,12 +278,18 @@ class Host:
     """One network namespace of a topology."""
 
     def __init__(
-        self, topology: Topology, role: str, netns: str, interfaces: Mapping[str, ipaddress.IPv4Interface]
+        self,
+        topology: Topology,
+        role: str,
+        netns: str,
+        interfaces: Mapping[str, ipaddress.IPv4Interface],
+        addresses6: Mapping[str, ipaddress.IPv6Interface] | None = None,
     ) -> None:
         self.topology = topology
         self.role = role
         self.netns = netns
-        self.interfaces = dict(interfaces)
+        self.interfaces = dict(interfaces)  # each interface's IPv4 address
+        self.interfaces6 = dict(addresses6 or {})  # and its IPv6 one, on hosts built with ipv6=True
 
     @property
     def addr(self) -> ipaddress.IPv4Address:
@@ -291,6 +298,14 @@ class Host:
 
     def iface_addr(self, iface: str) -> ipaddress.IPv4Address:
         return self.interfaces[iface].ip
+
+    def iface_addr6(self, iface: str) -> ipaddress.IPv6Address:
+        return self.interfaces6[iface].ip
+
+    @property
+    def addr6(self) -> ipaddress.IPv6Address:
+        """The host's primary IPv6 address (hosts built with ipv6=True)."""
+        return next(iter(self.interfaces6.values())).ip
 
     def argv(self, argv: Sequence[Arg]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *map(str, argv)]
@@ -529,22 +544,28 @@ class NetnsLoop:
 def guard_ruleset() -> str:
     """The per-namespace table: only loopback and the three test ranges may be sent to (or forwarded)."""
     nets = ", ".join(str(net) for net in ALLOWED_NETS)
+    # IPv6 hosts (off unless a layout asks) resolve neighbours through solicited-node multicast; nothing else
+    # outside 2001:db8::/32 leaves (router solicitations and MLD reports are dropped here).
     return f"""
 table inet {GUARD_TABLE} {{
     chain output {{
         type filter hook output priority 0; policy drop;
         oifname "lo" accept
         ip daddr {{ {nets} }} accept
+        ip6 daddr {DOC_NET6} accept
+        ip6 daddr ff02::1:ff00:0/104 icmpv6 type nd-neighbor-solicit accept
     }}
     chain forward {{
         type filter hook forward priority 0; policy drop;
         ip daddr {{ {nets} }} accept
+        ip6 daddr {DOC_NET6} accept
     }}
 }}
 """
 
 
 LAYOUTS = ("reverse", "transparent")
+Builder = Callable[["Topology"], None]
 
 
 class Topology:
@@ -556,10 +577,13 @@ class Topology:
                   server 203.0.113.20; gw forwards and masquerades 198.18.0.0/24 out of `pub`.
     """
 
-    def __init__(self, layout: str = "reverse", *, workdir: Path | None = None) -> None:
-        if layout not in LAYOUTS:
+    def __init__(self, layout: str = "reverse", *, workdir: Path | None = None, builder: Builder | None = None) -> None:
+        """`layout` is a built-in one, or any name when `builder` is given: a function that makes the hosts
+        with add_host() and joins them with link() (the roles client/lan, gw and server as it chooses)."""
+        if layout not in LAYOUTS and builder is None:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.layout = layout
+        self._builder = builder
         self.id = f"{NS_PREFIX}{os.getpid()}-{next(_counter)}"
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(_mkdtemp(prefix=f"{self.id}-"))
@@ -581,7 +605,7 @@ class Topology:
 
     @property
     def client(self) -> Host:
-        return self.hosts["client" if self.layout == "reverse" else "lan"]
+        return self.hosts["lan" if "lan" in self.hosts and "client" not in self.hosts else "client"]
 
     @property
     def gw(self) -> Host:
@@ -618,25 +642,55 @@ class Topology:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _add_host(self, role: str, interfaces: Mapping[str, str]) -> Host:
+    def add_host(self, role: str, interfaces: Mapping[str, str | Sequence[str]], *, ipv6: bool = False) -> Host:
+        """A namespace for `role`; each interface gets its address (or addresses: "203.0.113.10/24",
+        "2001:db8:1::10/64"). IPv6 stays off unless `ipv6`, and then only 2001:db8::/32 may be used."""
+        v4: dict[str, ipaddress.IPv4Interface] = {}
+        v6: dict[str, ipaddress.IPv6Interface] = {}
+        for name, given in interfaces.items():
+            for text in [given] if isinstance(given, str) else given:
+                address = ipaddress.ip_interface(text)
+                if isinstance(address, ipaddress.IPv6Interface):
+                    if not ipv6 or address.ip not in DOC_NET6:
+                        raise HarnessError(f"{address}: IPv6 needs ipv6=True and 2001:db8::/32")
+                    v6.setdefault(name, address)
+                else:
+                    if not any(address.ip in net for net in ALLOWED_NETS):
+                        raise HarnessError(f"{address} is outside the test ranges")
+                    v4.setdefault(name, address)
         netns = f"{self.id}-{role}"
         _ip("netns", "add", netns)
         self._namespaces.append(netns)
-        host = Host(self, role, netns, {name: ipaddress.IPv4Interface(a) for name, a in interfaces.items()})
+        host = Host(self, role, netns, v4, v6)
         self.hosts[role] = host
-        # The guard goes in before any interface exists, and interfaces created later get no IPv6
+        # The guard goes in before any interface exists; without ipv6, interfaces created later get no IPv6
         # (no link-local addresses, router solicitations or MLD reports); lo keeps ::1.
         host.nft(guard_ruleset())
-        host.sysctl("net.ipv6.conf.default.disable_ipv6", 1)
+        if ipv6:
+            host.sysctl("net.ipv6.conf.default.accept_ra", 0)
+            # No link-local address: neighbour discovery then speaks from the 2001:db8:: address, inside the guard.
+            host.sysctl("net.ipv6.conf.default.addr_gen_mode", 1)
+            host.sysctl("net.ipv6.conf.default.router_solicitations", 0)
+        else:
+            host.sysctl("net.ipv6.conf.default.disable_ipv6", 1)
         host.ip("link", "set", "lo", "up")
         return host
 
-    def _link(self, a: Host, a_iface: str, b: Host, b_iface: str) -> None:
+    _add_host = add_host
+
+    def link(self, a: Host, a_iface: str, b: Host, b_iface: str) -> None:
+        """A veth pair between two hosts, each end with the addresses add_host() gave that interface."""
         # Both ends are created directly inside their namespaces: nothing appears in the root namespace.
         _ip(*f"link add {a_iface} netns {a.netns} type veth peer name {b_iface} netns {b.netns}".split())
         for host, iface in ((a, a_iface), (b, b_iface)):
-            host.ip("addr", "add", str(host.interfaces[iface]), "dev", iface)
+            if iface in host.interfaces:
+                host.ip("addr", "add", str(host.interfaces[iface]), "dev", iface)
+            if iface in host.interfaces6:
+                # nodad: the address is usable at once (no duplicate detection wait, no probe sent).
+                host.ip("-6", "addr", "add", str(host.interfaces6[iface]), "dev", iface, "nodad")
             host.ip("link", "set", iface, "up")
+
+    _link = link
 
     def build(self) -> Topology:
         reason = unavailable_reason()
@@ -646,6 +700,9 @@ class Topology:
             raise HarnessError("nft not found (run scripts/install-test-deps.sh)")
         _open_topologies.add(self)
         try:
+            if self._builder is not None:
+                self._builder(self)
+                return self
             if self.layout == "reverse":
                 client = self._add_host("client", {"eth0": "203.0.113.10/24"})
                 gw = self._add_host("gw", {"pub": "203.0.113.1/24", "int": "198.51.100.1/24"})
