@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from clients import MODES, Mode, curl_download, curl_list, curl_upload, ftplib_run, lftp
-from netns import ALLOWED_NETS, GUARD_TABLE, NS_PREFIX, Topology, cleanup_stale_namespaces, list_namespaces
+from netns import ALLOWED_NETS, DOC_NET6, GUARD_TABLE, NS_PREFIX, Topology, cleanup_stale_namespaces, list_namespaces
 from servers import FtpServer, sha256_file
 
 pytestmark = pytest.mark.netns
@@ -115,10 +115,17 @@ def test_guard_table_drops_everything_else(topology_factory: Callable[[str], Top
             for item in objects
             if "rule" in item and item["rule"]["table"] == GUARD_TABLE and item["rule"]["chain"] == "output"
         ]
-        assert len(output_rules) == 2, output_rules
+        assert len(output_rules) == 4, output_rules
         assert output_rules[0][0]["match"]["right"] == "lo"
         prefixes = {(p["prefix"]["addr"], p["prefix"]["len"]) for p in output_rules[1][0]["match"]["right"]["set"]}
         assert prefixes == allowed
+        # IPv6: the documentation prefix, and neighbour solicitations to solicited-node multicast only.
+        v6 = output_rules[2][0]["match"]
+        assert v6["left"]["payload"] == {"protocol": "ip6", "field": "daddr"}
+        assert v6["right"]["prefix"] == {"addr": str(DOC_NET6.network_address), "len": DOC_NET6.prefixlen}
+        solicit = output_rules[3]
+        assert solicit[0]["match"]["right"]["prefix"] == {"addr": "ff02::1:ff00:0", "len": 104}
+        assert solicit[1]["match"]["right"] == "nd-neighbor-solicit"
         assert all("accept" in rule[-1] for rule in output_rules)
 
 
