@@ -176,7 +176,11 @@ def _add_diagnose(commands: Any) -> None:
         "--time-limit", type=seconds, default=120.0, metavar="SECONDS", help="bound on the whole run (120)"
     )
     diagnose.add_argument(
-        "--size", type=byte_size, default=0, metavar="BYTES", help="also upload and read back this many bytes"
+        "--size",
+        type=byte_size,
+        default=0,
+        metavar="BYTES",
+        help="also upload and read back this many bytes (in the URL's folder)",
     )
     diagnose.add_argument("--active-address", metavar="IP", help="address to offer in PORT/EPRT")
     diagnose.add_argument(

@@ -64,6 +64,7 @@ def target_from(args: argparse.Namespace) -> Target:
         wait_s=args.wait,
         total_s=args.time_limit,
         size=args.size,
+        folder=unquote(url.path),
         active_address=_address(args.active_address, "--active-address"),
         internal_address=_address(args.internal_address, "--internal-address"),
     )

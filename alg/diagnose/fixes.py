@@ -160,9 +160,9 @@ def _gateway_transparent(problems: Problems) -> Fix:
     return Fix("ftp-alg", "ftp-alg on the client's NAT box (transparent mode)", tuple(lines), note, command)
 
 
-def _kernel_helper(problems: Problems, *, where: str) -> Fix:
-    port = problems.control.port
-    lines = (
+def helper_table(port: int) -> tuple[str, ...]:
+    """nftables lines that attach the kernel FTP helper to control connections to `port`."""
+    return (
         "table inet ftp_helper {",
         '    ct helper ftp { type "ftp" protocol tcp; }',
         "    chain attach {",
@@ -170,8 +170,12 @@ def _kernel_helper(problems: Problems, *, where: str) -> Fix:
         f'        tcp dport {port} ct helper set "ftp"',
         "    }",
         "}",
-        "and in the forward chain: ct state established,related accept",
     )
+
+
+def _kernel_helper(problems: Problems, *, where: str) -> Fix:
+    port = problems.control.port
+    lines = (*helper_table(port), "and in the forward chain: ct state established,related accept")
     note = (
         f"The Linux helper (nf_conntrack_ftp, nf_nat_ftp), {where}. Its limits: it watches only the port it is"
         f" attached to ({port} here), it is blind under TLS, and since Linux 4.7 it does nothing until attached"

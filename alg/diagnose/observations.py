@@ -119,6 +119,7 @@ class Observations:
     wait_s: float = 5.0  # the bound on each network wait
     default_gateway: IPAddress | None = None  # this host's default route: the NAT box, for active fixes
     internal_address: IPAddress | None = None  # --internal-address: the server's address behind its NAT box
+    folder: str = ""  # the URL's path, shown in the report's target
     out_of_time: bool = False  # the total time limit cut the checks short
 
 

@@ -56,6 +56,7 @@ class Target:
     wait_s: float = 5.0
     total_s: float = 120.0
     size: int = 0  # --size: bytes to upload and read back; 0 for none
+    folder: str = ""  # the URL's path: where the --size transfer writes its file
     active_address: IPAddress | None = None  # the address to offer in PORT/EPRT (default: our control address)
     internal_address: IPAddress | None = None
 
@@ -76,6 +77,7 @@ def probe(target: Target) -> Observations:
         wait_s=target.wait_s,
         default_gateway=default_gateway(),
         internal_address=target.internal_address,
+        folder=target.folder,
     )
     try:
         conn, control = _open(target, budget, tls=target.tls, describe=True)
@@ -405,6 +407,10 @@ def _transfer(target: Target, budget: Budget, control: Control, obs: Observation
     except _Stopped as stopped:
         return Transfer(mode, target.size, "failed", 0, stopped.control.detail)
     try:
+        if target.folder.strip("/"):
+            reply = conn.command(f"CWD {target.folder}")
+            if reply.code >= 300:
+                return Transfer(mode, target.size, "upload_refused", 0, reply.text)
         conn.command("TYPE I")
         moved, result, detail = _store(conn, target, control, mode, payload)
         if result != "ok":

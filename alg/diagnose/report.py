@@ -21,7 +21,7 @@ def target_url(obs: Observations) -> str:
     control = obs.control
     scheme = "ftps" if control.tls else "ftp"
     host = f"[{control.host}]" if ":" in control.host else control.host
-    return f"{scheme}://{control.user}@{host}:{control.port}/"
+    return f"{scheme}://{control.user}@{host}:{control.port}/{obs.folder.lstrip('/')}"
 
 
 def render_text(obs: Observations, diagnosis: Diagnosis) -> str:
