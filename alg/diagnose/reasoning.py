@@ -199,7 +199,8 @@ def _control_rows(control: Control) -> list[Row]:
         if index > reached:
             break
         if index == reached:
-            rows.append(Row(step, "FAIL", control.detail))
+            at = f"{where}: " if step == "connect" and where is not None else ""
+            rows.append(Row(step, "FAIL", at + control.detail))
             break
         detail = {"connect": connect, "banner": control.banner, "tls": "AUTH TLS", "login": control.login_reply}
         rows.append(Row(step, "ok", detail[step]))
