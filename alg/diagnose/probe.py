@@ -82,7 +82,7 @@ def probe(target: Target) -> Observations:
     try:
         conn, control = _open(target, budget, tls=target.tls, describe=True)
     except _Stopped as stopped:
-        return replace(base, control=stopped.control)
+        return replace(base, control=stopped.control, out_of_time=budget.expired)
     except OutOfTime:
         return replace(base, out_of_time=True)
     conn.close()

@@ -106,7 +106,8 @@ def diagnose(obs: Observations) -> Diagnosis:
     control = obs.control
     rows = list(_control_rows(control))
     if not control.ok:
-        finding = _control_finding(control, obs.wait_s)
+        within = "within the time limit" if obs.out_of_time else f"within {obs.wait_s:g} s"
+        finding = _control_finding(control, within)
         return Diagnosis(
             exit_status=EXIT_NO_SESSION,
             verdict="cannot connect or log in",
@@ -216,16 +217,16 @@ def _feature_name(feature: str) -> str:
     return feature if feature.upper().startswith("AUTH") else feature.split(" ")[0]
 
 
-def _control_finding(control: Control, wait_s: float) -> Finding:
+def _control_finding(control: Control, within: str) -> Finding:
     where = f"{control.server or control.host}:{control.port}"
     texts = {
         "unresolved": f"The name {control.host} does not resolve: {control.detail}.",
         "refused": f"Connection refused at {where}: nothing listens on that port, or a firewall rejects it.",
-        "timeout": f"No answer from {where} within {wait_s:g} s: a firewall drops the connection, or the host is down.",
+        "timeout": f"No answer from {where} {within}: a firewall drops the connection, or the host is down.",
         "unreachable": f"No route to {where}: {control.detail}.",
         "reset": f"The connection to {where} was reset {_stage(control)}.",
         "closed": f"The server closed the connection {_stage(control)}.",
-        "no_reply": f"Connected to {where}, but no reply {_stage(control)} within {wait_s:g} s: something"
+        "no_reply": f"Connected to {where}, but no reply {_stage(control)} {within}: something"
         " accepts the connection and does not speak FTP (a port forward to nothing, a proxy), or the server"
         " is overloaded.",
         "rejected": f"The server answered {_stage(control)}: {control.detail}",

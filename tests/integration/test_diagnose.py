@@ -329,4 +329,7 @@ def test_through_ftp_alg_every_mode_works(
     assert re.search(r"^transfer +ok +4194304 bytes up and back", text, re.M), text
     assert "Diagnosis: every mode works (exit status 0)" in text
     assert "Secret-Word" not in text
+    # On the gateway host, against the server behind it: the upstream itself is healthy.
+    status, upstream = diagnose(topo.gw, "ftp://198.51.100.10/")
+    assert status == 0, upstream
     assert text.startswith("ftp-alg diagnose ftp://anonymous@203.0.113.1:21/upload/\n"), text

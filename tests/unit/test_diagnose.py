@@ -621,3 +621,16 @@ def test_default_gateway_from_the_route_table() -> None:
 def test_ipv6_target_url_is_bracketed() -> None:
     obs = observations(control(host="2001:db8::1", server=IPv6Address("2001:db8::1")), ALL_OK)
     assert render_text(obs, diagnose(obs)).startswith("ftp-alg diagnose ftp://anonymous@[2001:db8::1]:21/\n")
+
+
+def test_a_banner_that_never_comes_is_bounded_by_the_time_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    # A loopback listener that never answers: the kernel completes the handshake, no 220 ever arrives.
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        status = main(["diagnose", f"ftp://127.0.0.1:{port}/", "--wait", "30", "--time-limit", "1", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 2
+    assert (report["control"]["stopped_at"], report["control"]["failure"]) == ("banner", "no_reply")
+    assert "but no reply before its 220 banner within the time limit" in report["findings"][0]["text"]
