@@ -23,6 +23,8 @@ from alg.diagnose.reasoning import diagnose
 from alg.diagnose.report import render_text, to_json
 
 ANONYMOUS = ("anonymous", "ftp-alg-diagnose@")
+# Shorter passwords are not masked: masking every "a" or "12" would garble the report, not protect anything.
+MIN_MASKED_PASSWORD = 4
 
 
 class UsageError(ValueError):
@@ -33,11 +35,16 @@ def run(args: argparse.Namespace) -> int:
     target = target_from(args)
     obs = probe(target)
     diagnosis = diagnose(obs)
-    if args.json:
-        print(json.dumps(to_json(obs, diagnosis), indent=2))
-    else:
-        print(render_text(obs, diagnosis), end="")
+    report = json.dumps(to_json(obs, diagnosis), indent=2) + "\n" if args.json else render_text(obs, diagnosis)
+    print(hide_password(report, target.password), end="")
     return diagnosis.exit_status
+
+
+def hide_password(report: str, password: str) -> str:
+    """The report with any echo of the password (a server may quote it back in a reply) masked."""
+    if len(password) < MIN_MASKED_PASSWORD:
+        return report
+    return report.replace(password, "***")
 
 
 def target_from(args: argparse.Namespace) -> Target:

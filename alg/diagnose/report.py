@@ -10,8 +10,9 @@ import textwrap
 from dataclasses import asdict
 from typing import Any
 
+from alg.diagnose.findings import mode_status
 from alg.diagnose.observations import DataPath, ModeCheck, Observations
-from alg.diagnose.reasoning import Diagnosis, mode_status
+from alg.diagnose.reasoning import Diagnosis
 
 WIDTH = 100
 SCHEMA_VERSION = 1

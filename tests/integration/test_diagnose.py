@@ -290,6 +290,8 @@ def test_kernel_helper_works_for_plain_ftp_and_not_under_tls(
     status, plain = diagnose(topo.client, url)
     assert status == 0, plain
     assert set(statuses(plain).values()) == {"ok"}
+    # The helper did it: vsftpd wrote 198.51.100.10 into its 227, the client read the NAT box's address.
+    assert plain["modes"][0]["address"].startswith("203.0.113.1:"), plain["modes"][0]
     assert plain["findings"] == [] and plain["fixes"] == []
     # FEAT lists AUTH TLS; the certificate is self-signed, so the TLS check is skipped, and says why.
     assert any("not trusted" in row["detail"] for row in plain["checks"] if row["check"] == "TLS"), plain

@@ -19,7 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from alg.cli import main
-from alg.diagnose.command import UsageError, byte_size, target_from
+from alg.diagnose.command import UsageError, byte_size, hide_password, target_from
+from alg.diagnose.findings import announced_words, mode_status
 from alg.diagnose.fixes import GATEWAY_TERMINATES_TLS
 from alg.diagnose.observations import (
     Control,
@@ -31,7 +32,7 @@ from alg.diagnose.observations import (
     address_kind,
 )
 from alg.diagnose.probe import Target, parse_default_gateway
-from alg.diagnose.reasoning import announced_words, diagnose, mode_status
+from alg.diagnose.reasoning import diagnose
 from alg.diagnose.report import render_text, to_json
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -634,3 +635,8 @@ def test_a_banner_that_never_comes_is_bounded_by_the_time_limit(capsys: pytest.C
     assert status == 2
     assert (report["control"]["stopped_at"], report["control"]["failure"]) == ("banner", "no_reply")
     assert "but no reply before its 220 banner within the time limit" in report["findings"][0]["text"]
+
+
+def test_a_password_quoted_back_by_the_server_is_masked() -> None:
+    assert hide_password("530 Login incorrect for hunter22.", "hunter22") == "530 Login incorrect for ***."
+    assert hide_password("230 a b c", "a") == "230 a b c"
