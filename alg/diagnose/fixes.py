@@ -7,7 +7,7 @@ started as printed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from alg.diagnose.observations import Control, HostPort, IPAddress
@@ -46,10 +46,9 @@ class Problems:
     helper_blind_under_tls: bool = False
     passive_works: bool = False
     active_works: bool = False
-    _notes: list[str] = field(default_factory=list)
 
     def notes(self) -> list[str]:
-        notes = list(self._notes)
+        notes: list[str] = []
         if self.tls and not GATEWAY_TERMINATES_TLS and (self.server_side or self.client_side):
             notes.append(
                 "ftp-alg is no fix for FTPS yet: it cannot rewrite encrypted control traffic and answers AUTH with 502."

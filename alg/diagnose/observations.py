@@ -15,6 +15,7 @@ from alg.ftp.addresses import HostPort, IPAddress
 Mode = Literal["PASV", "EPSV", "PORT", "EPRT"]
 MODES: tuple[Mode, ...] = ("PASV", "EPSV", "PORT", "EPRT")
 PASSIVE_MODES: tuple[Mode, ...] = ("PASV", "EPSV")
+EXTENDED_MODES: tuple[Mode, ...] = ("EPSV", "EPRT")
 
 # Where the control check stopped; None when it got through login.
 ControlStop = Literal["resolve", "connect", "banner", "tls", "login"]
@@ -169,6 +170,7 @@ def _unmapped(ip: IPAddress) -> IPAddress:
 
 
 __all__ = [
+    "EXTENDED_MODES",
     "MODES",
     "PASSIVE_MODES",
     "Control",

@@ -14,6 +14,7 @@ from pathlib import Path
 from alg.diagnose.datapaths import check_mode
 from alg.diagnose.ftpclient import Budget, OutOfTime
 from alg.diagnose.observations import (
+    EXTENDED_MODES,
     MODES,
     PASSIVE_MODES,
     Control,
@@ -46,7 +47,8 @@ def probe(target: Target) -> Observations:
     obs = replace(base, control=control)
     modes: list[ModeCheck] = []
     try:
-        for mode in MODES:
+        # RFC 2428: PASV and PORT carry IPv4 only; over IPv6 only the extended modes exist.
+        for mode in MODES if isinstance(control.server, IPv4Address) else EXTENDED_MODES:
             modes.append(check_mode(target, budget, control, mode, tls=target.tls))
         tls_modes: list[ModeCheck] = []
         tls_skipped = ""

@@ -640,3 +640,34 @@ def test_a_banner_that_never_comes_is_bounded_by_the_time_limit(capsys: pytest.C
 def test_a_password_quoted_back_by_the_server_is_masked() -> None:
     assert hide_password("530 Login incorrect for hunter22.", "hunter22") == "530 Login incorrect for ***."
     assert hide_password("230 a b c", "a") == "230 a b c"
+
+
+def test_every_mode_against_a_local_server_and_no_socket_left_open(capsys: pytest.CaptureFixture[str]) -> None:
+    # The probe end to end on loopback, against the demo's pyftpdlib server: every mode, the --size transfer.
+    pytest.importorskip("pyftpdlib")
+    import gc
+    import warnings
+
+    from alg.demo import demo_upstream
+
+    before = len(os.listdir("/proc/self/fd"))
+    with demo_upstream(HostPort(IPv4Address("127.0.0.1"), 2121)) as upstream:
+        url = f"ftp://127.0.0.1:{upstream.address.port}/"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            status = main(["diagnose", url, "--json", "--size", "256K", "--wait", "5"])
+            gc.collect()  # a socket dropped without close() warns when it is collected
+        uploaded = upstream.root / "ftp-alg-diagnose.bin"
+        assert not uploaded.exists(), "the --size file is deleted after the check"
+    after = len(os.listdir("/proc/self/fd"))  # the server has closed all of its own by now
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0, report
+    assert [(mode["mode"], mode["status"]) for mode in report["modes"]] == [
+        ("PASV", "ok"),
+        ("EPSV", "ok"),
+        ("PORT", "ok"),
+        ("EPRT", "ok"),
+    ]
+    assert any(row["check"] == "transfer" and row["result"] == "ok" for row in report["checks"])
+    assert after == before, "a socket of the probe was left open"
