@@ -161,8 +161,7 @@ def _await_server(
                 except (TimeoutError, ControlClosed, OSError):
                     final = ""
             return DataPath(offered, "listener", "no_connection", final)
-        pending = isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending() > 0
-        readable = [conn.sock] if pending else select.select([listener, conn.sock], [], [], remaining)[0]
+        readable = [conn.sock] if conn.buffered else select.select([listener, conn.sock], [], [], remaining)[0]
         if listener in readable:
             data, address = listener.accept()
             with data:

@@ -119,5 +119,10 @@ class ControlConnection:
         self.sock = context.wrap_socket(self.sock, server_hostname=hostname)
 
     @property
+    def buffered(self) -> bool:
+        """A reply (or TLS record) already read from the socket: select() would not see it."""
+        return bool(self._lines) or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0)
+
+    @property
     def tls_session(self) -> ssl.SSLSession | None:
         return self.sock.session if isinstance(self.sock, ssl.SSLSocket) else None
