@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--listen", default="127.0.0.1:2121", metavar="ADDR:PORT")
     demo.add_argument("--passive-ports", default="50000-50099", metavar="FIRST-LAST")
     demo.set_defaults(handler=_cmd_demo)
+    _add_diagnose(commands)
     return parser
 
 
@@ -151,6 +152,50 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         settings = apply_overrides(settings, upstream=upstream.address)
         print(demo.invitation(settings, upstream), flush=True)
         return _serve(settings)
+
+
+# --------------------------------------------------------------------------- diagnose (alg/diagnose/)
+
+
+def _add_diagnose(commands: Any) -> None:
+    from alg.diagnose.command import byte_size, seconds
+
+    diagnose = commands.add_parser(
+        "diagnose",
+        help="check an FTP server from this host: which modes work through NAT and firewalls, and the fix",
+        description="Run the FTP-through-NAT checks against a server and print the diagnosis and the fixes. "
+        "Exit status: 0 every mode works, 1 some modes fail, 2 cannot connect or log in.",
+    )
+    diagnose.add_argument("url", metavar="URL", help="ftp://[user[:password]@]host[:port]/ (ftps:// for TLS)")
+    diagnose.add_argument("--tls", action="store_true", help="explicit TLS (AUTH TLS), as ftps:// does")
+    diagnose.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
+    diagnose.add_argument("--password-file", metavar="FILE", help="the password is the file's first line")
+    diagnose.add_argument("--json", action="store_true", help="print the report as JSON")
+    diagnose.add_argument("--wait", type=seconds, default=5.0, metavar="SECONDS", help="bound on each wait (5)")
+    diagnose.add_argument(
+        "--time-limit", type=seconds, default=120.0, metavar="SECONDS", help="bound on the whole run (120)"
+    )
+    diagnose.add_argument(
+        "--size",
+        type=byte_size,
+        default=0,
+        metavar="BYTES",
+        help="also upload and read back this many bytes (in the URL's folder)",
+    )
+    diagnose.add_argument("--active-address", metavar="IP", help="address to offer in PORT/EPRT")
+    diagnose.add_argument(
+        "--internal-address", metavar="IP", help="the server's address behind its NAT box, for the ftp-alg line"
+    )
+    diagnose.set_defaults(handler=_cmd_diagnose)
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from alg.diagnose.command import UsageError, run
+
+    try:
+        return run(args)
+    except UsageError as exc:
+        return _fail(str(exc))
 
 
 def summary(settings: Settings) -> str:
