@@ -29,3 +29,12 @@ def test_ruff_check() -> None:
     paths = [name for name in ("alg", "tests", "bench") if (ROOT / name).exists()]
     done = run("ruff", "check", *paths)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_test_modules_have_unique_names() -> None:
+    # tests/ has no __init__.py: pytest imports each test file by its base name, so two files with one name
+    # in unit/ and integration/ stop the whole run at collection.
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a name"
+        seen[path.name] = path
