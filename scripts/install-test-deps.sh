@@ -3,7 +3,7 @@
 #
 # - Debian packages: vsftpd (a real upstream), curl and lftp (real clients), nftables and
 #   iproute2 (namespaces, veth, the drop-everything-else rule), prometheus (promtool).
-# - pure-ftpd and proftpd: their Debian packages conflict with each other and with vsftpd
+# - pure-ftpd and proftpd (with proftpd-mod-crypto, its mod_tls): their Debian packages conflict with each other and with vsftpd
 #   and pull in init-system glue, so they are not installed.  Their .debs are downloaded and
 #   unpacked with `dpkg -x` under $FTP_ALG_TEST_CACHE (default /var/cache/ftp-alg-test);
 #   the tests run the binaries from there in the foreground.  Their shared libraries (which
@@ -63,9 +63,16 @@ unpack() {  # unpack <package> <marker file inside the tree>
 $SUDO mkdir -p "$CACHE"
 unpack pure-ftpd usr/sbin/pure-ftpd
 unpack proftpd-core usr/sbin/proftpd
+# mod_tls (FTPS tests) lives in proftpd-mod-crypto; proftpd loads modules from one ModulePath, so the module
+# files are copied into the unpacked core's module directory.
+unpack proftpd-mod-crypto usr/lib/proftpd/mod_tls.so
+if [ ! -e "$CACHE/proftpd-core/usr/lib/proftpd/mod_tls.so" ]; then
+    $SUDO cp -n "$CACHE"/proftpd-mod-crypto/usr/lib/proftpd/*.so "$CACHE/proftpd-core/usr/lib/proftpd/"
+fi
 
 for bin in /usr/sbin/vsftpd /usr/bin/curl /usr/bin/lftp /usr/sbin/nft /usr/sbin/ip \
            "$CACHE/pure-ftpd/usr/sbin/pure-ftpd" "$CACHE/proftpd-core/usr/sbin/proftpd"; do
     [ -x "$bin" ] || { echo "install-test-deps: missing $bin" >&2; exit 1; }
 done
+[ -r "$CACHE/proftpd-core/usr/lib/proftpd/mod_tls.so" ] || { echo "install-test-deps: missing mod_tls.so" >&2; exit 1; }
 echo "install-test-deps: ok ($CACHE)"

@@ -6,6 +6,11 @@ told to use the addresses the server (or gateway) announces: curl --no-ftp-skip-
 ftp:fix-pasv-address no, ftplib trust_server_pasv_ipv4_address.
 
 Modes: "pasv" (PASV/227), "epsv" (EPSV/229), "port" (PORT), "eprt" (EPRT), over IPv4.
+
+FTPS: pass `tls=ClientTls(ca_file)` to curl, lftp or ftplib_run: AUTH TLS before login, PBSZ 0 / PROT P
+(unless protect_data=False), certificates verified against the test CA; implicit=True for TLS from the first
+byte (curl ftps://, lftp ftps://). ftplib's stock FTP_TLS does not resume the control connection's TLS session
+on data connections; reuse=True runs a subclass that does (curl and lftp always resume).
 """
 
 from __future__ import annotations
@@ -35,6 +40,19 @@ CURL_FTP_CANT_GET_HOST = 15
 CURL_FTP_PORT_FAILED = 30
 CURL_FTP_ACCEPT_FAILED = 10
 CURL_FTP_ACCEPT_TIMEOUT = 12
+
+
+# curl 7.88 (Debian 12) lost its TLS filter on active-mode data connections (curl/curl#10666, fixed in 8.0 by
+# #10669): with --ssl-reqd, PORT/EPRT transfers hang. FTPS in active mode is tested with ftplib and lftp.
+CURL_TLS_MODES: tuple[Mode, ...] = ("pasv", "epsv")
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    ca_file: Path
+    implicit: bool = False
+    protect_data: bool = True  # PROT P (else PROT C: TLS on the control connection only)
+    reuse: bool = True  # ftplib only: resume the control session on data connections (stock FTP_TLS: no)
 
 
 @dataclass
@@ -138,8 +156,16 @@ def curl(
     port_addr: str = "-",
     timeout_s: float = CLIENT_TIMEOUT_S,
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    tls: ClientTls | None = None,
 ) -> ClientResult:
     """curl -v against target's URL for `path`, with `args` appended (e.g. "-o", dest)."""
+    url = target.url(path)
+    tls_args: list[str] = []
+    if tls is not None:
+        # --ssl-reqd: TLS for login and data (PROT P); --ftp-ssl-control: login only, data in clear.
+        tls_args = ["--ssl-reqd" if tls.protect_data else "--ftp-ssl-control", "--cacert", str(tls.ca_file)]
+        if tls.implicit:
+            url = "ftps://" + url.removeprefix("ftp://")
     argv = [
         "curl",
         "-q",
@@ -153,8 +179,9 @@ def curl(
         "--user",
         f"{target.user}:{target.password}",
         *curl_mode_args(mode, port_addr),
+        *tls_args,
         *map(str, args),
-        target.url(path),
+        url,
     ]
     return run_client(host, "curl", argv, timeout_s=timeout_s)
 
@@ -211,6 +238,7 @@ def lftp(
     mode: Mode = "pasv",
     timeout_s: float = CLIENT_TIMEOUT_S,
     port_addr: str | None = None,
+    tls: ClientTls | None = None,
 ) -> ClientResult:
     """Run lftp commands (e.g. "ls", "get hello.txt -o /tmp/x", "put /tmp/y -o upload/y", "reget ...").
 
@@ -224,7 +252,7 @@ def lftp(
         "set net:max-retries 1",
         "set net:persist-retries 0",
         "set net:reconnect-interval-base 1",
-        "set ftp:ssl-allow no",
+        *_lftp_tls(tls),
         f"set ftp:passive-mode {'off' if mode == 'port' else 'on'}",
         f"set ftp:prefer-epsv {'yes' if mode == 'epsv' else 'no'}",
         "set ftp:auto-passive-mode no",  # never switch modes behind the test's back
@@ -237,25 +265,52 @@ def lftp(
     script = "; ".join(
         [
             *settings,
-            f"open -u '{target.user}','{target.password}' -p {target.port} {target.addr}",
+            f"open -u '{target.user}','{target.password}' -p {target.port} "
+            + ("ftps://" if tls is not None and tls.implicit else "")
+            + str(target.addr),
             *commands,
         ]
     )
     return run_client(host, "lftp", ["lftp", "--norc", "-d", "-c", script], timeout_s=timeout_s)
 
 
+def _lftp_tls(tls: ClientTls | None) -> list[str]:
+    if tls is None:
+        return ["set ftp:ssl-allow no"]
+    protect = "yes" if tls.protect_data else "no"
+    return [
+        "set ftp:ssl-allow yes",
+        "set ftp:ssl-force yes",
+        f"set ftp:ssl-protect-data {protect}",
+        f"set ftp:ssl-protect-list {protect}",
+        f"set ssl:ca-file {tls.ca_file}",
+        "set ssl:verify-certificate yes",
+        "set ssl:check-hostname yes",
+    ]
+
+
 # --------------------------------------------------------------------------- ftplib
 
 # Runs inside the namespace with the test interpreter.  Reads a JSON spec on stdin, prints a JSON report.
 _FTPLIB_RUNNER = r"""
-import ftplib, json, socket, sys
+import ftplib, json, socket, ssl, sys
 
 spec = json.load(sys.stdin)
 mode = spec["mode"]
+tls = spec.get("tls")
 transcript = []
 
-class Client(ftplib.FTP):
+class Client(ftplib.FTP_TLS if tls else ftplib.FTP):
     trust_server_pasv_ipv4_address = True
+
+    if tls and tls["reuse"]:
+        # What stock FTP_TLS lacks: the data connection resumes the control connection's TLS session (read
+        # now, after replies came over TLS: in TLS 1.3 the ticket arrives after the handshake).
+        def ntransfercmd(self, cmd, rest=None):
+            conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+            if self._prot_p:
+                conn = self.context.wrap_socket(conn, server_hostname=self.host, session=self.sock.session)
+            return conn, size
 
     def putline(self, line):
         transcript.append((">", line))
@@ -285,9 +340,15 @@ class Client(ftplib.FTP):
 results = []
 report = {"ok": False, "error": None, "results": results, "transcript": transcript}
 try:
-    ftp = Client(timeout=spec["timeout"])
+    if tls:
+        ftp = Client(context=ssl.create_default_context(cafile=tls["ca_file"]), timeout=spec["timeout"])
+    else:
+        ftp = Client(timeout=spec["timeout"])
     ftp.connect(spec["host"], spec["port"])
-    ftp.login(spec["user"], spec["password"])
+    ftp.login(spec["user"], spec["password"])  # FTP_TLS: AUTH TLS first
+    if tls:
+        ftp.prot_p() if tls["protect_data"] else ftp.prot_c()
+        report["cipher"] = ftp.sock.cipher()
     ftp.set_pasv(mode in ("pasv", "epsv"))
     for op in spec["ops"]:
         name, args = op[0], op[1:]
@@ -310,6 +371,18 @@ try:
             results.append({"op": name, "reply": reply})
         elif name == "cmd":
             results.append({"op": name, "reply": ftp.sendcmd(args[0])})
+        elif name == "abor_retr":
+            # Read the start of a transfer, drop the data connection, ABOR: collect the replies up to 225/226.
+            conn = ftp.transfercmd("RETR " + args[0])
+            received = len(conn.recv(65536))
+            conn.close()
+            ftp.putline("ABOR")
+            codes = []
+            while not codes or codes[-1] not in ("225", "226"):
+                codes.append(ftp.getmultiline()[:3])
+                if len(codes) > 3 or codes[-1][0] in "45" and codes[-1] != "426":
+                    break
+            results.append({"op": name, "received": received, "codes": codes})
         else:
             raise ValueError("unknown op " + name)
     ftp.quit()
@@ -329,11 +402,13 @@ def ftplib_run(
     mode: Mode = "pasv",
     timeout_s: float = CLIENT_TIMEOUT_S,
     io_timeout_s: float = 5.0,
+    tls: ClientTls | None = None,
 ) -> ClientResult:
     """Run ftplib operations in the namespace with the test interpreter.
 
     ops: ("list", [dir]), ("nlst", [dir]), ("retr", remote, local), ("rest_retr", remote, local, offset),
-    ("stor", local, remote), ("appe", local, remote), ("cmd", "RAW COMMAND").
+    ("stor", local, remote), ("appe", local, remote), ("cmd", "RAW COMMAND"),
+    ("abor_retr", remote): start a RETR, read 64 KiB, close the data connection, ABOR (result: codes).
     The report (result.data) has ok, error, results (one per op) and transcript [(">"|"<", line)]."""
     spec = {
         "host": str(target.addr),
@@ -343,6 +418,9 @@ def ftplib_run(
         "mode": mode,
         "timeout": io_timeout_s,
         "ops": [[str(part) if isinstance(part, Path) else part for part in op] for op in ops],
+        "tls": None
+        if tls is None
+        else {"ca_file": str(tls.ca_file), "reuse": tls.reuse, "protect_data": tls.protect_data},
     }
     result = run_client(
         host, "ftplib", [sys.executable, "-c", _FTPLIB_RUNNER], timeout_s=timeout_s, input=json.dumps(spec)

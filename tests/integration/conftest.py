@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import netns
 import servers
 from netns import Host, Topology
+from pki import Pki, make_pki
 from servers import FtpServer
 
 
@@ -120,6 +121,13 @@ def ftp_server_factory(request: pytest.FixtureRequest) -> Iterator[Callable[...,
         if _failed(request):
             print(server.logs()[-8000:])
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The FTPS tests' certificates (tests/integration/pki.py): a CA, the gateway's and the upstreams'
+    certificates, and expired, wrong-name and untrusted ones for the fault tests."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 # More than every socket buffer on the path can hold: a client that stops reading stalls the transfer.

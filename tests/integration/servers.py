@@ -4,6 +4,8 @@ Each serves a fresh temporary tree, allows uploads, listens on the given address
 default) and announces its OWN address in 227: no pasv_address / ForcePassiveIP / MasqueradeAddress,
 and the data-peer checks (vsftpd's pasv/port_promiscuous=NO) stay on, because that is what the gateway
 must cope with.  pure-ftpd and proftpd run from the .debs that scripts/install-test-deps.sh unpacks.
+With `tls=` (a certificate from tests/integration/pki.py) each one is an FTPS-only server: vsftpd with
+require_ssl_reuse, proftpd mod_tls with TLSRequired on, pure-ftpd -Y 2.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from netns import Host, ManagedProcess, process_state
+from pki import CertFiles
 
 CACHE_DIR = Path(os.environ.get("FTP_ALG_TEST_CACHE", "/var/cache/ftp-alg-test"))
 VSFTPD = Path("/usr/sbin/vsftpd")
@@ -68,6 +71,7 @@ class FtpServer:
     process: ManagedProcess
     log_paths: list[Path] = field(default_factory=list)
     seeded: dict[str, str] = field(default_factory=dict)  # relative path -> sha256 of the seed tree
+    tls: CertFiles | None = None  # FTPS only (explicit AUTH TLS, or implicit_ssl for vsftpd) when set
 
     def target(self, addr: ipaddress.IPv4Address | str | None = None, port: int | None = None) -> FtpTarget:
         """Login data for a client; pass the gateway's address/port to go through it."""
@@ -182,10 +186,13 @@ def start_server(
     pasv_ports: tuple[int, int] = DEFAULT_PASV_PORTS,
     ready_timeout_s: float = READY_TIMEOUT_S,
     options: Mapping[str, str] | None = None,
+    tls: CertFiles | None = None,
 ) -> FtpServer:
     """Start an FTP daemon of `kind` in `host`'s namespace and wait until it accepts connections.
 
-    `options` (vsftpd only) replace or add vsftpd.conf settings, e.g. {"max_clients": "2000"}."""
+    `options` (vsftpd only) replace or add vsftpd.conf settings, e.g. {"max_clients": "2000"}, applied after
+    the TLS ones (so {"require_ssl_reuse": "NO"} or {"implicit_ssl": "YES"} work).
+    `tls`: serve FTPS only, with this certificate (TLS for logins and for data)."""
     reason = missing(kind)
     if options and kind != "vsftpd":
         raise ValueError(f"options are for vsftpd, not {kind}")
@@ -201,8 +208,10 @@ def start_server(
     root.chmod(0o755)
     seeded = seed_tree(root, kind)
     starter = {"vsftpd": _start_vsftpd, "pure-ftpd": _start_pureftpd, "proftpd": _start_proftpd}[kind]
-    server = starter(host, addr, port, pasv_ports, workdir, root, **({"options": options} if options else {}))
+    extra: dict[str, object] = {"options": options} if options else {}
+    server = starter(host, addr, port, pasv_ports, workdir, root, tls=tls, **extra)
     server.seeded = seeded
+    server.tls = tls
     try:
         host.wait_port(addr, port, timeout_s=ready_timeout_s, process=server.process)
     except BaseException:
@@ -222,6 +231,7 @@ def _start_vsftpd(
     workdir: Path,
     root: Path,
     options: Mapping[str, str] | None = None,
+    tls: CertFiles | None = None,
 ) -> FtpServer:
     # Anonymous login (any password), chrooted into the served tree, uploads allowed.  vsftpd refuses
     # a writable chroot unless allow_writeable_chroot; the anonymous user is `ftp` (created by the
@@ -272,6 +282,8 @@ def _start_vsftpd(
         "max_clients": "100",
         "max_per_ip": "100",
     }
+    if tls is not None:
+        settings.update(_vsftpd_tls(tls))
     settings.update(options or {})
     conf.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
     conf.chmod(0o600)  # vsftpd insists that root owns its config file
@@ -291,6 +303,27 @@ def _start_vsftpd(
     )
 
 
+def _vsftpd_tls(tls: CertFiles) -> dict[str, str]:
+    # vsftpd 3.0.3's default ssl_ciphers (DES-CBC3-SHA) is not offered by Debian 12's OpenSSL 3: HIGH.
+    # The tests log in anonymously, so the anon_ switches are the ones that force TLS; the local_ ones too.
+    return {
+        "ssl_enable": "YES",
+        "rsa_cert_file": str(tls.cert),
+        "rsa_private_key_file": str(tls.key),
+        "ssl_ciphers": "HIGH",
+        "require_ssl_reuse": "YES",
+        "allow_anon_ssl": "YES",
+        "force_anon_logins_ssl": "YES",
+        "force_anon_data_ssl": "YES",
+        "force_local_logins_ssl": "YES",
+        "force_local_data_ssl": "YES",
+        "ssl_sslv2": "NO",
+        "ssl_sslv3": "NO",
+        "ssl_tlsv1": "YES",
+        "debug_ssl": "YES",
+    }
+
+
 def _user_exists(name: str) -> bool:
     import pwd
 
@@ -305,7 +338,13 @@ def _user_exists(name: str) -> bool:
 
 
 def _start_pureftpd(
-    host: Host, addr: ipaddress.IPv4Address, port: int, pasv_ports: tuple[int, int], workdir: Path, root: Path
+    host: Host,
+    addr: ipaddress.IPv4Address,
+    port: int,
+    pasv_ports: tuple[int, int],
+    workdir: Path,
+    root: Path,
+    tls: CertFiles | None = None,
 ) -> FtpServer:
     # A PureDB virtual user (no system account) mapped to nobody, chrooted into the served tree.
     user, password = "test", "test-pass"
@@ -331,6 +370,8 @@ def _start_pureftpd(
         ("-g", str(workdir / "pure-ftpd.pid")),
         ("-d",),  # verbose (to syslog, where there is one)
     ]
+    if tls is not None:
+        options += [("-Y", "2"), ("-2", f"{tls.cert},{tls.key}")]  # 2: TLS sessions only
     argv = [str(PUREFTPD), *(part for option in options for part in option)]
     process = host.popen(argv, name="pure-ftpd", log_path=workdir / "pureftpd.out")
     return FtpServer(
@@ -352,7 +393,13 @@ def _start_pureftpd(
 
 
 def _start_proftpd(
-    host: Host, addr: ipaddress.IPv4Address, port: int, pasv_ports: tuple[int, int], workdir: Path, root: Path
+    host: Host,
+    addr: ipaddress.IPv4Address,
+    port: int,
+    pasv_ports: tuple[int, int],
+    workdir: Path,
+    root: Path,
+    tls: CertFiles | None = None,
 ) -> FtpServer:
     # A user from an AuthUserFile (no system account), mapped to nobody, chrooted (DefaultRoot ~).
     user, password = "test", "test-pass"
@@ -409,6 +456,29 @@ ExtendedLog {ext_log} ALL full
   ControlsEngine off
 </IfModule>
 """)
+    if tls is not None:
+        tls_log = workdir / "proftpd.tls.log"
+        tls_logs = [tls_log]
+        # mod_tls comes from proftpd-mod-crypto (copied into the core's ModulePath by install-test-deps.sh).
+        # It requires the data connections to reuse the control connection's session, like vsftpd.
+        with open(conf, "a") as f:
+            f.write(f"""\
+<IfModule mod_dso.c>
+  LoadModule mod_tls.c
+</IfModule>
+<IfModule mod_tls.c>
+  TLSEngine on
+  TLSRequired on
+  TLSProtocol TLSv1.2 TLSv1.3
+  TLSRSACertificateFile {tls.cert}
+  TLSRSACertificateKeyFile {tls.key}
+  TLSVerifyClient off
+  TLSRenegotiate none
+  TLSLog {tls_log}
+</IfModule>
+""")
+    else:
+        tls_logs = []
     process = host.popen([PROFTPD, "-n", "-4", "-c", conf], name="proftpd", log_path=workdir / "proftpd.out")
     return FtpServer(
         "proftpd",
@@ -421,5 +491,5 @@ ExtendedLog {ext_log} ALL full
         pasv_ports,
         workdir,
         process,
-        [system_log, ext_log, xfer_log],
+        [system_log, ext_log, xfer_log, *tls_logs],
     )
