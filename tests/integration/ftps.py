@@ -34,6 +34,7 @@ class FtpsWorld:
     servers: dict[str, FtpServer]
     abor_sha256: str = ""
     gateways: list[Gateway] = field(default_factory=list)
+    setups: dict[str, int] = field(default_factory=dict)  # a test module's named gateways -> their ports
     _next_port: int = 2200
     _next_passive: int = 51000
 
