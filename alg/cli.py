@@ -59,6 +59,31 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--log-level", metavar="{debug,info,warning,error}")
     group.add_argument("--log-format", metavar="{kv,json}")
     group.add_argument("--user", metavar="USER")
+    tls = parser.add_argument_group("FTPS (tls.client and tls.upstream settings)")
+    tls.add_argument("--tls-client", metavar="{refuse,allow,require}", help="TLS toward clients")
+    tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain for clients (leaf first)")
+    tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    tls.add_argument("--tls-client-data", metavar="{follow,require}", help="require: PROT C refused")
+    tls.add_argument(
+        "--tls-implicit-listen", action="append", metavar="ADDR:PORT", help="implicit FTPS listener; repeat for more"
+    )
+    tls.add_argument(
+        "--tls-require-session-reuse",
+        action="store_const",
+        const=True,
+        help="refuse client data connections that do not resume the control connection's TLS session",
+    )
+    tls.add_argument("--tls-upstream", metavar="{off,auto,require,implicit}", help="TLS toward the FTP server")
+    tls.add_argument("--tls-upstream-ca-file", metavar="FILE", help="CAs to verify the server (default: system)")
+    tls.add_argument("--tls-upstream-server-name", metavar="NAME", help="name to check in the server certificate")
+    tls.add_argument(
+        "--tls-upstream-no-verify",
+        dest="tls_upstream_verify",
+        action="store_const",
+        const=False,
+        help="do not verify the FTP server's certificate (testing only)",
+    )
+    tls.add_argument("--tls-upstream-data", metavar="{follow,private,clear}", help="PROT on the server's leg")
 
 
 # argparse dests that are settings; each is a keyword of load_config and apply_overrides.
@@ -74,6 +99,17 @@ _OVERRIDE_DESTS = (
     "log_level",
     "log_format",
     "user",
+    "tls_client",
+    "tls_cert",
+    "tls_key",
+    "tls_client_data",
+    "tls_implicit_listen",
+    "tls_require_session_reuse",
+    "tls_upstream",
+    "tls_upstream_ca_file",
+    "tls_upstream_server_name",
+    "tls_upstream_verify",
+    "tls_upstream_data",
 )
 
 

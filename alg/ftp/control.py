@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 from alg.errors import FtpProtocolError, PolicyDenied
-from alg.ftp import addresses
+from alg.ftp import addresses, tls
 from alg.ftp.addresses import HostPort
+from alg.ftp.tls import StartClientTls, TlsPolicy
 from alg.ftp.wire import Command, LineFramer, Overlong, parse_command, parse_reply_line, reply
 
 # ---- actions: orders for the session (imperative) and facts for logs and metrics (past tense) -------------
@@ -39,6 +40,8 @@ class ListenForClient:
 
     ticket: int
     then_connect: HostPort
+    client_tls: bool = False  # PROT P on the client's leg: the gateway is its TLS server
+    server_tls: bool = False  # PROT P on the server's leg: the gateway is its TLS client
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,8 @@ class ListenForServer:
 
     ticket: int
     then_connect: HostPort
+    client_tls: bool = False
+    server_tls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,21 +117,21 @@ Action = (
     | LoggedIn
     | TransferRequested
     | TransferReplied
+    | StartClientTls
 )
 
 # ---- settings ----------------------------------------------------------------------------------------------
 
 TRANSFER_VERBS = frozenset(("RETR", "STOR", "STOU", "APPE", "LIST", "NLST", "MLSD"))
 # Commands whose replies would carry addresses we do not translate (RFC 1639 LPRT/LPSV, SPSV, pure-ftpd's P@SW)
-# or that would hide the rest of the session from us (RFC 2228 AUTH): refused so clients fall back.
+# or that the gateway cannot take part in (RFC 2228 ADAT): refused so clients fall back. AUTH, PBSZ, PROT and
+# CCC are decided by alg.ftp.tls.
 UNSUPPORTED = {
     "LPRT": "LPRT is not supported by the gateway; use EPRT or PORT",
     "LPSV": "LPSV is not supported by the gateway; use EPSV or PASV",
     "SPSV": "SPSV is not supported by the gateway; use EPSV or PASV",
     "P@SW": "P@SW is not supported by the gateway; use EPSV or PASV",
-    "AUTH": "AUTH is not supported by the gateway: FTPS is not relayed yet, continue in plain FTP",
     "ADAT": "ADAT is not supported by the gateway",
-    "CCC": "CCC is not supported by the gateway",
 }
 
 CommandCheck = Callable[[Command], None]  # raises PolicyDenied to refuse
@@ -146,6 +151,7 @@ class ChannelSettings:
     check_command: CommandCheck | None = None
     # passive_target "advertised": may a 227 name another host than the upstream? (default: never)
     allow_data_peer: DataPeerCheck | None = None
+    tls: TlsPolicy = field(default_factory=TlsPolicy)
 
 
 # ---- state ---------------------------------------------------------------------------------------------------
@@ -159,6 +165,7 @@ class _Pending:
     ticket: int | None = None
     local_reply: bytes | None = None
     argument: bytes = b""
+    start_tls: bool = False  # a local 234: the client's TLS starts once it is sent
 
 
 @dataclass(slots=True)
@@ -184,8 +191,22 @@ class ControlChannel:
     `client` is the control client's address and `server` the upstream's, as the gateway sees them.
     """
 
-    def __init__(self, client: HostPort, server: HostPort, settings: ChannelSettings | None = None) -> None:
+    def __init__(
+        self,
+        client: HostPort,
+        server: HostPort,
+        settings: ChannelSettings | None = None,
+        *,
+        client_secured: bool = False,
+        server_secured: bool = False,
+        server_private: bool = False,
+    ) -> None:
         self.settings = settings or ChannelSettings()
+        # Implicit FTPS (client_secured) and the gateway's own AUTH TLS upstream are decided before the channel.
+        self.tls = tls.ClientTls(
+            self.settings.tls, secured=client_secured, server_secured=server_secured, server_private=server_private
+        )
+        self._tls_ordered = False  # StartClientTls sent, handshake not reported yet
         self.client = client
         self.server = server
         self.user: str | None = None
@@ -200,6 +221,7 @@ class ControlChannel:
         self._suppress_multiline = False
         self._kept: list[bytes] | None = None  # lines of a transfer's multi-line final reply, kept together
         self._kept_bytes = 0
+        self._feat: list[bytes] | None = None  # a multi-line FEAT reply, rewritten once complete
         self._held_reply: bytes | None = None  # a transfer's final reply waiting for its data to drain
         self._failed: dict[int, bytes] = {}  # ticket -> our 426, for a transfer whose data connection broke
         self._tickets: dict[int, _Ticket] = {}
@@ -215,6 +237,10 @@ class ControlChannel:
             return []
         if not data:
             return self._close("the client closed the control connection")
+        if self._tls_ordered:
+            # Bytes after our 234 and before the handshake are plaintext someone injected (CVE-2011-0411 class):
+            # never executed.
+            return [Refused("tls_plaintext", "AUTH", 0, f"{len(data)} plaintext bytes before the TLS handshake")]
         lines = self._client.framer.feed(data)
         self.client_lines += len(lines)
         self._client.backlog.extend(lines)
@@ -231,6 +257,14 @@ class ControlChannel:
                 out.append(SendToClient(reply(421, "The FTP server closed the connection.")))
             return out + self._close("the server closed the control connection")
         self._server.backlog.extend(self._server.framer.feed(data))
+        return self._run()
+
+    def client_tls_started(self) -> list[Action]:
+        """The client's TLS handshake after our 234 is done: its commands are read again."""
+        if self.closed:
+            return []
+        self._tls_ordered = False
+        self.tls.tls_started()
         return self._run()
 
     def data_endpoint_ready(self, ticket: int, public: HostPort) -> list[Action]:
@@ -305,7 +339,7 @@ class ControlChannel:
     @property
     def wants_client_data(self) -> bool:
         """False while client lines are held: the session stops reading, which bounds the backlog."""
-        return not self._client.backlog and not self.closed
+        return not self._client.backlog and not self.closed and not self.tls.starting
 
     @property
     def wants_server_data(self) -> bool:
@@ -332,6 +366,7 @@ class ControlChannel:
                 and self._client.waiting_for is None
                 and len(self._pending) < self.settings.max_pipelined_commands
                 and not self.closed
+                and not self.tls.starting
             ):
                 out.extend(self._client_line(self._client.backlog.popleft()))
                 progressed = True
@@ -368,17 +403,31 @@ class ControlChannel:
         self._tickets[ticket] = _Ticket(passive=passive, line=line, verb=verb)
         return ticket, out
 
-    def _answer_locally(self, line: bytes) -> list[Action]:
+    def _answer_locally(self, line: bytes, *, start_tls: bool = False) -> list[Action]:
         """Our own reply, queued behind the replies still owed for earlier commands."""
         if not self._pending and self._server.waiting_for is None:
-            return [SendToClient(line)]
-        self._pending.append(_Pending("<local>", local_reply=line))
+            return [SendToClient(line), *(self._order_client_tls() if start_tls else [])]
+        self._pending.append(_Pending("<local>", local_reply=line, start_tls=start_tls))
         return []
 
     def _flush_local_replies(self) -> list[Action]:
         out: list[Action] = []
         while self._pending and self._pending[0].local_reply is not None:
-            out.append(SendToClient(self._pending.popleft().local_reply or b""))
+            entry = self._pending.popleft()
+            out.append(SendToClient(entry.local_reply or b""))
+            if entry.start_tls:
+                out.extend(self._order_client_tls())
+        return out
+
+    def _order_client_tls(self) -> list[Action]:
+        """After the 234: lines the client sent behind AUTH were plaintext and are dropped, never executed."""
+        self._tls_ordered = True
+        dropped = len(self._client.backlog) + (1 if self._client.framer.pending else 0)
+        self._client.backlog.clear()
+        self._client.framer = LineFramer(self.settings.max_line_bytes)
+        out: list[Action] = [StartClientTls()]
+        if dropped:
+            out.append(Refused("tls_plaintext", "AUTH", 0, f"{dropped} plaintext line(s) after AUTH TLS dropped"))
         return out
 
     def _refuse(self, verb: str, code: int, rule: str, detail: str) -> list[Action]:
@@ -406,6 +455,14 @@ class ControlChannel:
 
     def _dispatch(self, command: Command) -> list[Action]:
         verb = command.verb
+        decision = self.tls.decide(command, transfer=verb in TRANSFER_VERBS)
+        if isinstance(decision, tls.Answer):
+            if decision.rule is not None:
+                return self._refuse(verb, decision.code, decision.rule, decision.text)
+            return self._answer_locally(reply(decision.code, decision.text))
+        if isinstance(decision, tls.StartTls):
+            self.tls.starting = True
+            return self._answer_locally(reply(234, "Proceed with TLS negotiation"), start_tls=True)
         if verb in UNSUPPORTED:
             return self._refuse(verb, 502, "unsupported", UNSUPPORTED[verb])
         if verb in ("PORT", "EPRT"):
@@ -456,7 +513,7 @@ class ControlChannel:
         self._check_data_limit()
         ticket, out = self._new_ticket(passive=False, line=command.raw, verb=command.verb)
         self._client.waiting_for = ticket
-        out.append(ListenForServer(ticket, then_connect=target))
+        out.append(ListenForServer(ticket, target, self.tls.client_private, self.tls.server_private))
         return out
 
     def _passive(self, command: Command) -> list[Action]:
@@ -496,6 +553,9 @@ class ControlChannel:
             suppressed, self._suppress_multiline = self._suppress_multiline, False
             if self._kept is not None:
                 line, self._kept, self._kept_bytes = b"".join(self._kept) + line, None, 0
+            if self._feat is not None:
+                line = tls.rewrite_feat([*self._feat, line], offer_tls=self.tls.offers_tls)
+                self._feat = None
             if parsed.code < 200 and not suppressed:
                 return [SendToClient(line)]  # a multi-line preliminary reply (pure-ftpd's 150-) ends
             return self._final_reply(parsed.code, line, single_line=False)
@@ -508,6 +568,9 @@ class ControlChannel:
             if parsed.code in (227, 229) and verb in ("PASV", "EPSV"):
                 self._suppress_multiline = True  # it may name the internal address; never forwarded
                 return []
+            if verb == "FEAT":
+                self._feat = [line]  # the features the client sees are the gateway's (alg.ftp.tls)
+                return []
             live_transfer = front is not None and verb in TRANSFER_VERBS and front.ticket in self._tickets
             if 200 <= parsed.code < 300 and live_transfer:
                 # A transfer's final reply may not reach the client before its data (pure-ftpd: "226-Options"),
@@ -517,11 +580,19 @@ class ControlChannel:
             return [SendToClient(line)]
         if parsed.code < 200:
             return [SendToClient(line)]
+        if self._pending and self._pending[0].verb == "FEAT":
+            line = tls.rewrite_feat([line], offer_tls=self.tls.offers_tls)
         return self._final_reply(parsed.code, line, single_line=True)
 
     def _continuation(self, line: bytes) -> list[Action]:
         if self._suppress_multiline:
             return []
+        if self._feat is not None:
+            if len(self._feat) < 256:  # bounded; a longer list is not a feature list
+                self._feat.append(line)
+                return []
+            feat, self._feat = self._feat, None
+            return [SendToClient(b"".join(feat) + line)]
         if self._kept is None:
             return [SendToClient(line)]
         self._kept.append(line)
@@ -547,6 +618,8 @@ class ControlChannel:
                 out.append(CloseDataEndpoint(entry.ticket))
             if self._armed == entry.ticket:
                 self._armed = None
+        elif verb == "PROT" and 200 <= code < 300:
+            self.tls.prot_accepted(entry.argument)
         elif verb in ("USER", "PASS") and code == 230:
             self.logged_in = True
             out.append(LoggedIn(self.user or ""))
@@ -604,5 +677,5 @@ class ControlChannel:
         ticket, closed = self._new_ticket(passive=True, line=line, verb=verb)
         out.extend(closed)
         self._server.waiting_for = ticket
-        out.append(ListenForClient(ticket, then_connect=target))
+        out.append(ListenForClient(ticket, target, self.tls.client_private, self.tls.server_private))
         return out

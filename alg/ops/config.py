@@ -237,6 +237,67 @@ class LogSettings(_Frozen):
     transfer_log: ConfigPath | None = None
 
 
+TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
+
+
+class TlsClient(_Frozen):
+    """TLS toward the clients (the gateway is the FTPS server)."""
+
+    # refuse: AUTH TLS gets 502 (nothing to offer without a certificate); allow: FTPS and plain FTP;
+    # require: no login before AUTH TLS.
+    mode: Literal["refuse", "allow", "require"] = "refuse"
+    # PEM: the certificate chain (leaf first) and its private key; reloaded on SIGHUP.
+    cert: ConfigPath | None = None
+    key: ConfigPath | None = None
+    # TLS 1.0 and 1.1 are deprecated (RFC 8996).
+    min_version: TlsVersion = "TLSv1.2"
+    # follow: the client's PROT decides; require: PROT C is refused and transfers need PROT P.
+    data: Literal["follow", "require"] = "follow"
+    # true: a client data connection must resume its control connection's TLS session (vsftpd's
+    # require_ssl_reuse), which binds the data connection to the logged-in client.
+    require_session_reuse: bool = False
+    # Implicit FTPS (TLS from the first byte, port 990 by convention); empty: none.
+    implicit_listen: tuple[ListenAddress, ...] = ()
+    # A handshake that has not finished in 10 s is a stuck or hostile client.
+    handshake_timeout_s: Seconds = 10.0
+
+    @field_validator("implicit_listen", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str | HostPort) else value
+
+    @model_validator(mode="after")
+    def _has_files(self) -> TlsClient:
+        if (self.mode != "refuse" or self.implicit_listen) and (self.cert is None or self.key is None):
+            missing = "cert" if self.cert is None else "key"
+            raise _invalid_at(missing, "required when client TLS is on: give a PEM file")
+        if self.mode == "refuse" and self.implicit_listen:
+            raise _invalid_at("mode", "implicit_listen needs mode allow or require")
+        return self
+
+
+class TlsUpstream(_Frozen):
+    """TLS toward the FTP server (the gateway is the FTPS client)."""
+
+    # off: plain FTP; auto: AUTH TLS when the server's FEAT lists it; require: AUTH TLS or 421;
+    # implicit: TLS from the first byte.
+    mode: Literal["off", "auto", "require", "implicit"] = "off"
+    # null: the system's trusted CAs.
+    ca_file: ConfigPath | None = None
+    # null: the upstream's address is the name checked in its certificate.
+    server_name: Annotated[str, Field(strict=True, min_length=1)] | None = None
+    # false only for testing: anyone in the path could read and change the session.
+    verify: bool = True
+    # follow: the upstream leg uses the client's PROT; private: always PROT P; clear: always PROT C.
+    data: Literal["follow", "private", "clear"] = "follow"
+    min_version: TlsVersion = "TLSv1.2"
+
+
+class TlsSettings(_Frozen):
+    client: TlsClient = TlsClient()
+    upstream: TlsUpstream = TlsUpstream()
+
+
 class Settings(_Frozen):
     # The common deployment: one public front for internal FTP servers.
     mode: Literal["reverse", "transparent"] = "reverse"
@@ -266,6 +327,8 @@ class Settings(_Frozen):
     rules: tuple[ConfigPath, ...] = ()
     # null: keep the user we started as; set it when started as root to bind port 21.
     user: Annotated[str, Field(strict=True, min_length=1)] | None = None
+    # FTPS: off on both sides unless configured.
+    tls: TlsSettings = TlsSettings()
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -309,6 +372,17 @@ _OVERRIDABLE: dict[str, tuple[str, ...]] = {
     "log_level": ("log", "level"),
     "log_format": ("log", "format"),
     "user": ("user",),
+    "tls_client": ("tls", "client", "mode"),
+    "tls_cert": ("tls", "client", "cert"),
+    "tls_key": ("tls", "client", "key"),
+    "tls_client_data": ("tls", "client", "data"),
+    "tls_implicit_listen": ("tls", "client", "implicit_listen"),
+    "tls_require_session_reuse": ("tls", "client", "require_session_reuse"),
+    "tls_upstream": ("tls", "upstream", "mode"),
+    "tls_upstream_ca_file": ("tls", "upstream", "ca_file"),
+    "tls_upstream_server_name": ("tls", "upstream", "server_name"),
+    "tls_upstream_verify": ("tls", "upstream", "verify"),
+    "tls_upstream_data": ("tls", "upstream", "data"),
 }
 
 
@@ -540,7 +614,9 @@ def _explain(
     locs = [tuple(error["loc"]) for error in errors]
     problems: list[tuple[int, ConfigError]] = []
     for error in errors:
-        loc = tuple(error["loc"]) or ((error.get("ctx") or {}).get("at", ""),)
+        at = (error.get("ctx") or {}).get("at")
+        # A model-level error names its key in the context: appended to the model's own place.
+        loc = (*tuple(error["loc"]), at) if at else tuple(error["loc"]) or ("",)
         if error["type"] == "invalid_key":
             loc = ()
         elif any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs):
