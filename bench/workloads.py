@@ -43,6 +43,8 @@ def _curl(target: Target, mode: str, timeout_s: float) -> list[str]:
         "--user",
         f"{target.user}:{target.password}",
         *MODE_FLAGS[mode],
+        # FTPS: AUTH TLS, PBSZ 0, PROT P (curl resumes the control session on data connections).
+        *(["--ssl-reqd", "--cacert", str(target.ca_file)] if target.ca_file is not None else []),
         "-w",
         CURL_FORMAT,
     ]

@@ -24,6 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
 
 from netns import Host, ManagedProcess, Topology  # noqa: E402  (the harness lives with the tests)
+from pki import CertFiles, Pki, make_pki  # noqa: E402
 from servers import start_server  # noqa: E402
 
 SERVER_ADDR = "198.51.100.10"
@@ -32,6 +33,9 @@ VSFTPD_PORT = 21
 PYFTPDLIB_PORT = 2121
 GATEWAY_PORT = 21  # in front of vsftpd
 GATEWAY_IDLE_PORT = 2121  # in front of pyftpdlib
+FTPS_PORT = 2990  # the FTPS vsftpd, and the gateway with TLS on both legs in front of it
+FTPS_SERVER_PASSIVE = (20000, 29999)
+FTPS_GATEWAY_PASSIVE = "50000-59999"
 PASSIVE_PORTS = "40000-49999"  # room for 1,000 concurrent sessions' data connections, in any worker
 NOFILE = 65536  # descriptors for the processes started here: 10,000 sessions hold 20,000 sockets
 
@@ -72,6 +76,7 @@ class Target:
     port: int
     user: str = "anonymous"
     password: str = "bench@ftp-alg.test"
+    ca_file: Path | None = None  # FTPS (explicit AUTH TLS, PROT P), verified against this CA
 
     def url(self, path: str = "") -> str:
         return f"ftp://{self.addr}:{self.port}/{path.lstrip('/')}"
@@ -86,6 +91,14 @@ class World:
         self.client_files = topology.workdir / "client"
         self.vsftpd: ManagedProcess | None = None
         self.pyftpdlib: ManagedProcess | None = None
+        self._pki: Pki | None = None
+
+    @property
+    def pki(self) -> Pki:
+        """The FTPS workloads' certificates (tests/integration/pki.py), made on first use."""
+        if self._pki is None:
+            self._pki = make_pki(self.topo.workdir / "pki")
+        return self._pki
 
     @property
     def client(self) -> Host:
@@ -124,16 +137,18 @@ class World:
 
     # --- upstreams -------------------------------------------------------------------------------------------
 
-    def start_vsftpd(self) -> Target:
+    def start_vsftpd(self, tls: CertFiles | None = None) -> Target:
         # The integration tests' vsftpd, with what a load test needs: this run's tree, unlimited clients, a wide
         # passive range, no per-session network namespace (isolate*: its set-up cost would be measured) and no
-        # per-command log. Both paths meet the same server.
+        # per-command log. Both paths meet the same server. tls: FTPS only (require_ssl_reuse) on FTPS_PORT.
+        port = VSFTPD_PORT if tls is None else FTPS_PORT
         server = start_server(
             "vsftpd",
             self.topo.server,
             addr=SERVER_ADDR,
-            port=VSFTPD_PORT,
-            pasv_ports=(30000, 39999),
+            port=port,
+            pasv_ports=(30000, 39999) if tls is None else FTPS_SERVER_PASSIVE,
+            tls=tls,
             options={
                 "anon_root": str(self.root),
                 "isolate": "NO",
@@ -148,8 +163,10 @@ class World:
                 "max_per_ip": "0",
             },
         )
-        self.vsftpd = server.process
-        return Target(SERVER_ADDR, VSFTPD_PORT)
+        if tls is None:
+            self.vsftpd = server.process
+            return Target(SERVER_ADDR, port)
+        return Target(SERVER_ADDR, port, ca_file=self.pki.ca_file)
 
     def start_pyftpdlib(self) -> Target:
         """A light single-process upstream for the idle test (vsftpd would fork 10,000 processes)."""
@@ -180,20 +197,31 @@ class World:
     def gateway(
         self, upstream: Target, *, port: int = GATEWAY_PORT, workers: int = 1, relay: str | None = None
     ) -> Iterator[Gateway]:
-        """ftp-alg in the gw namespace in front of `upstream`, at its defaults except the limits a load needs."""
+        """ftp-alg in the gw namespace in front of `upstream`, at its defaults except the limits a load needs.
+
+        An FTPS upstream (ca_file set) gets TLS on both legs: client TLS required with the gateway's
+        certificate, upstream TLS required and verified."""
         config = self.topo.workdir / f"gateway-{port}-{workers}.yaml"
-        config.write_text(f"""\
+        text = f"""\
 listen: {GATEWAY_ADDR}:{port}
 upstream: {upstream.addr}:{upstream.port}
-passive_ports: {PASSIVE_PORTS}
+passive_ports: {PASSIVE_PORTS if upstream.ca_file is None else FTPS_GATEWAY_PASSIVE}
 workers: {workers}
 limits:
   max_sessions: 20000
   max_sessions_per_client: 20000
-""")
+"""
+        if upstream.ca_file is not None:
+            text += f"""\
+tls:
+  client: {{mode: require, cert: {self.pki.gateway.cert}, key: {self.pki.gateway.key}}}
+  upstream: {{mode: require, ca_file: {upstream.ca_file}}}
+"""
+        config.write_text(text)
         env = {"FTP_ALG_RELAY": relay} if relay else {}
         process = self.python(self.topo.gw, ["-m", "alg.cli", "run", "--config", config], name="gateway", env=env)
-        gateway = Gateway(process, Target(GATEWAY_ADDR, port, upstream.user, upstream.password), workers)
+        target = Target(GATEWAY_ADDR, port, upstream.user, upstream.password, upstream.ca_file)
+        gateway = Gateway(process, target, workers)
         try:
             gateway.wait_listening(self.topo.gw, port)
             yield gateway
