@@ -166,8 +166,36 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     settings = load_config(args.config, **_overrides(args))
+    for line in _check_tls(settings):
+        print(line)
     print(f"ok: {summary(settings)}")
     return EXIT_OK
+
+
+def _check_tls(settings: Settings) -> list[str]:
+    """The TLS files, read and checked as the gateway will use them; ConfigError for one it cannot use."""
+    from alg.ops.tlsfiles import check_ca_file, check_certificate
+
+    lines = []
+    client, upstream = settings.tls.client, settings.tls.upstream
+    if client.cert is not None and client.key is not None:
+        report = check_certificate(client.cert, client.key)
+        lines.append(
+            f"tls.client.cert: {_quoted(report.subject)} chain={report.chain_length} days_left={report.days_left:.0f}"
+        )
+        lines.extend(f"warning: tls.client.cert: {text}" for text in report.warnings)
+        from alg.net.tls import server_context
+
+        try:
+            server_context(client.cert, client.key, client.min_version)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"OpenSSL refuses the certificate or key: {error}", key="tls.client.cert") from error
+    if upstream.mode != "off":
+        if upstream.ca_file is not None:
+            lines.append(f"tls.upstream.ca_file: {check_ca_file(upstream.ca_file)} certificate(s)")
+        if not upstream.verify:
+            lines.append("warning: tls.upstream.verify is false: the FTP server's certificate is not checked")
+    return lines
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

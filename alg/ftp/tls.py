@@ -84,7 +84,7 @@ class ClientTls:
         if verb == "CCC":
             # RFC 4217 13: CCC would leave the 227/PORT lines in clear, but the server leg may still need TLS,
             # and whoever reads the control channel could then hijack the session; the gateway keeps TLS.
-            return Answer(533, "CCC refused: the gateway keeps the control connection encrypted", "policy")
+            return Answer(533, "CCC refused: the gateway keeps the control connection encrypted", "unsupported")
         if verb in ("PBSZ", "PROT"):
             if not self.secured:
                 return Answer(503, f"{verb} needs AUTH TLS first", "syntax")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections import Counter
@@ -17,6 +18,7 @@ from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.control import ChannelSettings
 from alg.ftp.wire import reply
+from alg.gateway.secure import TlsRuntime, runtime_from_settings
 from alg.gateway.session import GatewayContext, Session, Timeouts
 from alg.gateway.workers import port_slice
 from alg.net.dataplane import PortPool, peer_ip
@@ -29,7 +31,7 @@ log = logging.getLogger("ftp_alg.server")
 
 
 def context_from_settings(
-    settings: Any, metrics: Metrics, policy: Policy | None = None, worker: int = 0
+    settings: Any, metrics: Metrics, policy: Policy | None = None, worker: int = 0, tls: TlsRuntime | None = None
 ) -> GatewayContext:
     """What the sessions of worker `worker` (of settings.workers) share; it owns a slice of each port range."""
     limits, timeouts = settings.limits, settings.timeouts
@@ -41,6 +43,7 @@ def context_from_settings(
     metrics.pool_size.labels("public").set(public_pool.size)
     if internal_pool is not None:
         metrics.pool_size.labels("internal").set(internal_pool.size)
+    tls = tls or TlsRuntime()
     return GatewayContext(
         channel_settings=ChannelSettings(
             max_line_bytes=limits.max_line_bytes,
@@ -51,6 +54,7 @@ def context_from_settings(
             # The policy object, not its current rules: a reload reaches running sessions at their next command.
             check_command=policy.check_command if policy is not None else None,
             allow_data_peer=policy.allows_data_peer if policy is not None else None,
+            tls=tls.policy,
         ),
         timeouts=Timeouts(
             upstream_connect_s=timeouts.upstream_connect_s,
@@ -64,6 +68,7 @@ def context_from_settings(
         internal_pool=internal_pool,
         transparent=settings.mode == "transparent",
         public_address=settings.public_address,
+        tls=tls,
     )
 
 
@@ -75,10 +80,14 @@ class Gateway:
         if settings.public_address is not None:
             own.append(settings.public_address)
         self.policy = Policy(settings.rules, own_addresses=own)  # ConfigError if a rule file is bad
-        self.context = context_from_settings(settings, self.metrics, self.policy, worker)
+        tls_settings = getattr(settings, "tls", None)
+        self.tls = runtime_from_settings(tls_settings) if tls_settings is not None else TlsRuntime()
+        self._update_certificate_expiry()
+        self.context = context_from_settings(settings, self.metrics, self.policy, worker, self.tls)
         self.sessions: dict[int, Session] = {}
         self.ready = asyncio.Event()
         self.addresses: list[HostPort] = []
+        self.implicit_addresses: list[HostPort] = []
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[str]] = set()
         self._per_client: Counter[IPAddress] = Counter()
@@ -101,6 +110,25 @@ class Gateway:
             for sock in server.sockets:
                 name = sock.getsockname()
                 self.addresses.append(HostPort(peer_ip(name), name[1]))
+        tls_settings = getattr(self.settings, "tls", None)
+        for address in tls_settings.client.implicit_listen if tls_settings is not None else ():
+            # Implicit FTPS: a plain listener; the session starts TLS at once, so a failed or stuck handshake
+            # is counted, logged and bounded like any other.
+            server = await asyncio.start_server(
+                functools.partial(self._accept, implicit_tls=True),
+                host=str(address.ip),
+                port=address.port,
+                reuse_address=True,
+                reuse_port=self.settings.workers > 1 or None,
+                backlog=1024,
+                limit=64 * 1024,
+            )
+            self._servers.append(server)
+            for sock in server.sockets:
+                name = sock.getsockname()
+                self.implicit_addresses.append(HostPort(peer_ip(name), name[1]))
+        if self.implicit_addresses:
+            log.info("listening for implicit FTPS on %s", ", ".join(map(str, self.implicit_addresses)))
         log.info(
             "listening on %s mode=%s relay=%s",
             ", ".join(map(str, self.addresses)),
@@ -122,7 +150,24 @@ class Gateway:
         upstream: HostPort | None = self.settings.upstream
         return upstream
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def reload(self) -> None:
+        """SIGHUP: rules and the TLS certificate read again; a bad file keeps the old one (and says why)."""
+        self.policy.reload()
+        if self.tls.certificate is not None:
+            self.tls.certificate.reload()
+            self._update_certificate_expiry()
+
+    def _update_certificate_expiry(self) -> None:
+        if self.tls.certificate is None:
+            return
+        from alg.ops.tlsfiles import expiry_timestamp  # cryptography: loaded only when a certificate is configured
+
+        with contextlib.suppress(Exception):
+            self.metrics.certificate_expiry.set(expiry_timestamp(self.tls.certificate.cert))
+
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, implicit_tls: bool = False
+    ) -> None:
         peername = writer.get_extra_info("peername")
         if peername is None:  # reset before we looked (uvloop then has no address): nothing to answer
             self.metrics.session_ended("client_closed")
@@ -147,6 +192,8 @@ class Gateway:
             return
         if refusal is None and upstream is None:
             refusal = "No FTP server to connect you to."
+        if refusal is None and implicit_tls and self.tls.certificate is None:
+            refusal = "No TLS certificate configured."
         if refusal is not None or upstream is None:
             self.metrics.refused("limit")
             self.metrics.session_ended("refused_limit")
@@ -164,7 +211,7 @@ class Gateway:
                 return
         number = self._next_id
         self._next_id += 1
-        session = Session(number, self.context, reader, writer, upstream)
+        session = Session(number, self.context, reader, writer, upstream, implicit_tls=implicit_tls)
         self.sessions[number] = session
         self._empty.clear()
         self._per_client[client] += 1
@@ -243,7 +290,7 @@ async def serve(settings: Any, worker: int = 0) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, gateway.policy.reload)  # keeps the old rules if a file is bad
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload)  # keeps the old rules or certificate if a file is bad
     try:
         await stop.wait()
         log.info("shutting down (grace %s s)", settings.timeouts.shutdown_grace_s)

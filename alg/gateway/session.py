@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -19,8 +20,11 @@ from typing import Any
 from alg.errors import DataChannelError
 from alg.ftp import control as c
 from alg.ftp.addresses import HostPort, IPAddress
+from alg.ftp.tls import StartClientTls
 from alg.ftp.wire import reply
+from alg.gateway import secure
 from alg.net.dataplane import PortPool, RelayResult, accept_from, connect_from, open_listener, peer_ip, relay
+from alg.net.tls import Leg, TlsTruncated, describe, reason_of, relay_legs
 from alg.ops.logs import printable, redact
 from alg.ops.metrics import ByteCounts, Metrics
 
@@ -34,6 +38,7 @@ _FAILURE_TEXT = {
     "accept_timeout": "nobody connected to the data port in time",
     "connect_failed": "the other end of the data connection could not be reached",
     "connect_timeout": "the other end of the data connection did not answer in time",
+    "tls_truncated": "the FTP server's TLS data stream ended without close_notify (truncated)",
 }
 
 
@@ -57,6 +62,7 @@ class GatewayContext:
     internal_pool: PortPool | None  # ports for listeners facing the internal side (None: any free port)
     transparent: bool = False
     public_address: IPAddress | None = None  # announced instead of our own address on the public side
+    tls: secure.TlsRuntime = field(default_factory=secure.TlsRuntime)
 
 
 @dataclass(slots=True)
@@ -68,6 +74,8 @@ class _Transfer:
     task: asyncio.Task[None] | None = None
     connected: bool = False  # both legs up: counted in data_channels_opened once its verb is known
     counted: bool = False
+    client_tls: bool = False  # PROT P on the client's leg
+    server_tls: bool = False
 
 
 @dataclass(slots=True)
@@ -93,8 +101,11 @@ class Session:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         upstream: HostPort,
+        *,
+        implicit_tls: bool = False,
     ) -> None:
         self.id = number
+        self.implicit_tls = implicit_tls  # TLS from the client's first byte (implicit FTPS listener)
         self.context = context
         self.upstream = upstream
         address, ours = _ends(writer)
@@ -107,6 +118,11 @@ class Session:
         self._last_activity = time.monotonic()
         self._draining = False
         self._quit = False  # the client said QUIT: the server closing next is the normal end
+        # The client-facing TLS context this session started with: its data connections resume against it,
+        # even after SIGHUP loaded a new certificate for later sessions.
+        certificate = context.tls.certificate
+        self._client_context = certificate.context if certificate is not None else None
+        self._tls_task: asyncio.Task[None] | None = None
         self.log = logging.LoggerAdapter(log, {"session": number})
         _tune(writer, oob_inline=True)
 
@@ -116,7 +132,7 @@ class Session:
         metrics = self.context.metrics
         self.log.info("session start client=%s upstream=%s", self.client.address, self.upstream)
         try:
-            if await self._connect_upstream():
+            if (not self.implicit_tls or await self._start_client_tls()) and await self._connect_upstream():
                 await self._serve()
         except asyncio.CancelledError:
             self.outcome = "shutdown"
@@ -127,16 +143,24 @@ class Session:
         finally:
             await self._teardown()
             metrics.session_ended(self.outcome)
-            self.log.info("session end outcome=%s", self.outcome)
+            tls_client = describe(self.client.writer.get_extra_info("ssl_object"))
+            tls_server = describe(self.server.writer.get_extra_info("ssl_object")) if self.server else "-"
+            self.log.info("session end outcome=%s tls_client=%s tls_server=%s", self.outcome, tls_client, tls_server)
         return self.outcome
 
     async def _connect_upstream(self) -> bool:
         started = time.monotonic()
+        tls = self.context.tls
+        implicit = tls.upstream_mode == "implicit"
         try:
             async with asyncio.timeout(self.context.timeouts.upstream_connect_s):
                 reader, writer = await asyncio.open_connection(
                     str(self.upstream.ip), self.upstream.port, limit=READ_BYTES
                 )
+            if implicit:
+                await secure.start_upstream_tls(writer, tls, self.upstream, self.context.metrics)
+        except secure.UpstreamTlsFailed as error:
+            return await self._upstream_tls_failed(str(error))
         except (OSError, TimeoutError) as error:
             why = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
             self.log.warning("upstream unreachable upstream=%s error=%s", self.upstream, printable(why))
@@ -150,8 +174,65 @@ class Session:
         _tune(writer, oob_inline=False)
         address, ours = _ends(writer)
         self.server = _Peer(reader, writer, address, ours)
-        self.channel = c.ControlChannel(self.client.address, address, self.context.channel_settings)
+        ready = None
+        if tls.upstream_mode != "off":
+            try:
+                ready = await secure.negotiate_upstream(
+                    reader, writer, tls, self.upstream, self.context.metrics, self.context.timeouts.upstream_connect_s
+                )
+            except (secure.UpstreamTlsFailed, OSError, TimeoutError) as error:
+                why = str(error) if isinstance(error, secure.UpstreamTlsFailed) else reason_of(error)
+                return await self._upstream_tls_failed(why)
+            if ready.secured:
+                self.log.info("tls upstream %s", describe(writer.get_extra_info("ssl_object")))
+        self.channel = c.ControlChannel(
+            self.client.address,
+            address,
+            self.context.channel_settings,
+            client_secured=self.implicit_tls,
+            server_secured=ready is not None and ready.secured,
+            server_private=ready is not None and ready.private,
+        )
+        if ready is not None:
+            self.execute(self.channel.server_data(ready.banner))
         return True
+
+    async def _upstream_tls_failed(self, why: str) -> bool:
+        self.log.warning("upstream tls failed upstream=%s reason=%s", self.upstream, printable(why))
+        _write(self.client.writer, reply(421, f"Service not available: TLS to the FTP server failed ({why})."))
+        with contextlib.suppress(OSError, ConnectionError):
+            await self.client.writer.drain()
+        self.outcome = "tls_failed"
+        return False
+
+    async def _start_client_tls(self) -> bool:
+        """The client's control connection becomes TLS: at once (implicit), or after our 234 (AUTH TLS)."""
+        metrics = self.context.metrics
+        if self._client_context is None:
+            self.close("tls_failed")
+            return False
+        try:
+            dropped = await secure.start_client_tls(
+                self.client.reader, self.client.writer, self.context.tls, self._client_context
+            )
+        except (ssl.SSLError, OSError, TimeoutError) as error:
+            outcome = "timeout" if isinstance(error, TimeoutError) else "failed"
+            metrics.tls_handshake("client", "control", outcome)
+            metrics.refused("tls_handshake")
+            self.log.info("client tls handshake %s reason=%s", outcome, printable(reason_of(error)))
+            self.outcome = "tls_failed"
+            self.close("tls_failed")
+            return False
+        metrics.tls_handshake("client", "control", "ok")
+        if dropped:
+            metrics.refused("tls_plaintext")
+            self.log.warning("dropped %d plaintext bytes sent after 234 before the TLS handshake", dropped)
+        self.log.info("tls client %s", describe(self.client.writer.get_extra_info("ssl_object")))
+        return True
+
+    async def _switch_client_tls(self) -> None:
+        if await self._start_client_tls() and self.channel is not None:
+            self._report(self.channel.client_tls_started())
 
     async def _serve(self) -> None:
         assert self.server is not None
@@ -168,6 +249,9 @@ class Session:
                 task.cancel()
 
     async def _teardown(self) -> None:
+        if self._tls_task is not None:
+            self._tls_task.cancel()
+            await asyncio.gather(self._tls_task, return_exceptions=True)
         for transfer in self._transfers.values():
             if transfer.task is not None:
                 transfer.task.cancel()
@@ -262,12 +346,15 @@ class Session:
                 case c.SendToClient(data):
                     _write(self.client.writer, data)
                 case c.SendToServer(data, urgent):
-                    if urgent:
+                    # Over TLS an urgent byte would land inside a TLS record: ABOR goes as a plain line.
+                    if urgent and self.server.writer.get_extra_info("ssl_object") is None:
                         self._send_urgent(data)
                     else:
                         _write(self.server.writer, data)
                 case c.ListenForClient() | c.ListenForServer():
                     queue.extend(self._open_data_endpoint(action))
+                case StartClientTls():
+                    self._tls_task = asyncio.create_task(self._switch_client_tls(), name=f"#{self.id} tls")
                 case c.CloseDataEndpoint(ticket):
                     transfer = self._transfers.pop(ticket, None)
                     if transfer is not None and transfer.task is not None:
@@ -358,7 +445,9 @@ class Session:
             announced = HostPort(public, listener.address.port)
         if lan_passive:
             announced = HostPort(self.server.address.ip, listener.address.port)
-        transfer = _Transfer(mode="passive" if passive else "active")
+        transfer = _Transfer(
+            mode="passive" if passive else "active", client_tls=action.client_tls, server_tls=action.server_tls
+        )
         self._transfers[action.ticket] = transfer
         transfer.task = asyncio.create_task(
             self._data_connection(
@@ -393,6 +482,7 @@ class Session:
         accepted: socket.socket | None = None
         connected: socket.socket | None = None
         failure: str | None = None
+        failure_text: str | None = None  # for the client's 426, when the reason's stock text will not do
         moved: tuple[int, int] | None = None  # (download, upload) once a relay ran
         started = 0.0
 
@@ -441,25 +531,39 @@ class Session:
                 connected = await connect_other_leg()
                 if connected is None:
                     return
+            legs = None
+            if transfer.client_tls or transfer.server_tls:
+                try:
+                    legs = await self._secure_legs(transfer, accepted, connected)
+                except secure.DataTlsFailed as error:
+                    failure, failure_text = error.reason, str(error)
+                    if error.reason == "tls_session_reuse":
+                        metrics.refused("tls_session_reuse")
+                    return
             transfer.connected = True
             if transfer.verb is not None:  # else counted when the client's RETR/STOR/LIST arrives
                 self._count_opened(transfer)
+            metrics.data_protected(transfer.client_tls, transfer.server_tls)
             metrics.data_active.inc()
             first, second = (accepted, connected)
             counts = RelayResult()
             token = metrics.relay_started(_byte_counts(counts, transfer.mode))
             started = time.monotonic()
+
+            def first_eof() -> None:
+                self._report(self.channel.data_finished(ticket) if self.channel else [])
+
             try:
-                await relay(
-                    first,
-                    second,
-                    idle_timeout_s=timeouts.data_idle_s,
-                    on_first_eof=lambda: self._report(self.channel.data_finished(ticket) if self.channel else []),
-                    result=counts,
-                )
+                idle = timeouts.data_idle_s
+                if legs is None:  # plain on both legs: the zero-copy relay
+                    await relay(first, second, idle_timeout_s=idle, on_first_eof=first_eof, result=counts)
+                else:
+                    await relay_legs(*legs, idle_timeout_s=idle, on_first_eof=first_eof, result=counts)
             except TimeoutError:
                 failure = "idle_timeout"
-            except (ConnectionError, OSError):
+            except TlsTruncated:
+                failure = "tls_truncated"
+            except (ConnectionError, OSError, ssl.SSLError):
                 failure = "reset"
             except asyncio.CancelledError:
                 failure = "aborted"  # ABOR, or the session closing under a running transfer
@@ -483,13 +587,39 @@ class Session:
             # than idle_s must not get the session closed the moment it ends.
             self._last_activity = time.monotonic()
             if self.channel is not None and not self._closed.is_set():
-                if failure is not None and moved is None:
-                    # No byte was relayed: the transfer cannot have completed, whatever the server answers.
-                    self._report(self.channel.data_endpoint_failed(ticket, _FAILURE_TEXT.get(failure, failure)))
+                if failure is not None and (moved is None or failure == "tls_truncated"):
+                    # No byte was relayed, or the server's TLS stream was cut: the transfer cannot have
+                    # completed, whatever the server answers.
+                    text = failure_text or _FAILURE_TEXT.get(failure, failure)
+                    self._report(self.channel.data_endpoint_failed(ticket, text))
                 else:
                     self._report(self.channel.data_finished(ticket))
             if self._draining and not self._transfers:
                 self.drain()
+
+    async def _secure_legs(
+        self, transfer: _Transfer, accepted: socket.socket, connected: socket.socket
+    ) -> tuple[Leg, Leg]:
+        """TLS on the legs that PROT P asked for; in relay order (the accepted socket first)."""
+        assert self.server is not None
+        passive = transfer.mode == "passive"
+        client_sock, server_sock = (accepted, connected) if passive else (connected, accepted)
+        ssl_object = self.server.writer.get_extra_info("ssl_object")
+        # Read now, not at the control handshake: a TLS 1.3 ticket arrives after it (DESIGN.md, TLS).
+        session = ssl_object.session if ssl_object is not None else None
+        client_leg, server_leg = await secure.wrap_data_legs(
+            client_sock,
+            server_sock,
+            client_tls=transfer.client_tls,
+            server_tls=transfer.server_tls,
+            runtime=self.context.tls,
+            client_context=self._client_context,
+            server_session=session,
+            upstream=self.upstream,
+            metrics=self.context.metrics,
+            timeout_s=self.context.timeouts.data_connect_s,
+        )
+        return (client_leg, server_leg) if passive else (server_leg, client_leg)
 
     def _count_opened(self, transfer: _Transfer, *, final: bool = False) -> None:
         """One count per data connection, by mode and by the direction its command gives (else `unknown`)."""

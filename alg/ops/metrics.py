@@ -32,6 +32,7 @@ SESSION_OUTCOMES = (
     "refused_acl",
     "timeout",
     "protocol_error",
+    "tls_failed",  # a TLS handshake with the client or the server failed (or timed out)
     "shutdown",
     "error",
 )
@@ -57,6 +58,10 @@ DATA_FAILURES = (
     "idle_timeout",
     "reset",
     "aborted",
+    "tls_handshake_client",
+    "tls_handshake_server",
+    "tls_session_reuse",  # tls.client.require_session_reuse: the client's data connection did not resume
+    "tls_truncated",  # the server's TLS data stream ended without close_notify
 )
 REFUSAL_REASONS = (
     "bounce",
@@ -70,7 +75,15 @@ REFUSAL_REASONS = (
     "unsupported",
     "server_reply",
     "data_endpoint",
+    "tls_required",  # login or PROT C or a clear transfer where TLS is required
+    "tls_plaintext",  # bytes in clear after our 234, before the handshake: dropped
+    "tls_handshake",  # a client's control handshake failed
+    "tls_session_reuse",
 )
+TLS_SIDES = ("client", "server")
+TLS_CHANNELS = ("control", "data")
+TLS_OUTCOMES = ("ok", "failed", "timeout")
+PROTECTIONS = ("clear", "tls")
 BYTE_DIRECTIONS = ("download", "upload")
 POOLS = ("public", "internal")
 
@@ -196,6 +209,24 @@ class Metrics:
             "asyncio tasks alive in the gateway's event loop, counted at each scrape (a leak shows as growth).",
             registry=r,
         )
+        self.tls_handshakes = Counter(
+            "ftp_alg_tls_handshakes",
+            "TLS handshakes, by side (client: the gateway as TLS server), channel and outcome.",
+            ["side", "channel", "outcome"],
+            registry=r,
+        )
+        self.data_protection = Counter(
+            "ftp_alg_data_channels_protection",
+            "Data connections relayed, by protection of the client's leg and of the server's leg.",
+            ["client_leg", "server_leg"],
+            registry=r,
+        )
+        # A timestamp, as blackbox_exporter's probe_ssl_earliest_cert_expiry: days left = (this - time()) / 86400.
+        self.certificate_expiry = Gauge(
+            "ftp_alg_tls_certificate_expiry_timestamp_seconds",
+            "When the client-facing TLS certificate in use expires (Unix time; 0: no certificate).",
+            registry=r,
+        )
         self.build_info = Info("ftp_alg_build", "Version of ftp-alg.", registry=r)
         self.build_info.info({"version": __version__})
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... (Linux /proc only)
@@ -213,6 +244,13 @@ class Metrics:
             self.data_failed.labels(reason)
         for reason in REFUSAL_REASONS:
             self.refusals.labels(reason)
+        for side in TLS_SIDES:
+            for channel in TLS_CHANNELS:
+                for outcome in TLS_OUTCOMES:
+                    self.tls_handshakes.labels(side, channel, outcome)
+        for client_leg in PROTECTIONS:
+            for server_leg in PROTECTIONS:
+                self.data_protection.labels(client_leg, server_leg)
         for pool in POOLS:
             self.pool_size.labels(pool)
             self.pool_in_use.labels(pool)
@@ -231,6 +269,14 @@ class Metrics:
 
     def data_channel_opened(self, mode: str, verb: str | None) -> None:
         self.data_opened.labels(mode if mode in DATA_MODES else "passive", direction_of(verb)).inc()
+
+    def tls_handshake(self, side: str, channel: str, outcome: str) -> None:
+        side = side if side in TLS_SIDES else "client"
+        channel = channel if channel in TLS_CHANNELS else "control"
+        self.tls_handshakes.labels(side, channel, outcome if outcome in TLS_OUTCOMES else "failed").inc()
+
+    def data_protected(self, client_tls: bool, server_tls: bool) -> None:
+        self.data_protection.labels("tls" if client_tls else "clear", "tls" if server_tls else "clear").inc()
 
     def command(self, verb: str) -> None:
         self.commands.labels(verb if verb in self._known_verbs else "other").inc()

@@ -26,9 +26,13 @@ from alg.ops.metrics import (
     DATA_MODES,
     KNOWN_VERBS,
     POOLS,
+    PROTECTIONS,
     REFUSAL_REASONS,
     REWRITE_KINDS,
     SESSION_OUTCOMES,
+    TLS_CHANNELS,
+    TLS_OUTCOMES,
+    TLS_SIDES,
     Metrics,
     direction_of,
 )
@@ -186,7 +190,12 @@ def test_no_label_ever_carries_an_address_a_user_or_a_path() -> None:
         metrics.data_failure(text)
         metrics.session_ended(text)
         metrics.data_channel_opened(text, text)
+        metrics.tls_handshake(text, text, text)
     allowed = {
+        *TLS_SIDES,
+        *TLS_CHANNELS,
+        *TLS_OUTCOMES,
+        *PROTECTIONS,
         *SESSION_OUTCOMES,
         *KNOWN_VERBS,
         "other",

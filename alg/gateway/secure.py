@@ -1,0 +1,237 @@
+"""FTPS in the session shell: the TLS settings a gateway shares, the upstream's AUTH TLS, the client's switch
+after 234, and the TLS wrapping of data legs.
+
+Rules: decisions come from alg.ftp.tls; this module only moves bytes, handshakes and reports. Every failure
+becomes a reason in words (for the client's 421/426, the log and a metric), never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alg.errors import ConfigError
+from alg.ftp import tls as ftptls
+from alg.ftp.addresses import HostPort
+from alg.net.tls import Leg, PlainLeg, ServerCertificate, TlsLeg, reason_of, upstream_context
+from alg.ops.metrics import Metrics
+
+log = logging.getLogger("ftp_alg.tls")
+
+
+@dataclass(slots=True)
+class TlsRuntime:
+    """What all sessions of one gateway share about TLS (built from settings.tls)."""
+
+    client_mode: str = "refuse"
+    client_data: str = "follow"
+    require_session_reuse: bool = False
+    handshake_timeout_s: float = 10.0
+    certificate: ServerCertificate | None = None
+    upstream_mode: str = "off"
+    upstream_data: str = "follow"
+    upstream_context: ssl.SSLContext | None = None
+    upstream_server_name: str | None = None
+
+    @property
+    def policy(self) -> ftptls.TlsPolicy:
+        return ftptls.TlsPolicy(self.client_mode, self.client_data, self.upstream_data)
+
+
+def runtime_from_settings(tls: Any) -> TlsRuntime:
+    """TlsRuntime from settings.tls; ConfigError naming the key when a file cannot be used."""
+    client, upstream = tls.client, tls.upstream
+    certificate = None
+    if client.cert is not None and client.key is not None and (client.mode != "refuse" or client.implicit_listen):
+        try:
+            certificate = ServerCertificate(Path(client.cert), Path(client.key), client.min_version)
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            why = reason_of(error) if isinstance(error, ssl.SSLError) else _strerror(error)
+            raise ConfigError(f"cannot load {client.cert} with {client.key}: {why}", key="tls.client.cert") from error
+    context = None
+    if upstream.mode != "off":
+        try:
+            context = upstream_context(upstream.ca_file, verify=upstream.verify, min_version=upstream.min_version)
+        except (OSError, ValueError) as error:
+            why = reason_of(error) if isinstance(error, ssl.SSLError) else _strerror(error)
+            raise ConfigError(f"cannot load CA file {upstream.ca_file}: {why}", key="tls.upstream.ca_file") from error
+        if not upstream.verify:
+            log.warning(
+                "tls.upstream.verify is false: the FTP server's certificate is not checked, so anyone on the path "
+                "to it can read and change sessions"
+            )
+    return TlsRuntime(
+        client_mode=client.mode,
+        client_data=client.data,
+        require_session_reuse=client.require_session_reuse,
+        handshake_timeout_s=client.handshake_timeout_s,
+        certificate=certificate,
+        upstream_mode=upstream.mode,
+        upstream_data=upstream.data,
+        upstream_context=context,
+        upstream_server_name=upstream.server_name,
+    )
+
+
+def _strerror(error: Exception) -> str:
+    return getattr(error, "strerror", None) or str(error)
+
+
+class UpstreamTlsFailed(Exception):
+    """The upstream's TLS could not be set up; str() is the reason for the client's 421."""
+
+
+async def negotiate_upstream(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    runtime: TlsRuntime,
+    upstream: HostPort,
+    metrics: Metrics,
+    timeout_s: float,
+) -> ftptls.UpstreamReady:
+    """Read the banner and run AUTH TLS, PBSZ 0 and PROT toward the server, before the client's session."""
+    steps = ftptls.UpstreamTls(runtime.upstream_mode, runtime.upstream_data)
+    replies = ftptls.ReplyReader()
+    queued: list[tuple[int, bytes]] = []
+    async with asyncio.timeout(timeout_s):
+        while True:
+            while not queued:
+                data = await reader.read(65536)
+                if not data:
+                    raise UpstreamTlsFailed("the FTP server closed the connection during TLS negotiation")
+                queued.extend(replies.feed(data))
+            code, raw = queued.pop(0)
+            if code == 0:
+                raise UpstreamTlsFailed("the FTP server sent an unreadable reply during TLS negotiation")
+            step = steps.on_reply(code, raw)
+            while step is not None:
+                match step:
+                    case ftptls.SendLine(line):
+                        writer.write(line)
+                        await writer.drain()
+                        step = None
+                    case ftptls.StartServerTls():
+                        if queued or replies.pending:
+                            raise UpstreamTlsFailed("the FTP server sent bytes in clear after 234")
+                        await start_upstream_tls(writer, runtime, upstream, metrics)
+                        step = steps.tls_started()
+                    case ftptls.UpstreamReady():
+                        if queued or replies.pending:
+                            raise UpstreamTlsFailed("the FTP server sent unexpected replies during TLS negotiation")
+                        return step
+                    case ftptls.UpstreamFailed(reason):
+                        raise UpstreamTlsFailed(reason)
+
+
+def upstream_name(runtime: TlsRuntime, upstream: HostPort) -> str:
+    return runtime.upstream_server_name or str(upstream.ip)
+
+
+async def start_upstream_tls(
+    writer: asyncio.StreamWriter, runtime: TlsRuntime, upstream: HostPort, metrics: Metrics
+) -> None:
+    assert runtime.upstream_context is not None
+    try:
+        await writer.start_tls(
+            runtime.upstream_context,
+            server_hostname=upstream_name(runtime, upstream),
+            ssl_handshake_timeout=runtime.handshake_timeout_s,
+        )
+    except (ssl.SSLError, OSError, TimeoutError) as error:
+        metrics.tls_handshake("server", "control", "timeout" if isinstance(error, TimeoutError) else "failed")
+        raise UpstreamTlsFailed(reason_of(error)) from error
+    metrics.tls_handshake("server", "control", "ok")
+
+
+def discard_buffered(reader: asyncio.StreamReader) -> int:
+    """Drop bytes the stream read but nobody consumed (plaintext sent after 234); how many."""
+    buffer = getattr(reader, "_buffer", None)  # asyncio's StreamReader keeps them here, on both loops
+    if not isinstance(buffer, bytearray):
+        return 0
+    count = len(buffer)
+    buffer.clear()
+    return count
+
+
+async def start_client_tls(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, runtime: TlsRuntime, context: ssl.SSLContext
+) -> int:
+    """Switch the client's control connection to TLS after our 234; returns plaintext bytes dropped."""
+    await writer.drain()
+    dropped = discard_buffered(reader)
+    await writer.start_tls(context, ssl_handshake_timeout=runtime.handshake_timeout_s)
+    return dropped
+
+
+async def wrap_data_legs(
+    client_sock: socket.socket,
+    server_sock: socket.socket,
+    *,
+    client_tls: bool,
+    server_tls: bool,
+    runtime: TlsRuntime,
+    client_context: ssl.SSLContext | None,
+    server_session: ssl.SSLSession | None,
+    upstream: HostPort,
+    metrics: Metrics,
+    timeout_s: float,
+) -> tuple[Leg, Leg]:
+    """The legs of one data connection, TLS where PROT P: the gateway is TLS server toward the client and TLS
+    client toward the server (RFC 4217 7, whoever connected). Both handshakes run at once: a server such as
+    vsftpd starts its handshake only once the transfer command reached it."""
+    client_leg: Leg = PlainLeg(client_sock)
+    server_leg: Leg = PlainLeg(server_sock)
+    # Uploads from clients that end without close_notify are common (and what vsftpd accepts by default);
+    # the server's leg is strict, so a download cut short reaches the client as 426, not 226.
+    if client_tls and client_context is not None:
+        client_leg = TlsLeg.wrap(client_sock, client_context, server_side=True, strict=False)
+    if server_tls and runtime.upstream_context is not None:
+        server_leg = TlsLeg.wrap(
+            server_sock,
+            runtime.upstream_context,
+            server_side=False,
+            server_hostname=upstream_name(runtime, upstream),
+            session=server_session,
+        )
+
+    async def handshake(leg: Leg, side: str) -> None:
+        if not isinstance(leg, TlsLeg):
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                await leg.handshake()
+        except TimeoutError:
+            metrics.tls_handshake(side, "data", "timeout")
+            raise DataTlsFailed(f"tls_handshake_{side}", f"the {side}'s TLS data handshake timed out") from None
+        except (ssl.SSLError, OSError) as error:
+            metrics.tls_handshake(side, "data", "failed")
+            raise DataTlsFailed(
+                f"tls_handshake_{side}", f"the {side}'s TLS data handshake failed: {reason_of(error)}"
+            ) from error
+        metrics.tls_handshake(side, "data", "ok")
+
+    results = await asyncio.gather(
+        handshake(client_leg, "client"), handshake(server_leg, "server"), return_exceptions=True
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    if isinstance(client_leg, TlsLeg) and runtime.require_session_reuse and not client_leg.session_reused:
+        raise DataTlsFailed(
+            "tls_session_reuse",
+            "the data connection did not resume the control connection's TLS session (session reuse required)",
+        )
+    if isinstance(server_leg, TlsLeg) and server_session is not None and not server_leg.session_reused:
+        log.debug("upstream data connection did not resume the control session")
+    return client_leg, server_leg
+
+
+class DataTlsFailed(Exception):
+    def __init__(self, reason: str, text: str) -> None:
+        super().__init__(text)
+        self.reason = reason
