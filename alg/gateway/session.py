@@ -15,7 +15,7 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from alg.errors import DataChannelError
 from alg.ftp import control as c
@@ -123,6 +123,7 @@ class Session:
         certificate = context.tls.certificate
         self._client_context = certificate.context if certificate is not None else None
         self._tls_task: asyncio.Task[None] | None = None
+        self._plaintext_dropped = 0  # bytes the client sent behind AUTH TLS, before our 234
         self.log = logging.LoggerAdapter(log, {"session": number})
         _tune(writer, oob_inline=True)
 
@@ -224,6 +225,7 @@ class Session:
             self.close("tls_failed")
             return False
         metrics.tls_handshake("client", "control", "ok")
+        dropped += self._plaintext_dropped
         if dropped:
             metrics.refused("tls_plaintext")
             self.log.warning("dropped %d plaintext bytes sent after 234 before the TLS handshake", dropped)
@@ -231,8 +233,9 @@ class Session:
         return True
 
     async def _switch_client_tls(self) -> None:
-        if await self._start_client_tls() and self.channel is not None:
-            self._report(self.channel.client_tls_started())
+        if await self._start_client_tls() and self.channel is not None and not self._closed.is_set():
+            # execute() even with no actions: it is what lets the client pump read again.
+            self.execute(self.channel.client_tls_started())
 
     async def _serve(self) -> None:
         assert self.server is not None
@@ -354,6 +357,12 @@ class Session:
                 case c.ListenForClient() | c.ListenForServer():
                     queue.extend(self._open_data_endpoint(action))
                 case StartClientTls():
+                    # Now, before the loop reads again: what is buffered was sent behind AUTH (plaintext to
+                    # drop), and what comes after the 234 (the ClientHello) must stay in the kernel for the TLS
+                    # protocol; read into the plain stream, it would be dropped with the rest and the handshake hang.
+                    self._plaintext_dropped = secure.discard_buffered(self.client.reader)
+                    # A socket's transport reads too (uvloop's is no asyncio.ReadTransport subclass).
+                    cast(asyncio.Transport, self.client.writer.transport).pause_reading()
                     self._tls_task = asyncio.create_task(self._switch_client_tls(), name=f"#{self.id} tls")
                 case c.CloseDataEndpoint(ticket):
                     transfer = self._transfers.pop(ticket, None)
