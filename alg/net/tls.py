@@ -155,9 +155,10 @@ class TlsLeg:
     async def recv(self) -> bytes:
         while True:
             try:
-                data = self.tls.read(READ_BYTES)
-                if data:
-                    return data
+                # b"": the peer's close_notify (CPython returns it as an empty read, not SSLZeroReturnError).
+                # Waiting for more here deadlocks with vsftpd, which keeps the TCP connection open until our
+                # own close_notify comes back.
+                return self.tls.read(READ_BYTES)
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLZeroReturnError:
