@@ -43,14 +43,16 @@ def world(pki: Pki, request: pytest.FixtureRequest) -> Iterator[FtpsWorld]:
 def through(world: FtpsWorld, setup: str) -> FtpTarget:
     """Login data for the daemon behind the gateway of `setup`, started on first use:
     "tls:<kind>" TLS both legs, "to-plain" TLS client -> plain vsftpd, "plain-to-tls" plain client -> TLS
-    vsftpd, "implicit" implicit listener on :990 (TLS both legs, vsftpd)."""
+    vsftpd with PROT P on the server's leg, "implicit" implicit listener on :990 (TLS both legs, vsftpd)."""
     if setup not in world.setups:
         if setup.startswith("tls:"):
             _, port = world.gateway(setup.removeprefix("tls:"))
         elif setup == "to-plain":
             _, port = world.gateway("plain", *world.client_tls_flags(), tls_both=False)
         elif setup == "plain-to-tls":
-            _, port = world.gateway("vsftpd", *world.upstream_tls_flags(), tls_both=False)
+            # data private: the client speaks no PROT, and vsftpd (force_anon_data_ssl) refuses clear data.
+            flags = [*world.upstream_tls_flags(), "--tls-upstream-data", "private"]
+            _, port = world.gateway("vsftpd", *flags, tls_both=False)
         elif setup == "implicit":
             implicit = f"{world.topo.public_addr}:{IMPLICIT_PORT}"
             _, port = world.gateway("vsftpd", "--tls-implicit-listen", implicit)
