@@ -9,12 +9,13 @@ with session reuse passes.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from clients import CURL_TLS_MODES, MODES, ClientTls, Mode, curl_download, curl_list, ftplib_run, lftp
-from ftps import TLS_KINDS, FtpsWorld, build_world
+from ftps import ABOR_FILE, ABOR_SIZE, TLS_KINDS, FtpsWorld, build_world
 from gateway import sha256_file
 from pki import Pki
 
@@ -47,7 +48,7 @@ def test_session_reusing_ftplib_transfers_with_vsftpd_in_every_mode(
     server = world.servers["vsftpd"]
     dest = tmp_path / "big.bin"
     result = ftplib_run(world.topo.gw, server.target(), [("retr", "big.bin", dest)], mode=mode, tls=tls(world))
-    assert result.ok, result
+    assert result.ok, str(result)
     assert sha256_file(dest) == server.seeded["big.bin"]
 
 
@@ -70,7 +71,7 @@ def test_every_tls_daemon_serves_curl_lftp_and_session_reusing_ftplib(
         [("stor", up, "upload/direct-ftplib.bin"), ("retr", "big.bin", tmp_path / "ftplib.bin")],
         tls=tls(world, reuse=True),
     )
-    assert result.ok, result
+    assert result.ok, str(result)
     assert server.path("upload/direct-ftplib.bin").read_bytes() == up.read_bytes()
     assert sha256_file(tmp_path / "ftplib.bin") == server.seeded["big.bin"]
 
@@ -78,7 +79,7 @@ def test_every_tls_daemon_serves_curl_lftp_and_session_reusing_ftplib(
 @pytest.mark.parametrize("kind", TLS_KINDS)
 def test_tls_only_daemons_refuse_plain_ftp(world: FtpsWorld, kind: str) -> None:
     result = curl_list(world.topo.gw, world.servers[kind].target())
-    assert not result.ok, result
+    assert not result.ok, str(result)
     codes = [line[:3] for line in result.received()]
     # vsftpd "530 Non-anonymous sessions must use encryption." / proftpd "550 SSL/TLS required on the
     # control channel" / pure-ftpd "421 Sorry, cleartext sessions and weak ciphers are not accepted".
@@ -91,7 +92,7 @@ def test_stock_ftp_tls_fails_against_require_ssl_reuse_vsftpd_with_522(world: Ft
     result = ftplib_run(
         world.topo.gw, server.target(), [("retr", "small.bin", tmp_path / "x.bin")], tls=tls(world, reuse=False)
     )
-    assert not result.ok, result
+    assert not result.ok, str(result)
     assert result.data is not None
     assert "522" in str(result.data["error"]) or any(line.startswith("522") for line in result.received()), result
     assert any(line.startswith("230") for line in result.received()), "the login itself succeeded"
@@ -106,6 +107,27 @@ def test_session_reusing_ftp_tls_passes_against_require_ssl_reuse_vsftpd(world: 
         [("list",), ("retr", "small.bin", dest), ("retr", "big.bin", tmp_path / "big.bin")],
         tls=tls(world, reuse=True),
     )
-    assert result.ok, result
+    assert result.ok, str(result)
     assert sha256_file(dest) == server.seeded["small.bin"]
     assert sha256_file(tmp_path / "big.bin") == server.seeded["big.bin"]
+
+
+@pytest.mark.parametrize("kind", TLS_KINDS)
+def test_abor_of_a_tls_transfer_directly(world: FtpsWorld, kind: str, tmp_path: Path) -> None:
+    """What each daemon answers to ABOR over TLS after the client dropped the data connection: the baseline for
+    test_ftps_gateway's ABOR test."""
+    server = world.servers[kind]
+    server.put_file(ABOR_FILE, random.Random(1).randbytes(ABOR_SIZE))
+    result = ftplib_run(
+        world.topo.gw,
+        server.target(),
+        [("abor_retr", ABOR_FILE), ("cmd", "NOOP"), ("retr", "small.bin", tmp_path / "after.bin")],
+        tls=tls(world),
+        timeout_s=40,
+        io_timeout_s=15,
+    )
+    print(result.data)
+    assert result.ok, str(result)
+    assert result.data is not None
+    assert result.data["results"][0]["codes"][-1] in ("225", "226"), result.data["results"][0]
+    assert sha256_file(tmp_path / "after.bin") == server.seeded["small.bin"]

@@ -229,7 +229,7 @@ def test_require_session_reuse_refuses_a_data_connection_that_does_not_resume(wo
     target = setup(world, "reuse")
     tls = ClientTls(world.pki.ca_file, reuse=False)
     stock = ftplib_run(world.topo.client, target, [("retr", "small.bin", tmp_path / "stock.bin")], tls=tls)
-    assert not stock.ok, stock
+    assert not stock.ok, str(stock)
     assert stock.data is not None and re.search(r"\b(4\d\d|5\d\d)\b", str(stock.data["error"])), stock
     reusing = ftplib_run(
         world.topo.client,
@@ -237,7 +237,7 @@ def test_require_session_reuse_refuses_a_data_connection_that_does_not_resume(wo
         [("retr", "small.bin", tmp_path / "reuse.bin")],
         tls=ClientTls(world.pki.ca_file, reuse=True),
     )
-    assert reusing.ok, reusing
+    assert reusing.ok, str(reusing)
     assert (tmp_path / "reuse.bin").read_bytes() == world.servers["vsftpd"].path("small.bin").read_bytes()
 
 
