@@ -113,14 +113,15 @@ class Gateway:
         tls_settings = getattr(self.settings, "tls", None)
         for address in tls_settings.client.implicit_listen if tls_settings is not None else ():
             # Implicit FTPS: a plain listener; the session starts TLS at once, so a failed or stuck handshake
-            # is counted, logged and bounded like any other. Reading waits for that TLS (see _HeldStream).
-            server = await asyncio.get_running_loop().create_server(
-                functools.partial(_HeldStream.make, functools.partial(self._accept, implicit_tls=True)),
+            # is counted, logged and bounded like any other.
+            server = await asyncio.start_server(
+                functools.partial(self._accept, implicit_tls=True),
                 host=str(address.ip),
                 port=address.port,
                 reuse_address=True,
                 reuse_port=self.settings.workers > 1 or None,
                 backlog=1024,
+                limit=64 * 1024,
             )
             self._servers.append(server)
             for sock in server.sockets:
@@ -299,19 +300,3 @@ async def serve(settings: Any, worker: int = 0) -> None:
             loop.remove_signal_handler(sig)
         if metrics_server is not None:
             metrics_server.close()
-
-
-class _HeldStream(asyncio.StreamReaderProtocol):
-    """An implicit FTPS connection: nothing is read until the session starts TLS on it. The client sends its
-    ClientHello at once; read into the plain stream it would be lost to the TLS protocol start_tls puts in
-    place (which resumes reading itself)."""
-
-    @classmethod
-    def make(cls, accept: Any) -> _HeldStream:
-        return cls(asyncio.StreamReader(limit=64 * 1024), accept)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        pause = getattr(transport, "pause_reading", None)  # uvloop's transport is no asyncio.ReadTransport
-        if pause is not None:
-            pause()
