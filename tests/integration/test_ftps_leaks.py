@@ -1,6 +1,6 @@
 """The leak test for FTPS: TLS sessions aborted in every way leave the gateway as they found it.
 
-Sessions (300 by default, 25 at a time) hang up before AUTH TLS, send garbage or half a ClientHello after it
+Sessions (500 by default, 25 at a time) hang up before AUTH TLS, send garbage or half a ClientHello after it
 (reset, or left for the handshake timeout), log in over TLS and leave a passive port unused, reset a data
 connection mid-handshake, send a data connection in clear after PROT P, vanish mid-RETR or mid-STOR, ABOR,
 or finish a transfer. Afterwards the gateway's descriptors, tasks, sessions, data channels and ports are back
@@ -26,7 +26,7 @@ from test_leaks import GATEWAY, Ftp, _reset, data_to, footprint
 
 pytestmark = pytest.mark.netns
 
-SESSIONS = int(os.environ.get("FTP_ALG_TLS_LEAK_SESSIONS", "300"))
+SESSIONS = int(os.environ.get("FTP_ALG_TLS_LEAK_SESSIONS", "500"))
 CONCURRENCY = 25
 SESSION_TIMEOUT_S = 20.0
 RUN_TIMEOUT_S = 150.0
