@@ -123,6 +123,8 @@ class Session:
         certificate = context.tls.certificate
         self._client_context = certificate.context if certificate is not None else None
         self._tls_task: asyncio.Task[None] | None = None
+        self.tls_client = "-"  # negotiated version/cipher, for the session's log line
+        self.tls_server = "-"
         self.log = logging.LoggerAdapter(log, {"session": number})
         _tune(writer, oob_inline=True)
 
@@ -143,9 +145,9 @@ class Session:
         finally:
             await self._teardown()
             metrics.session_ended(self.outcome)
-            tls_client = describe(self.client.writer.get_extra_info("ssl_object"))
-            tls_server = describe(self.server.writer.get_extra_info("ssl_object")) if self.server else "-"
-            self.log.info("session end outcome=%s tls_client=%s tls_server=%s", self.outcome, tls_client, tls_server)
+            self.log.info(
+                "session end outcome=%s tls_client=%s tls_server=%s", self.outcome, self.tls_client, self.tls_server
+            )
         return self.outcome
 
     async def _connect_upstream(self) -> bool:
@@ -184,7 +186,8 @@ class Session:
                 why = str(error) if isinstance(error, secure.UpstreamTlsFailed) else reason_of(error)
                 return await self._upstream_tls_failed(why)
             if ready.secured:
-                self.log.info("tls upstream %s", describe(writer.get_extra_info("ssl_object")))
+                self.tls_server = describe(writer.get_extra_info("ssl_object"))
+                self.log.info("tls upstream %s", self.tls_server)
         self.channel = c.ControlChannel(
             self.client.address,
             address,
@@ -227,12 +230,13 @@ class Session:
         if dropped:
             metrics.refused("tls_plaintext")
             self.log.warning("dropped %d plaintext bytes sent after 234 before the TLS handshake", dropped)
-        self.log.info("tls client %s", describe(self.client.writer.get_extra_info("ssl_object")))
+        self.tls_client = describe(self.client.writer.get_extra_info("ssl_object"))
+        self.log.info("tls client %s", self.tls_client)
         return True
 
     async def _switch_client_tls(self) -> None:
-        if await self._start_client_tls() and self.channel is not None:
-            self._report(self.channel.client_tls_started())
+        if await self._start_client_tls() and self.channel is not None and not self._closed.is_set():
+            self.execute(self.channel.client_tls_started())  # even with no action: reading resumes
 
     async def _serve(self) -> None:
         assert self.server is not None

@@ -155,13 +155,11 @@ class TlsLeg:
     async def recv(self) -> bytes:
         while True:
             try:
-                data = self.tls.read(READ_BYTES)
-                if data:
-                    return data
+                return self.tls.read(READ_BYTES)  # b"": close_notify, a clean end
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLZeroReturnError:
-                return b""  # close_notify: a clean end
+                return b""
             except ssl.SSLError as error:
                 if not self.incoming.eof:
                     raise
