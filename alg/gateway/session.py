@@ -125,6 +125,10 @@ class Session:
         self._tls_task: asyncio.Task[None] | None = None
         self.tls_client = "-"  # negotiated version/cipher, for the session's log line
         self.tls_server = "-"
+        if implicit_tls:  # the listener did the handshake (alg.gateway.server)
+            ssl_object = writer.get_extra_info("ssl_object")
+            self._client_context = ssl_object.context
+            self.tls_client = describe(ssl_object)
         self.log = logging.LoggerAdapter(log, {"session": number})
         _tune(writer, oob_inline=True)
 
@@ -134,7 +138,7 @@ class Session:
         metrics = self.context.metrics
         self.log.info("session start client=%s upstream=%s", self.client.address, self.upstream)
         try:
-            if (not self.implicit_tls or await self._start_client_tls()) and await self._connect_upstream():
+            if await self._connect_upstream():
                 await self._serve()
         except asyncio.CancelledError:
             self.outcome = "shutdown"
@@ -236,7 +240,8 @@ class Session:
 
     async def _switch_client_tls(self) -> None:
         if await self._start_client_tls() and self.channel is not None and not self._closed.is_set():
-            self.execute(self.channel.client_tls_started())  # even with no action: reading resumes
+            # execute() even with no actions: it is what lets the client pump read again.
+            self.execute(self.channel.client_tls_started())
 
     async def _serve(self) -> None:
         assert self.server is not None
@@ -358,6 +363,10 @@ class Session:
                 case c.ListenForClient() | c.ListenForServer():
                     queue.extend(self._open_data_endpoint(action))
                 case StartClientTls():
+                    # Now, before the loop runs again: the client cannot have seen our 234 yet, so what the
+                    # transport holds is plaintext sent behind AUTH, and its ClientHello stays in the kernel
+                    # for the TLS layer (read on, and the stream buffer would swallow it).
+                    self.client.writer.transport.pause_reading()  # type: ignore[attr-defined]
                     self._tls_task = asyncio.create_task(self._switch_client_tls(), name=f"#{self.id} tls")
                 case c.CloseDataEndpoint(ticket):
                     transfer = self._transfers.pop(ticket, None)
