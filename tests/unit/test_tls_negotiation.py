@@ -37,9 +37,7 @@ SERVER = HostPort(ip_address("198.51.100.10"), 21)
 PUBLIC = HostPort(ip_address("203.0.113.1"), 50000)
 
 
-def channel(
-    mode: str = "allow", data: str = "follow", upstream_data: str = "follow", **kw: bool
-) -> ControlChannel:
+def channel(mode: str = "allow", data: str = "follow", upstream_data: str = "follow", **kw: bool) -> ControlChannel:
     settings = ChannelSettings(tls=TlsPolicy(mode, data, upstream_data))
     ch = ControlChannel(CLIENT, SERVER, settings, **kw)
     ch.server_data(b"220 ready\r\n")
