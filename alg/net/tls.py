@@ -167,7 +167,10 @@ class TlsLeg:
                     raise TlsTruncated("the TLS stream ended without close_notify") from error
                 self.ragged = True
                 return b""
-            await self._flush()  # TLS 1.3 post-handshake messages (tickets, key updates) may want an answer
+            # TLS 1.3 post-handshake messages (tickets, key updates) go out; a peer that has stopped reading
+            # may still have bytes for us, so a failed write does not end the reading.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await self._flush()
             await self._fill()
 
     async def send(self, data: bytes) -> None:
