@@ -24,7 +24,7 @@ class StartClientTls:
 class TlsPolicy:
     client_mode: str = "refuse"  # refuse | allow | require
     client_data: str = "follow"  # follow | require (PROT C refused)
-    upstream_data: str = "follow"  # follow | private | clear
+    upstream_data: str = "private"  # private | follow | clear
 
 
 # AUTH arguments that mean TLS (RFC 4217 4; TLS-C and SSL are older spellings clients still send).

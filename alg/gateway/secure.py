@@ -8,6 +8,7 @@ becomes a reason in words (for the client's 421/426, the log and a metric), neve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -34,7 +35,7 @@ class TlsRuntime:
     handshake_timeout_s: float = 10.0
     certificate: ServerCertificate | None = None
     upstream_mode: str = "off"
-    upstream_data: str = "follow"
+    upstream_data: str = "private"
     upstream_context: ssl.SSLContext | None = None
     upstream_server_name: str | None = None
 
@@ -222,6 +223,10 @@ async def wrap_data_legs(
         if isinstance(result, BaseException):
             raise result
     if isinstance(client_leg, TlsLeg) and runtime.require_session_reuse and not client_leg.session_reused:
+        # A clean close (close_notify): the client then reads our 426 on the control connection, instead of
+        # failing on a broken TLS stream first.
+        with contextlib.suppress(OSError):
+            await client_leg.close_write()
         raise DataTlsFailed(
             "tls_session_reuse",
             "the data connection did not resume the control connection's TLS session (session reuse required)",

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
+import socket
 from collections import Counter
 from typing import Any
 
@@ -23,6 +23,7 @@ from alg.gateway.session import GatewayContext, Session, Timeouts
 from alg.gateway.workers import port_slice
 from alg.net.dataplane import PortPool, peer_ip
 from alg.net.relay import relay_mode
+from alg.net.tls import reason_of
 from alg.net.transparent import original_destination
 from alg.ops.metrics import Metrics
 from alg.ops.rules import Policy
@@ -88,6 +89,8 @@ class Gateway:
         self.ready = asyncio.Event()
         self.addresses: list[HostPort] = []
         self.implicit_addresses: list[HostPort] = []
+        self._implicit: list[socket.socket] = []
+        self._implicit_tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[str]] = set()
         self._per_client: Counter[IPAddress] = Counter()
@@ -112,21 +115,12 @@ class Gateway:
                 self.addresses.append(HostPort(peer_ip(name), name[1]))
         tls_settings = getattr(self.settings, "tls", None)
         for address in tls_settings.client.implicit_listen if tls_settings is not None else ():
-            # Implicit FTPS: a plain listener; the session starts TLS at once, so a failed or stuck handshake
-            # is counted, logged and bounded like any other.
-            server = await asyncio.start_server(
-                functools.partial(self._accept, implicit_tls=True),
-                host=str(address.ip),
-                port=address.port,
-                reuse_address=True,
-                reuse_port=self.settings.workers > 1 or None,
-                backlog=1024,
-                limit=64 * 1024,
-            )
-            self._servers.append(server)
-            for sock in server.sockets:
-                name = sock.getsockname()
-                self.implicit_addresses.append(HostPort(peer_ip(name), name[1]))
+            listener = implicit_listener(address, reuse_port=self.settings.workers > 1)
+            self._implicit.append(listener)
+            name = listener.getsockname()
+            self.implicit_addresses.append(HostPort(peer_ip(name), name[1]))
+            task = asyncio.create_task(self._accept_implicit(listener), name=f"implicit {address}")
+            self._implicit_tasks.add(task)
         if self.implicit_addresses:
             log.info("listening for implicit FTPS on %s", ", ".join(map(str, self.implicit_addresses)))
         log.info(
@@ -149,6 +143,47 @@ class Gateway:
             return original_destination(writer.get_extra_info("socket"))
         upstream: HostPort | None = self.settings.upstream
         return upstream
+
+    async def _accept_implicit(self, listener: socket.socket) -> None:
+        """Implicit FTPS: accept, then the TLS handshake on the bare socket, so that no byte of the ClientHello
+        can land in a plain stream's buffer; failures and timeouts are counted like the AUTH TLS ones."""
+        loop = asyncio.get_running_loop()
+        handshakes: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                conn, _ = await loop.sock_accept(listener)
+                task = asyncio.create_task(self._implicit_handshake(conn))
+                handshakes.add(task)
+                task.add_done_callback(handshakes.discard)
+        finally:
+            for task in handshakes:
+                task.cancel()
+
+    async def _implicit_handshake(self, conn: socket.socket) -> None:
+        certificate = self.tls.certificate
+        if certificate is None or self._stopping.is_set():
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=64 * 1024)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol,
+                conn,
+                ssl=certificate.context,
+                ssl_handshake_timeout=self.tls.handshake_timeout_s,
+            )
+        except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
+            outcome = "timeout" if isinstance(error, TimeoutError) else "failed"
+            self.metrics.tls_handshake("client", "control", outcome)
+            self.metrics.refused("tls_handshake")
+            log.info("implicit tls handshake %s reason=%s", outcome, reason_of(error))
+            conn.close()
+            return
+        self.metrics.tls_handshake("client", "control", "ok")
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        await self._accept(reader, writer, implicit_tls=True)
 
     def reload(self) -> None:
         """SIGHUP: rules and the TLS certificate read again; a bad file keeps the old one (and says why)."""
@@ -192,8 +227,6 @@ class Gateway:
             return
         if refusal is None and upstream is None:
             refusal = "No FTP server to connect you to."
-        if refusal is None and implicit_tls and self.tls.certificate is None:
-            refusal = "No TLS certificate configured."
         if refusal is not None or upstream is None:
             self.metrics.refused("limit")
             self.metrics.session_ended("refused_limit")
@@ -242,6 +275,11 @@ class Gateway:
         self._stopping.set()
         for server in self._servers:
             server.close()
+        for task in self._implicit_tasks:
+            task.cancel()
+        await asyncio.gather(*self._implicit_tasks, return_exceptions=True)
+        for listener in self._implicit:
+            listener.close()
         for session in list(self.sessions.values()):
             session.drain()  # idle sessions close now, the others when their transfers end
         if self.sessions:
@@ -254,6 +292,22 @@ class Gateway:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
                     await server.wait_closed()
+
+
+def implicit_listener(address: HostPort, *, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if address.ip.version == 6 else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind((str(address.ip), address.port))
+        listener.listen(1024)
+        listener.setblocking(False)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 def drop_privileges(user: str) -> None:

@@ -15,31 +15,22 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, cast
 
-from alg.errors import DataChannelError
 from alg.ftp import control as c
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.tls import StartClientTls
 from alg.ftp.wire import reply
 from alg.gateway import secure
-from alg.net.dataplane import PortPool, RelayResult, accept_from, connect_from, open_listener, peer_ip, relay
-from alg.net.tls import Leg, TlsTruncated, describe, reason_of, relay_legs
+from alg.gateway.datachannels import DataChannels, Transfer
+from alg.net.dataplane import PortPool, peer_ip
+from alg.net.tls import describe, reason_of
 from alg.ops.logs import printable, redact
-from alg.ops.metrics import ByteCounts, Metrics
+from alg.ops.metrics import Metrics
 
 log = logging.getLogger("ftp_alg.session")
 transfer_log = logging.getLogger("ftp_alg.transfer")
 
 READ_BYTES = 64 * 1024
-
-# Why a data connection ended before any byte moved, as the client's 426 says it.
-_FAILURE_TEXT = {
-    "accept_timeout": "nobody connected to the data port in time",
-    "connect_failed": "the other end of the data connection could not be reached",
-    "connect_timeout": "the other end of the data connection did not answer in time",
-    "tls_truncated": "the FTP server's TLS data stream ended without close_notify (truncated)",
-}
 
 
 @dataclass(slots=True)
@@ -66,19 +57,6 @@ class GatewayContext:
 
 
 @dataclass(slots=True)
-class _Transfer:
-    mode: str
-    verb: str | None = None
-    argument: bytes = b""
-    reply_code: int | None = None
-    task: asyncio.Task[None] | None = None
-    connected: bool = False  # both legs up: counted in data_channels_opened once its verb is known
-    counted: bool = False
-    client_tls: bool = False  # PROT P on the client's leg
-    server_tls: bool = False
-
-
-@dataclass(slots=True)
 class _Peer:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
@@ -93,7 +71,7 @@ def _ends(writer: asyncio.StreamWriter) -> tuple[HostPort, HostPort]:
     return HostPort(peer_ip(peer), peer[1]), HostPort(peer_ip(ours), ours[1])
 
 
-class Session:
+class Session(DataChannels):
     def __init__(
         self,
         number: int,
@@ -114,7 +92,7 @@ class Session:
         self.channel: c.ControlChannel | None = None
         self.outcome = "error"
         self._closed = asyncio.Event()
-        self._transfers: dict[int, _Transfer] = {}
+        self._transfers: dict[int, Transfer] = {}
         self._last_activity = time.monotonic()
         self._draining = False
         self._quit = False  # the client said QUIT: the server closing next is the normal end
@@ -123,7 +101,12 @@ class Session:
         certificate = context.tls.certificate
         self._client_context = certificate.context if certificate is not None else None
         self._tls_task: asyncio.Task[None] | None = None
-        self._plaintext_dropped = 0  # bytes the client sent behind AUTH TLS, before our 234
+        self.tls_client = "-"  # negotiated version/cipher, for the session's log line
+        self.tls_server = "-"
+        if implicit_tls:  # the listener did the handshake (alg.gateway.server)
+            ssl_object = writer.get_extra_info("ssl_object")
+            self._client_context = ssl_object.context
+            self.tls_client = describe(ssl_object)
         self.log = logging.LoggerAdapter(log, {"session": number})
         _tune(writer, oob_inline=True)
 
@@ -133,7 +116,7 @@ class Session:
         metrics = self.context.metrics
         self.log.info("session start client=%s upstream=%s", self.client.address, self.upstream)
         try:
-            if (not self.implicit_tls or await self._start_client_tls()) and await self._connect_upstream():
+            if await self._connect_upstream():
                 await self._serve()
         except asyncio.CancelledError:
             self.outcome = "shutdown"
@@ -144,9 +127,9 @@ class Session:
         finally:
             await self._teardown()
             metrics.session_ended(self.outcome)
-            tls_client = describe(self.client.writer.get_extra_info("ssl_object"))
-            tls_server = describe(self.server.writer.get_extra_info("ssl_object")) if self.server else "-"
-            self.log.info("session end outcome=%s tls_client=%s tls_server=%s", self.outcome, tls_client, tls_server)
+            self.log.info(
+                "session end outcome=%s tls_client=%s tls_server=%s", self.outcome, self.tls_client, self.tls_server
+            )
         return self.outcome
 
     async def _connect_upstream(self) -> bool:
@@ -185,7 +168,8 @@ class Session:
                 why = str(error) if isinstance(error, secure.UpstreamTlsFailed) else reason_of(error)
                 return await self._upstream_tls_failed(why)
             if ready.secured:
-                self.log.info("tls upstream %s", describe(writer.get_extra_info("ssl_object")))
+                self.tls_server = describe(writer.get_extra_info("ssl_object"))
+                self.log.info("tls upstream %s", self.tls_server)
         self.channel = c.ControlChannel(
             self.client.address,
             address,
@@ -225,11 +209,11 @@ class Session:
             self.close("tls_failed")
             return False
         metrics.tls_handshake("client", "control", "ok")
-        dropped += self._plaintext_dropped
         if dropped:
             metrics.refused("tls_plaintext")
             self.log.warning("dropped %d plaintext bytes sent after 234 before the TLS handshake", dropped)
-        self.log.info("tls client %s", describe(self.client.writer.get_extra_info("ssl_object")))
+        self.tls_client = describe(self.client.writer.get_extra_info("ssl_object"))
+        self.log.info("tls client %s", self.tls_client)
         return True
 
     async def _switch_client_tls(self) -> None:
@@ -357,12 +341,10 @@ class Session:
                 case c.ListenForClient() | c.ListenForServer():
                     queue.extend(self._open_data_endpoint(action))
                 case StartClientTls():
-                    # Now, before the loop reads again: what is buffered was sent behind AUTH (plaintext to
-                    # drop), and what comes after the 234 (the ClientHello) must stay in the kernel for the TLS
-                    # protocol; read into the plain stream, it would be dropped with the rest and the handshake hang.
-                    self._plaintext_dropped = secure.discard_buffered(self.client.reader)
-                    # A socket's transport reads too (uvloop's is no asyncio.ReadTransport subclass).
-                    cast(asyncio.Transport, self.client.writer.transport).pause_reading()
+                    # Now, before the loop runs again: the client cannot have seen our 234 yet, so what the
+                    # transport holds is plaintext sent behind AUTH, and its ClientHello stays in the kernel
+                    # for the TLS layer (read on, and the stream buffer would swallow it).
+                    self.client.writer.transport.pause_reading()  # type: ignore[attr-defined]
                     self._tls_task = asyncio.create_task(self._switch_client_tls(), name=f"#{self.id} tls")
                 case c.CloseDataEndpoint(ticket):
                     transfer = self._transfers.pop(ticket, None)
@@ -419,256 +401,9 @@ class Session:
             _write(self.server.writer, data[sent:])
         self.log.debug("sent urgent bytes=%d of %d", sent, len(data))
 
-    # ---- data connections ------------------------------------------------------------------------------------
-
-    def _open_data_endpoint(self, action: c.ListenForClient | c.ListenForServer) -> list[c.Action]:
-        channel = self.channel
-        assert channel is not None and self.server is not None
-        context = self.context
-        passive = isinstance(action, c.ListenForClient)
-        # The listener sits on the side the expected peer talks to us on; the other leg leaves from our
-        # address on the other side, so each peer sees data come from the address it already knows.
-        if passive:
-            listen_on, expected, source = self.client.ours.ip, self.client.address.ip, self.server.ours.ip
-            facing_public = not context.transparent
-        else:
-            listen_on, expected, source = self.server.ours.ip, self.server.address.ip, self.client.ours.ip
-            facing_public = context.transparent
-        pool = context.public_pool if facing_public else context.internal_pool
-        lan_passive = passive and context.transparent
-        if lan_passive:
-            # The LAN client dials the server's own address (a 229 names no address; curl and FileZilla ignore
-            # a 227 address that differs) and the firewall redirects that port range to us (deploy/nftables):
-            # the listener needs a known range, and the 227 names the server, as if there were no gateway.
-            pool = context.internal_pool or context.public_pool
-        try:
-            listener = open_listener(listen_on, pool)
-        except DataChannelError as error:
-            context.metrics.data_failure(error.reason)
-            self.log.warning("data endpoint failed ticket=%d reason=%s", action.ticket, error)
-            return channel.data_endpoint_failed(action.ticket, str(error))
-        self._update_pools()
-        announced = listener.address
-        public = context.public_address
-        if facing_public and public is not None and type(public) is type(listener.address.ip):
-            announced = HostPort(public, listener.address.port)
-        if lan_passive:
-            announced = HostPort(self.server.address.ip, listener.address.port)
-        transfer = _Transfer(
-            mode="passive" if passive else "active", client_tls=action.client_tls, server_tls=action.server_tls
-        )
-        self._transfers[action.ticket] = transfer
-        transfer.task = asyncio.create_task(
-            self._data_connection(
-                action.ticket, listener, expected, action.then_connect, source, transfer, announced if passive else None
-            ),
-            name=f"#{self.id} data {action.ticket}",
-        )
-        if passive:
-            return []  # announced once the server's leg is connected (_data_connection)
-        return channel.data_endpoint_ready(action.ticket, announced)
-
-    def _update_pools(self) -> None:
-        metrics = self.context.metrics
-        for name, pool in (("public", self.context.public_pool), ("internal", self.context.internal_pool)):
-            if pool is not None:
-                metrics.pool_in_use.labels(name).set(pool.in_use)
-
-    async def _data_connection(
-        self,
-        ticket: int,
-        listener: Any,
-        expected: IPAddress,
-        target: HostPort,
-        source: IPAddress,
-        transfer: _Transfer,
-        announce: HostPort | None = None,
-    ) -> None:
-        """One data connection. Passive (`announce` given): connect to the server's passive port first, then
-        announce our port to the client. Active: accept the server first, then connect to the client."""
-        metrics = self.context.metrics
-        timeouts = self.context.timeouts
-        accepted: socket.socket | None = None
-        connected: socket.socket | None = None
-        failure: str | None = None
-        failure_text: str | None = None  # for the client's 426, when the reason's stock text will not do
-        moved: tuple[int, int] | None = None  # (download, upload) once a relay ran
-        started = 0.0
-
-        def stranger(ip: IPAddress) -> None:
-            metrics.refused("port_theft")
-            self.log.warning("data port theft attempt ticket=%d from=%s expected=%s", ticket, ip, expected)
-
-        async def connect_other_leg() -> socket.socket | None:
-            nonlocal failure
-            started = time.monotonic()
-            try:
-                async with asyncio.timeout(timeouts.data_connect_s):
-                    sock = await connect_from(source, target)
-            except TimeoutError:
-                failure = "connect_timeout"
-                return None
-            except OSError as error:
-                self.log.warning("data connect failed ticket=%d target=%s error=%s", ticket, target, error)
-                failure = "connect_failed"
-                return None
-            metrics.data_setup_seconds.observe(time.monotonic() - started)
-            return sock
-
-        try:
-            if announce is not None:
-                # Passive: the server's passive port is taken before the client hears of ours. All sessions reach
-                # the server from one address, so a port the server re-announces could otherwise receive another
-                # session's late data connection; and the client's data then flows at once.
-                connected = await connect_other_leg()
-                if connected is None:
-                    listener.close()
-                    self._update_pools()
-                    return
-                self._report(self.channel.data_endpoint_ready(ticket, announce) if self.channel else [])
-            try:
-                async with asyncio.timeout(timeouts.data_connect_s):
-                    accepted = await accept_from(listener, expected, stranger)
-            except TimeoutError:
-                failure = "accept_timeout"
-                return
-            finally:
-                listener.close()
-                self._update_pools()
-            self._report(self.channel.data_connected(ticket) if self.channel else [])
-            if connected is None:
-                connected = await connect_other_leg()
-                if connected is None:
-                    return
-            legs = None
-            if transfer.client_tls or transfer.server_tls:
-                try:
-                    legs = await self._secure_legs(transfer, accepted, connected)
-                except secure.DataTlsFailed as error:
-                    failure, failure_text = error.reason, str(error)
-                    if error.reason == "tls_session_reuse":
-                        metrics.refused("tls_session_reuse")
-                    return
-            transfer.connected = True
-            if transfer.verb is not None:  # else counted when the client's RETR/STOR/LIST arrives
-                self._count_opened(transfer)
-            metrics.data_protected(transfer.client_tls, transfer.server_tls)
-            metrics.data_active.inc()
-            first, second = (accepted, connected)
-            counts = RelayResult()
-            token = metrics.relay_started(_byte_counts(counts, transfer.mode))
-            started = time.monotonic()
-
-            def first_eof() -> None:
-                self._report(self.channel.data_finished(ticket) if self.channel else [])
-
-            try:
-                idle = timeouts.data_idle_s
-                if legs is None:  # plain on both legs: the zero-copy relay
-                    await relay(first, second, idle_timeout_s=idle, on_first_eof=first_eof, result=counts)
-                else:
-                    await relay_legs(*legs, idle_timeout_s=idle, on_first_eof=first_eof, result=counts)
-            except TimeoutError:
-                failure = "idle_timeout"
-            except TlsTruncated:
-                failure = "tls_truncated"
-            except (ConnectionError, OSError, ssl.SSLError):
-                failure = "reset"
-            except asyncio.CancelledError:
-                failure = "aborted"  # ABOR, or the session closing under a running transfer
-                raise
-            finally:
-                metrics.data_active.dec()
-                moved = metrics.relay_finished(token)
-        finally:
-            for sock in (accepted, connected):
-                if sock is not None:
-                    sock.close()
-            if failure is not None:
-                metrics.data_failure(failure)
-                self.log.info("data connection failed ticket=%d reason=%s", ticket, failure)
-            if transfer.connected:
-                self._count_opened(transfer, final=True)
-            if moved is not None:
-                self._account(transfer, moved, time.monotonic() - started, failure or "complete")
-            self._transfers.pop(ticket, None)
-            # The idle timeout counts afresh from the end of a transfer, as servers' own do: a transfer longer
-            # than idle_s must not get the session closed the moment it ends.
-            self._last_activity = time.monotonic()
-            if self.channel is not None and not self._closed.is_set():
-                if failure is not None and (moved is None or failure == "tls_truncated"):
-                    # No byte was relayed, or the server's TLS stream was cut: the transfer cannot have
-                    # completed, whatever the server answers.
-                    text = failure_text or _FAILURE_TEXT.get(failure, failure)
-                    self._report(self.channel.data_endpoint_failed(ticket, text))
-                else:
-                    self._report(self.channel.data_finished(ticket))
-            if self._draining and not self._transfers:
-                self.drain()
-
-    async def _secure_legs(
-        self, transfer: _Transfer, accepted: socket.socket, connected: socket.socket
-    ) -> tuple[Leg, Leg]:
-        """TLS on the legs that PROT P asked for; in relay order (the accepted socket first)."""
-        assert self.server is not None
-        passive = transfer.mode == "passive"
-        client_sock, server_sock = (accepted, connected) if passive else (connected, accepted)
-        ssl_object = self.server.writer.get_extra_info("ssl_object")
-        # Read now, not at the control handshake: a TLS 1.3 ticket arrives after it (DESIGN.md, TLS).
-        session = ssl_object.session if ssl_object is not None else None
-        client_leg, server_leg = await secure.wrap_data_legs(
-            client_sock,
-            server_sock,
-            client_tls=transfer.client_tls,
-            server_tls=transfer.server_tls,
-            runtime=self.context.tls,
-            client_context=self._client_context,
-            server_session=session,
-            upstream=self.upstream,
-            metrics=self.context.metrics,
-            timeout_s=self.context.timeouts.data_connect_s,
-        )
-        return (client_leg, server_leg) if passive else (server_leg, client_leg)
-
-    def _count_opened(self, transfer: _Transfer, *, final: bool = False) -> None:
-        """One count per data connection, by mode and by the direction its command gives (else `unknown`)."""
-        if transfer.connected and not transfer.counted and (transfer.verb is not None or final):
-            transfer.counted = True
-            self.context.metrics.data_channel_opened(transfer.mode, transfer.verb)
-
-    def _account(self, transfer: _Transfer, moved: tuple[int, int], seconds: float, outcome: str) -> None:
-        """The transfer log's record (xferlog's fields, as key=value or JSON), and the duration histogram."""
-        download, upload = moved
-        if outcome == "complete":
-            self.context.metrics.transfer_seconds.observe(seconds)
-        channel = self.channel
-        transfer_log.info(
-            "transfer",
-            extra={
-                "session": self.id,
-                "client": str(self.client.address.ip),
-                "user": printable(channel.user or "-") if channel else "-",
-                "command": transfer.verb or "-",
-                "path": printable(transfer.argument) or "-",
-                "bytes": download + upload,
-                "bytes_download": download,
-                "bytes_upload": upload,
-                "seconds": round(seconds, 3),
-                "mode": transfer.mode,
-                "outcome": outcome,
-            },
-        )
-
     def _report(self, actions: list[c.Action]) -> None:
         if actions and not self._closed.is_set():
             self.execute(actions)
-
-
-def _byte_counts(result: RelayResult, mode: str) -> ByteCounts:
-    """(download, upload) of a running relay: passive, `a` is the client's leg; active, `a` is the server's."""
-    if mode == "active":
-        return lambda: (result.to_b, result.to_a)
-    return lambda: (result.to_a, result.to_b)
 
 
 def _write(writer: asyncio.StreamWriter, data: bytes) -> None:

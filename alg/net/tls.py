@@ -155,14 +155,11 @@ class TlsLeg:
     async def recv(self) -> bytes:
         while True:
             try:
-                # b"": the peer's close_notify (CPython returns it as an empty read, not SSLZeroReturnError).
-                # Waiting for more here deadlocks with vsftpd, which keeps the TCP connection open until our
-                # own close_notify comes back.
-                return self.tls.read(READ_BYTES)
+                return self.tls.read(READ_BYTES)  # b"": close_notify, a clean end
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLZeroReturnError:
-                return b""  # close_notify: a clean end
+                return b""
             except ssl.SSLError as error:
                 if not self.incoming.eof:
                     raise
@@ -170,7 +167,10 @@ class TlsLeg:
                     raise TlsTruncated("the TLS stream ended without close_notify") from error
                 self.ragged = True
                 return b""
-            await self._flush()  # TLS 1.3 post-handshake messages (tickets, key updates) may want an answer
+            # TLS 1.3 post-handshake messages (tickets, key updates) go out; a peer that has stopped reading
+            # may still have bytes for us, so a failed write does not end the reading.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await self._flush()
             await self._fill()
 
     async def send(self, data: bytes) -> None:

@@ -288,8 +288,9 @@ class TlsUpstream(_Frozen):
     server_name: Annotated[str, Field(strict=True, min_length=1)] | None = None
     # false only for testing: anyone in the path could read and change the session.
     verify: bool = True
-    # follow: the upstream leg uses the client's PROT; private: always PROT P; clear: always PROT C.
-    data: Literal["follow", "private", "clear"] = "follow"
+    # private: always PROT P (servers that speak TLS mostly require it for data: vsftpd's force_*_data_ssl,
+    # proftpd's TLSRequired, and a plain client can then reach them); follow: the client's PROT; clear: PROT C.
+    data: Literal["follow", "private", "clear"] = "private"
     min_version: TlsVersion = "TLSv1.2"
 
 

@@ -95,8 +95,6 @@ def check_certificate(cert_path: Path, key_path: Path, now: datetime.datetime | 
     warnings = []
     if left < WARN_DAYS:
         warnings.append(f"the certificate expires in {left:.0f} days")
-    if len(chain) == 1 and leaf.issuer != leaf.subject:
-        warnings.append("no intermediate certificates after the server's: clients may not find its issuer")
     return CertificateReport(leaf.subject.rfc4514_string(), left, len(chain), tuple(warnings))
 
 
