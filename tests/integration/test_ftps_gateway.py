@@ -253,10 +253,6 @@ def test_plain_client_to_tls_only_server(world: FtpsWorld, mode: Mode, tmp_path:
         assert "big.bin" in listing.stdout
 
 
-@pytest.mark.xfail(
-    reason="implicit listener: the ClientHello is read into the plain StreamReader before the session's start_tls "
-    "and dropped with the 'plaintext' (uvloop starts reading right after connection_made), so the handshake hangs"
-)
 def test_implicit_ftps_listener_with_curl_ftps_url(world: FtpsWorld, tmp_path: Path) -> None:
     server, client = world.servers["vsftpd"], world.topo.client
     target = through(world, "implicit")
