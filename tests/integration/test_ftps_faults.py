@@ -53,13 +53,22 @@ def setup(world: FtpsWorld, name: str) -> FtpTarget:
             _, port = world.gateway("vsftpd", "--tls-require-session-reuse")
         elif name in BAD_CERT_PORTS:
             _, port = world.gateway(name, *world.upstream_tls_flags(), tls_both=False)
+        elif name in ("auto-plain", "require-plain"):
+            mode = name.split("-")[0]
+            _, port = world.gateway("plain", *world.client_tls_flags(), *world.upstream_tls_flags(mode), tls_both=False)
         elif name == "untrusted-ok":
             flags = world.upstream_tls_flags(ca_file=world.pki.other_ca_file)
             _, port = world.gateway("untrusted", *flags, tls_both=False)
         else:
             raise ValueError(name)
         world.setups[name] = port
-    behind = {"allow-plain": "plain", "untrusted-ok": "untrusted", **{bad: bad for bad in BAD_CERT_PORTS}}
+    behind = {
+        "allow-plain": "plain",
+        "auto-plain": "plain",
+        "require-plain": "plain",
+        "untrusted-ok": "untrusted",
+        **{bad: bad for bad in BAD_CERT_PORTS},
+    }
     server = behind.get(name, "vsftpd")
     return world.servers[server].target(world.topo.public_addr, world.setups[name])
 
@@ -288,3 +297,26 @@ def test_the_untrusted_certificate_is_fine_with_its_own_ca(world: FtpsWorld) -> 
     """Control for the test above: the same server passes once the gateway trusts its CA."""
     replies = first_replies(world, setup(world, "untrusted-ok"))
     assert replies and replies[-1].code == 230, [str(r) for r in replies]
+
+
+def test_prot_p_toward_a_server_without_tls(world: FtpsWorld, tmp_path: Path) -> None:
+    """upstream auto: the plain server's FEAT lists no AUTH TLS, so its leg stays plain while the client's data
+    is private; upstream require: the client is told, with 421, that the server offers no TLS."""
+    server = world.servers["plain"]
+    target = setup(world, "auto-plain")
+    result = ftplib_run(
+        world.topo.client, target, [("retr", "big.bin", tmp_path / "big.bin")], tls=ClientTls(world.pki.ca_file)
+    )
+    assert result.ok, str(result)
+    assert (tmp_path / "big.bin").read_bytes() == server.path("big.bin").read_bytes()
+    assert "PROT P" in result.sent()
+
+    raw = RawFtp.open(world.topo.client, target.addr, setup(world, "require-plain").port)
+    try:
+        answer = raw.reply(timeout_s=15)
+    except Closed as closed:
+        raise AssertionError(f"closed without a reply: {closed.data!r}") from None
+    finally:
+        raw.sock.close()
+    assert answer.code == 421 and re.search(r"TLS|AUTH", answer.text), answer
+    no_traceback(world)
