@@ -14,111 +14,47 @@ from ipaddress import IPv4Address, IPv6Address
 
 from alg.errors import FtpProtocolError, PolicyDenied
 from alg.ftp import addresses, tls
+from alg.ftp.actions import (
+    Action,
+    CloseDataEndpoint,
+    CloseSession,
+    CommandReceived,
+    ListenForClient,
+    ListenForServer,
+    LoggedIn,
+    Refused,
+    Rewrote,
+    SendToClient,
+    SendToServer,
+    StartClientTls,
+    TransferReplied,
+    TransferRequested,
+)
 from alg.ftp.addresses import HostPort
-from alg.ftp.tls import StartClientTls, TlsPolicy
+from alg.ftp.tls import TlsPolicy
 from alg.ftp.wire import Command, LineFramer, Overlong, parse_command, parse_reply_line, reply
 
-# ---- actions: orders for the session (imperative) and facts for logs and metrics (past tense) -------------
-
-
-@dataclass(frozen=True, slots=True)
-class SendToClient:
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class SendToServer:
-    data: bytes
-    # Send as TCP urgent data (RFC 959 4.1.3): servers such as vsftpd look for ABOR during a transfer only
-    # when urgent data arrives, and the client's urgent mark cannot cross the gateway by itself.
-    urgent: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ListenForClient:
-    """Passive: open a public endpoint, accept only the control client, then connect to `then_connect`."""
-
-    ticket: int
-    then_connect: HostPort
-    client_tls: bool = False  # PROT P on the client's leg: the gateway is its TLS server
-    server_tls: bool = False  # PROT P on the server's leg: the gateway is its TLS client
-
-
-@dataclass(frozen=True, slots=True)
-class ListenForServer:
-    """Active: open an internal endpoint, accept only the upstream server, then connect to `then_connect`."""
-
-    ticket: int
-    then_connect: HostPort
-    client_tls: bool = False
-    server_tls: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class CloseDataEndpoint:
-    ticket: int
-
-
-@dataclass(frozen=True, slots=True)
-class CloseSession:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class CommandReceived:
-    verb: str
-    line: bytes = b""  # as received; log it only through alg.ops.logs.redact (PASS)
-
-
-@dataclass(frozen=True, slots=True)
-class Rewrote:
-    kind: str  # port, eprt, pasv, epsv
-    before: bytes
-    after: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    rule: str  # bounce, syntax, line-length, unsupported, policy, data-endpoint, limit
-    verb: str
-    reply_code: int
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class LoggedIn:
-    user: str
-
-
-@dataclass(frozen=True, slots=True)
-class TransferRequested:
-    ticket: int | None
-    verb: str
-    argument: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class TransferReplied:
-    ticket: int | None
-    verb: str
-    reply_code: int
-
-
-Action = (
-    SendToClient
-    | SendToServer
-    | ListenForClient
-    | ListenForServer
-    | CloseDataEndpoint
-    | CloseSession
-    | CommandReceived
-    | Rewrote
-    | Refused
-    | LoggedIn
-    | TransferRequested
-    | TransferReplied
-    | StartClientTls
-)
+# The channel's callers name the actions through this module (they live in alg.ftp.actions).
+__all__ = [
+    "TRANSFER_VERBS",
+    "UNSUPPORTED",
+    "Action",
+    "ChannelSettings",
+    "CloseDataEndpoint",
+    "CloseSession",
+    "CommandReceived",
+    "ControlChannel",
+    "ListenForClient",
+    "ListenForServer",
+    "LoggedIn",
+    "Refused",
+    "Rewrote",
+    "SendToClient",
+    "SendToServer",
+    "StartClientTls",
+    "TransferReplied",
+    "TransferRequested",
+]
 
 # ---- settings ----------------------------------------------------------------------------------------------
 

@@ -10,14 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from alg.ftp.actions import StartClientTls as StartClientTls
 from alg.ftp.wire import Command, LineFramer, Overlong, parse_reply_line, reply
 
 # ---- actions and settings --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StartClientTls:
-    """Order: the 234 has been queued; drain it, drop any plaintext the client sent after AUTH, handshake."""
 
 
 @dataclass(frozen=True, slots=True)
