@@ -209,7 +209,7 @@ def test_abor_of_a_tls_transfer_keeps_the_session(world: FtpsWorld, kind: str, t
     assert result.ok, str(result)
     assert result.data is not None
     abor = result.data["results"][0]
-    assert abor["received"] > 0 and abor["codes"][-1] in ("225", "226"), abor
+    assert abor["received"] > 0 and {"225", "226"} & set(abor["codes"]), abor
     assert result.data["results"][1]["reply"].startswith("200"), result.data
     assert sha256_file(tmp_path / "after.bin") == world.servers[kind].seeded["small.bin"]
 
