@@ -540,6 +540,14 @@ class ControlChannel:
         return []
 
     def _final_reply(self, code: int, line: bytes, *, single_line: bool) -> list[Action]:
+        front = self._pending[0] if self._pending and self._pending[0].local_reply is None else None
+        if code in (227, 229) and (front is None or front.verb not in ("PASV", "EPSV")):
+            # Out of turn (a server's extra reply after ABOR shifts the pairing): it may name the internal
+            # address, so it is never passed on as it is.
+            detail = "the FTP server sent a passive reply out of turn"
+            line = reply(425, f"Can't open data connection: {detail}.")
+            out: list[Action] = [Refused("server-reply", front.verb if front else "", 425, detail)]
+            return out + self._final_reply(425, line, single_line=True)
         if not self._pending or self._pending[0].local_reply is not None:
             self._said_goodbye = code in (221, 421)
             return [SendToClient(line)]  # unsolicited (a 421 on idle, say): passed on, acted on never
@@ -548,7 +556,7 @@ class ControlChannel:
         self._said_goodbye = code in (221, 421)
         if verb in ("PASV", "EPSV") and code in (227, 229):
             return self._passive_reply(verb, code, line, single_line)
-        out: list[Action] = []
+        out = []
         if verb in ("PORT", "EPRT") and code >= 300 and entry.ticket is not None:
             if self._tickets.pop(entry.ticket, None) is not None:
                 out.append(CloseDataEndpoint(entry.ticket))

@@ -107,7 +107,7 @@ class PlainLeg:
     async def send(self, data: bytes) -> None:
         await asyncio.get_running_loop().sock_sendall(self.sock, data)
 
-    async def close_write(self) -> None:
+    async def close_write(self, *, notify: bool = True) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_WR)
 
@@ -180,12 +180,15 @@ class TlsLeg:
             view = view[written:]
             await self._flush()
 
-    async def close_write(self) -> None:
+    async def close_write(self, *, notify: bool = True) -> None:
+        """End our direction: close_notify then FIN; `notify` False: a bare FIN, passing on a peer's ragged end
+        as it was (a server sees what the client did, not a clean end the client never sent)."""
         if self._closed_write:
             return
         self._closed_write = True
-        with contextlib.suppress(ssl.SSLError, ValueError):
-            self.tls.unwrap()  # sends close_notify; the peer's own arrives (or not) on recv
+        if notify:
+            with contextlib.suppress(ssl.SSLError, ValueError):
+                self.tls.unwrap()  # sends close_notify; the peer's own arrives (or not) on recv
         with contextlib.suppress(OSError):
             await self._flush()
             self.sock.shutdown(socket.SHUT_WR)
@@ -236,7 +239,7 @@ async def relay_legs(
                 result.to_b += len(data)
             else:
                 result.to_a += len(data)
-        await dst.close_write()
+        await dst.close_write(notify=not (isinstance(src, TlsLeg) and src.ragged))
         ended += 1
         if ended == 1:
             on_first_eof()

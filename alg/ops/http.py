@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ from prometheus_client import generate_latest
 
 from alg.ftp.addresses import HostPort
 from alg.net.dataplane import peer_ip
+from alg.net.tls import reason_of
 from alg.ops.logs import printable
 from alg.ops.metrics import Metrics
 
@@ -63,11 +65,23 @@ _STATUS_TEXT = {
 _INDEX = b"ftp-alg: /metrics (Prometheus), /healthz (serving), /readyz (upstream answers with 220)\n"
 
 
-async def probe_upstream(upstream: HostPort, timeout_s: float = READY_TIMEOUT_S) -> str | None:
-    """None when `upstream` greets with 220 within `timeout_s` (then we say QUIT); else why it is not ready."""
+async def probe_upstream(
+    upstream: HostPort,
+    timeout_s: float = READY_TIMEOUT_S,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> str | None:
+    """None when `upstream` greets with 220 within `timeout_s` (then we say QUIT); else why it is not ready.
+    `tls`: implicit FTPS, the banner comes inside TLS (a certificate the gateway would refuse is a reason)."""
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(str(upstream.ip), upstream.port, limit=MAX_HEAD_LINE_BYTES)
+            reader, writer = await asyncio.open_connection(
+                str(upstream.ip),
+                upstream.port,
+                limit=MAX_HEAD_LINE_BYTES,
+                ssl=tls,
+                server_hostname=(server_name or str(upstream.ip)) if tls is not None else None,
+            )
             try:
                 return await _read_banner(reader, writer)
             finally:
@@ -76,6 +90,8 @@ async def probe_upstream(upstream: HostPort, timeout_s: float = READY_TIMEOUT_S)
                     await writer.wait_closed()
     except TimeoutError:
         return f"no 220 banner from {upstream} within {timeout_s:g} s"
+    except ssl.SSLError as error:
+        return f"TLS to {upstream} failed: {reason_of(error)}"
     except OSError as error:
         return f"cannot connect to {upstream}: {error.strerror or error}"
     except ValueError:  # StreamReader.readline past its limit
@@ -126,7 +142,13 @@ class Readiness:
             return None
         async with self._lock:  # concurrent probes wait for the one running and share its answer
             if time.monotonic() - self._checked_at >= self.cache_s:
-                reason = await probe_upstream(upstream, self.timeout_s)
+                tls = getattr(gateway, "tls", None)  # alg.gateway.secure.TlsRuntime; fakes in tests have none
+                implicit = tls.upstream_context if tls is not None and tls.upstream_mode == "implicit" else None
+                name = tls.upstream_server_name if tls is not None else None
+                if implicit is None:
+                    reason = await probe_upstream(upstream, self.timeout_s)
+                else:
+                    reason = await probe_upstream(upstream, self.timeout_s, implicit, name)
                 if reason != self._reason:
                     level = logging.INFO if reason is None else logging.WARNING
                     log.log(level, "upstream %s", "ready" if reason is None else f"not ready: {reason}")

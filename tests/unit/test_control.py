@@ -135,6 +135,15 @@ def test_a_227_without_an_outstanding_pasv_is_not_acted_on() -> None:
     ch = logged_in()
     actions = ch.server_data(b"227 Entering Passive Mode (198,51,100,10,195,80)\r\n")
     assert not any(isinstance(a, ListenForClient) for a in actions)
+    assert b"198" not in to_client(actions) and to_client(actions).startswith(b"425 ")
+
+
+def test_a_227_out_of_turn_never_reaches_the_client_with_the_internal_address() -> None:
+    ch = logged_in()
+    ch.client_data(b"NOOP\r\n")
+    actions = ch.server_data(b"227 Entering Passive Mode (198,51,100,10,195,80)\r\n")
+    assert to_client(actions).startswith(b"425 ") and b"198" not in to_client(actions)
+    assert any(isinstance(a, Refused) and a.rule == "server-reply" for a in actions)
 
 
 def test_a_multiline_227_is_never_forwarded_with_the_internal_address() -> None:

@@ -145,3 +145,49 @@ def test_check_warns_when_upstream_verification_is_off(tmp_path: Path, capsys: p
     config.write_text(f"upstream: {UPSTREAM}\n")
     assert main(["check", "--config", str(config), "--tls-upstream", "require", "--tls-upstream-no-verify"]) == 0
     assert "warning: tls.upstream.verify is false" in capsys.readouterr().out
+
+
+def test_sighup_reload_takes_a_renewed_certificate_and_keeps_the_old_one_for_a_bad_file(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    from alg.gateway.server import Gateway
+
+    now = datetime.datetime.now(datetime.UTC)
+    cert, key = write(tmp_path, ca.issue_cert("ftp.example.test", not_after=now + datetime.timedelta(days=20)))
+    settings = load_config(None, upstream=UPSTREAM, tls_client="allow", tls_cert=str(cert), tls_key=str(key))
+    gateway = Gateway(settings)
+    certificate = gateway.tls.certificate
+    assert certificate is not None
+    first = certificate.context
+
+    def expiry() -> float:
+        value = gateway.metrics.registry.get_sample_value("ftp_alg_tls_certificate_expiry_timestamp_seconds")
+        assert value is not None
+        return value
+
+    assert abs(expiry() - (now + datetime.timedelta(days=20)).timestamp()) < 5
+
+    cert.write_text("-----BEGIN CERTIFICATE-----\nbroken\n")  # a renewal gone wrong
+    gateway.reload()
+    assert certificate.context is first, "a file that does not load keeps the certificate in use"
+
+    write(tmp_path, ca.issue_cert("ftp.example.test", not_after=now + datetime.timedelta(days=90)))
+    gateway.reload()
+    assert certificate.context is not first
+    assert abs(expiry() - (now + datetime.timedelta(days=90)).timestamp()) < 5
+
+
+def test_a_certificate_that_cannot_load_stops_the_start_with_the_key_named(tmp_path: Path) -> None:
+    from alg.gateway.server import Gateway
+
+    (tmp_path / "cert.pem").write_text("junk\n")
+    (tmp_path / "key.pem").write_text("junk\n")
+    settings = load_config(
+        None,
+        upstream=UPSTREAM,
+        tls_client="allow",
+        tls_cert=str(tmp_path / "cert.pem"),
+        tls_key=str(tmp_path / "key.pem"),
+    )
+    with pytest.raises(ConfigError, match=r"^tls\.client\.cert: cannot load"):
+        Gateway(settings)
