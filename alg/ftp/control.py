@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 from alg.errors import FtpProtocolError, PolicyDenied
-from alg.ftp import addresses
+from alg.ftp import addresses, wire
 from alg.ftp.addresses import HostPort
-from alg.ftp.wire import Command, LineFramer, Overlong, parse_command, parse_reply_line, reply
+from alg.ftp.families import ServerFeatures
+from alg.ftp.wire import Command, LineFramer, Overlong, TelnetFilter, parse_command, parse_reply_line, reply
 
 # ---- actions: orders for the session (imperative) and facts for logs and metrics (past tense) -------------
 
@@ -73,6 +74,14 @@ class Rewrote:
 
 
 @dataclass(frozen=True, slots=True)
+class Translated:
+    """The server got another data verb than the client sent (RFC 6384 section 7)."""
+
+    client_verb: str
+    server_verb: str
+
+
+@dataclass(frozen=True, slots=True)
 class Refused:
     rule: str  # bounce, syntax, line-length, unsupported, policy, data-endpoint, limit
     verb: str
@@ -108,6 +117,7 @@ Action = (
     | CloseSession
     | CommandReceived
     | Rewrote
+    | Translated
     | Refused
     | LoggedIn
     | TransferRequested
@@ -148,6 +158,9 @@ class ChannelSettings:
     allow_data_peer: DataPeerCheck | None = None
 
 
+# A client-side wait that is not a ticket: an EPSV/EPRT whose refusal may still be retried as PASV/PORT.
+_PROBING = 0
+
 # ---- state ---------------------------------------------------------------------------------------------------
 
 
@@ -159,13 +172,16 @@ class _Pending:
     ticket: int | None = None
     local_reply: bytes | None = None
     argument: bytes = b""
+    sent: str = ""  # PASV/EPSV/PORT/EPRT: the verb the server got (families.py may translate it)
 
 
 @dataclass(slots=True)
 class _Ticket:
     passive: bool
     line: bytes  # the line to rewrite once the endpoint is ready
-    verb: str
+    verb: str  # the client's verb: decides the reply it gets
+    sent: str = ""  # passive: the verb the server answered
+    public: HostPort | None = None  # active: the endpoint the server was told of (kept for a retry)
     connected: bool = False
     finished: bool = False
     ready: bool = False
@@ -192,7 +208,11 @@ class ControlChannel:
         self.logged_in = False
         self.closed = False
         self.client_lines = 0  # complete lines received: activity that a byte-a-minute client cannot fake
-        self._client = _Side(LineFramer(self.settings.max_line_bytes))
+        self._client = _Side(LineFramer(self.settings.max_line_bytes, telnet=TelnetFilter()))
+        self.features = ServerFeatures(server_ipv6=isinstance(server.ip, IPv6Address))
+        # Toward the server, ABOR goes with the Telnet synch as urgent data; inside TLS there is no urgent data,
+        # and the shell sets this False for a TLS control leg.
+        self.urgent_abort = True
         self._server = _Side(LineFramer(self.settings.max_server_line_bytes))
         # The banner is the reply to connecting.
         self._pending: deque[_Pending] = deque([_Pending("<connect>")])
@@ -240,25 +260,34 @@ class ControlChannel:
         record.ready = True
         out: list[Action] = []
         if record.passive:
+            if record.verb == "PASV" and not isinstance(public.ip, IPv4Address):
+                # Not expressible in a 227: refused in its place, never a wrong address.
+                record.ready = False
+                return [CloseDataEndpoint(ticket), *self.data_endpoint_failed(ticket, f"{public.ip} is not IPv4")]
             if record.verb == "PASV":
-                after = addresses.rewrite_227(record.line, public)
+                same = record.sent == "PASV"
+                after = addresses.rewrite_227(record.line, public) if same else addresses.format_227(public)
                 out.append(Rewrote("pasv", record.line, after))
             else:
-                after = addresses.rewrite_229(record.line, public.port)
+                same = record.sent == "EPSV"
+                after = addresses.rewrite_229(record.line, public.port) if same else addresses.format_229(public.port)
                 out.append(Rewrote("epsv", record.line, after))
             out.append(SendToClient(after))
             self._armed = ticket
             self._server.waiting_for = None
         else:
-            use_port = record.verb == "PORT" and isinstance(public.ip, IPv4Address)
-            argument = addresses.format_port(public) if use_port else addresses.format_eprt(public)
-            verb = "PORT" if use_port else "EPRT"
-            after = verb.encode() + b" " + argument + b"\r\n"
+            record.public = public
+            verb = self.features.verb_for_server(record.verb)
+            if verb == "PORT" and not isinstance(public.ip, IPv4Address):
+                verb = "EPRT"
+            after = self._active_line(verb, public)
             out.append(Rewrote(verb.lower(), record.line, after))
+            if verb != record.verb:
+                out.append(Translated(record.verb, verb))
             out.append(SendToServer(after))
-            self._pending.append(_Pending(record.verb, ticket=ticket))
+            self._pending.append(_Pending(record.verb, ticket=ticket, sent=verb))
             self._armed = ticket
-            self._client.waiting_for = None
+            self._client.waiting_for = _PROBING if self.features.may_refuse(verb) else None
         return out + self._run()
 
     def data_endpoint_failed(self, ticket: int, reason: str) -> list[Action]:
@@ -315,6 +344,11 @@ class ControlChannel:
     def open_tickets(self) -> frozenset[int]:
         return frozenset(self._tickets)
 
+    @staticmethod
+    def _active_line(verb: str, public: HostPort) -> bytes:
+        argument = addresses.format_port(public) if verb == "PORT" else addresses.format_eprt(public)
+        return verb.encode() + b" " + argument + b"\r\n"
+
     # ---- the engine ------------------------------------------------------------------------------------------
 
     def _run(self) -> list[Action]:
@@ -323,10 +357,13 @@ class ControlChannel:
         while progressed and not self.closed:
             progressed = False
             while self._server.backlog and self._server.waiting_for is None and not self.closed:
+                probing = self._client.waiting_for == _PROBING
                 out.extend(self._server_line(self._server.backlog.popleft()))
                 if self._server.waiting_for is None:
                     out.extend(self._flush_local_replies())  # ours come before the next server reply
                 progressed = True
+                if probing and self._client.waiting_for is None:
+                    break  # the client lines held behind the probe go before the server's next reply
             while (
                 self._client.backlog
                 and self._client.waiting_for is None
@@ -417,14 +454,29 @@ class ControlChannel:
             self.logged_in = False
         elif verb == "REIN":
             self.logged_in = False
+        if verb == "ABOR":
+            self._pending.append(_Pending(verb))
+            return self._abort()
         out: list[Action] = []
         ticket = None
         if verb in TRANSFER_VERBS:
             ticket = self._armed
             out.append(TransferRequested(ticket, verb, command.argument))
         self._pending.append(_Pending(verb, ticket=ticket, argument=command.argument))
-        out.append(SendToServer(command.raw, urgent=verb == "ABOR"))
+        out.append(SendToServer(command.raw))
         return out
+
+    def _abort(self) -> list[Action]:
+        """ABOR as servers are written for, whatever the client sent (RFC 959 4.1.3, RFC 854): IAC IP, then the
+        synch IAC DM with the urgent mark on DM, then the command. ftplib marks its newline urgent and a plain
+        ABOR marks nothing: vsftpd, proftpd and pure-ftpd answer either with 500 or miss it during a transfer."""
+        if not self.urgent_abort:
+            return [SendToServer(wire.ABORT_COMMAND)]
+        return [
+            SendToServer(wire.ABORT_BEFORE_URGENT),
+            SendToServer(wire.ABORT_URGENT, urgent=True),
+            SendToServer(wire.ABORT_COMMAND),
+        ]
 
     def _check_data_limit(self) -> None:
         if len(self._tickets) >= self.settings.max_data_channels:
@@ -479,8 +531,15 @@ class ControlChannel:
         if command.verb == "PASV" and isinstance(self.client.ip, IPv6Address):
             raise PolicyDenied("PASV cannot carry an IPv6 address; use EPSV", rule="syntax", reply_code=425)
         self._check_data_limit()
-        self._pending.append(_Pending(command.verb))
-        return [SendToServer(raw)]
+        sent = self.features.verb_for_server(command.verb)
+        out: list[Action] = []
+        if sent != command.verb:
+            raw = sent.encode() + b"\r\n"
+            out.append(Translated(command.verb, sent))
+        self._pending.append(_Pending(command.verb, sent=sent))
+        if self.features.may_refuse(sent):
+            self._client.waiting_for = _PROBING
+        return [*out, SendToServer(raw)]
 
     # ---- server lines ------------------------------------------------------------------------------------------
 
@@ -489,6 +548,8 @@ class ControlChannel:
             out: list[Action] = [SendToClient(reply(421, "The FTP server sent an unreadable reply; closing."))]
             return out + self._close("the server sent an overlong line")
         parsed = parse_reply_line(line)
+        if self._pending and self._pending[0].verb == "FEAT" and self._pending[0].local_reply is None:
+            self.features.feat_line(line)
         if self._multiline is not None:
             if parsed.code != self._multiline or parsed.more:
                 return self._continuation(line)
@@ -539,8 +600,17 @@ class ControlChannel:
         entry = self._pending.popleft()
         verb = entry.verb
         self._said_goodbye = code in (221, 421)
+        if entry.sent:
+            if self._client.waiting_for == _PROBING and self.features.may_refuse(entry.sent):
+                self._client.waiting_for = None  # the probe's answer is in (one probe at a time)
+            retry = self.features.learn_refusal(entry.sent, code)
+            if retry is not None:
+                return self._retry(entry, retry)
+            self.features.learn_success(entry.sent, code)
+        elif verb == "FEAT":
+            self.features.feat_done(code)
         if verb in ("PASV", "EPSV") and code in (227, 229):
-            return self._passive_reply(verb, code, line, single_line)
+            return self._passive_reply(entry.sent or verb, code, line, single_line, client_verb=verb)
         out: list[Action] = []
         if verb in ("PORT", "EPRT") and code >= 300 and entry.ticket is not None:
             if self._tickets.pop(entry.ticket, None) is not None:
@@ -555,6 +625,22 @@ class ControlChannel:
             if entry.ticket is not None:
                 return out + self._transfer_reply(entry.ticket, code, line)
         out.append(SendToClient(line))
+        return out
+
+    def _retry(self, entry: _Pending, verb: str) -> list[Action]:
+        """The server does not know EPSV/EPRT: the same request in the RFC 959 form, in the same place."""
+        if entry.verb in ("PORT", "EPRT"):
+            record = self._tickets.get(entry.ticket) if entry.ticket is not None else None
+            if record is None or record.public is None or not isinstance(record.public.ip, IPv4Address):
+                detail = "Can't open data connection: the FTP server knows neither EPRT nor an IPv4 PORT for us"
+                return [Refused("unsupported", entry.verb, 425, detail), SendToClient(reply(425, detail))]
+            line = self._active_line(verb, record.public)
+        else:
+            line = verb.encode() + b"\r\n"
+        self._pending.appendleft(_Pending(entry.verb, ticket=entry.ticket, argument=entry.argument, sent=verb))
+        out: list[Action] = [SendToServer(line)]
+        if verb != entry.verb:
+            out.insert(0, Translated(entry.verb, verb))
         return out
 
     def _transfer_reply(self, ticket: int, code: int, line: bytes) -> list[Action]:
@@ -577,7 +663,8 @@ class ControlChannel:
             return [CloseDataEndpoint(ticket), SendToClient(line)]
         return [SendToClient(line)]
 
-    def _passive_reply(self, verb: str, code: int, line: bytes, single_line: bool) -> list[Action]:
+    def _passive_reply(self, verb: str, code: int, line: bytes, single_line: bool, *, client_verb: str) -> list[Action]:
+        """`verb` is what the server got, `client_verb` what the client sent (and the form of its reply)."""
         unusable = reply(425, "Can't open data connection: the FTP server's passive reply was not understood.")
         if not single_line or (verb, code) not in (("PASV", 227), ("EPSV", 229)):
             return [Refused("server-reply", verb, 425, "unusable passive reply"), SendToClient(unusable)]
@@ -601,7 +688,8 @@ class ControlChannel:
                 target = HostPort(self.server.ip, announced.port)
                 detail = f"the server announced third-party address {announced.ip}; using {self.server.ip}"
                 out.append(Refused("bounce", verb, 0, detail))
-        ticket, closed = self._new_ticket(passive=True, line=line, verb=verb)
+        ticket, closed = self._new_ticket(passive=True, line=line, verb=client_verb)
+        self._tickets[ticket].sent = verb
         out.extend(closed)
         self._server.waiting_for = ticket
         out.append(ListenForClient(ticket, then_connect=target))

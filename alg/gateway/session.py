@@ -289,6 +289,9 @@ class Session:
                     metrics.rewrites.labels(kind).inc()
                     if self.log.isEnabledFor(logging.DEBUG):
                         self.log.debug("rewrite %s: %s -> %s", kind, printable(before), printable(after))
+                case c.Translated(client_verb, server_verb):
+                    metrics.verb_translations.labels(client_verb, server_verb).inc()
+                    self.log.debug("translated %s -> %s", client_verb, server_verb)
                 case c.Refused(rule, verb, code, detail):
                     metrics.refused(rule)
                     self.log.info("refused rule=%s verb=%s code=%d detail=%s", rule, verb, code, printable(detail))
