@@ -173,6 +173,7 @@ class _Pending:
     local_reply: bytes | None = None
     argument: bytes = b""
     sent: str = ""  # PASV/EPSV/PORT/EPRT: the verb the server got (families.py may translate it)
+    probe: bool = False  # the client's next lines wait for this reply (a refusal would be retried first)
 
 
 @dataclass(slots=True)
@@ -285,9 +286,10 @@ class ControlChannel:
             if verb != record.verb:
                 out.append(Translated(record.verb, verb))
             out.append(SendToServer(after))
-            self._pending.append(_Pending(record.verb, ticket=ticket, sent=verb))
+            probe = self.features.may_refuse(verb)
+            self._pending.append(_Pending(record.verb, ticket=ticket, sent=verb, probe=probe))
             self._armed = ticket
-            self._client.waiting_for = _PROBING if self.features.may_refuse(verb) else None
+            self._client.waiting_for = _PROBING if probe else None
         return out + self._run()
 
     def data_endpoint_failed(self, ticket: int, reason: str) -> list[Action]:
@@ -536,8 +538,9 @@ class ControlChannel:
         if sent != command.verb:
             raw = sent.encode() + b"\r\n"
             out.append(Translated(command.verb, sent))
-        self._pending.append(_Pending(command.verb, sent=sent))
-        if self.features.may_refuse(sent):
+        probe = self.features.may_refuse(sent)
+        self._pending.append(_Pending(command.verb, sent=sent, probe=probe))
+        if probe:
             self._client.waiting_for = _PROBING
         return [*out, SendToServer(raw)]
 
@@ -601,7 +604,7 @@ class ControlChannel:
         verb = entry.verb
         self._said_goodbye = code in (221, 421)
         if entry.sent:
-            if self._client.waiting_for == _PROBING and self.features.may_refuse(entry.sent):
+            if entry.probe and self._client.waiting_for == _PROBING:
                 self._client.waiting_for = None  # the probe's answer is in (one probe at a time)
             retry = self.features.learn_refusal(entry.sent, code)
             if retry is not None:
@@ -637,7 +640,10 @@ class ControlChannel:
             line = self._active_line(verb, record.public)
         else:
             line = verb.encode() + b"\r\n"
-        self._pending.appendleft(_Pending(entry.verb, ticket=entry.ticket, argument=entry.argument, sent=verb))
+        self._pending.appendleft(
+            _Pending(entry.verb, ticket=entry.ticket, argument=entry.argument, sent=verb, probe=True)
+        )
+        self._client.waiting_for = _PROBING  # still: the retry's reply comes before the client's next lines
         out: list[Action] = [SendToServer(line)]
         if verb != entry.verb:
             out.insert(0, Translated(entry.verb, verb))
