@@ -57,6 +57,7 @@ class GatewayContext:
     internal_pool: PortPool | None  # ports for listeners facing the internal side (None: any free port)
     transparent: bool = False
     public_address: IPAddress | None = None  # announced instead of our own address on the public side
+    public_address6: IPAddress | None = None  # the same, for IPv6 clients
 
 
 @dataclass(slots=True)
@@ -357,6 +358,8 @@ class Session:
         self._update_pools()
         announced = listener.address
         public = context.public_address
+        if listener.address.ip.version == 6 and context.public_address6 is not None:
+            public = context.public_address6
         if facing_public and public is not None and type(public) is type(listener.address.ip):
             announced = HostPort(public, listener.address.port)
         if lan_passive:
