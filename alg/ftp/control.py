@@ -457,8 +457,12 @@ class ControlChannel:
         elif verb == "REIN":
             self.logged_in = False
         if verb == "ABOR":
+            running = any(
+                entry.verb in TRANSFER_VERBS and (entry.ticket is None or entry.ticket in self._tickets)
+                for entry in self._pending
+            )
             self._pending.append(_Pending(verb))
-            return self._abort()
+            return self._abort(running)
         out: list[Action] = []
         ticket = None
         if verb in TRANSFER_VERBS:
@@ -468,11 +472,13 @@ class ControlChannel:
         out.append(SendToServer(command.raw))
         return out
 
-    def _abort(self) -> list[Action]:
+    def _abort(self, running: bool) -> list[Action]:
         """ABOR as servers are written for, whatever the client sent (RFC 959 4.1.3, RFC 854): IAC IP, then the
         synch IAC DM with the urgent mark on DM, then the command. ftplib marks its newline urgent and a plain
-        ABOR marks nothing: vsftpd, proftpd and pure-ftpd answer either with 500 or miss it during a transfer."""
-        if not self.urgent_abort:
+        ABOR marks nothing: vsftpd, proftpd and pure-ftpd answer either with 500 or miss it during a transfer.
+        With no transfer running (none owed a reply with its data connection still open) the server reads
+        commands as usual, and a plain ABOR is what it answers: pure-ftpd answers a synch when idle with nothing."""
+        if not self.urgent_abort or not running:
             return [SendToServer(wire.ABORT_COMMAND)]
         return [
             SendToServer(wire.ABORT_BEFORE_URGENT),

@@ -183,16 +183,40 @@ SYNCH = [
 ]
 
 
-def test_abor_goes_with_the_telnet_synch_whatever_the_client_sent() -> None:
+def transferring(client: HostPort = CLIENT4, server: HostPort = SERVER4) -> tuple[ControlChannel, int]:
+    """A RETR under way: its data connection open, its final reply still owed."""
+    ch = logged_in(client, server)
+    ch.client_data(b"PASV\r\n")
+    listen = next(a for a in ch.server_data(b"227 ok (198,51,100,10,195,80)\r\n") if isinstance(a, ListenForClient))
+    ch.data_endpoint_ready(listen.ticket, PUBLIC4)
+    ch.data_connected(listen.ticket)
+    ch.client_data(b"RETR big\r\n")
+    ch.server_data(b"150 go\r\n")
+    return ch, listen.ticket
+
+
+def test_abor_during_a_transfer_goes_with_the_telnet_synch_whatever_the_client_sent() -> None:
     assert ABORT_BEFORE_URGENT + ABORT_URGENT + ABORT_COMMAND == b"\xff\xf4\xff\xf2ABOR\r\n"
     for sent in (b"ABOR\r\n", b"\xff\xf4\xff\xf2ABOR\r\n", b"abor\n"):
-        ch = logged_in(CLIENT4, SERVER4)
+        ch, _ = transferring()
         actions = ch.client_data(sent)
         assert [a for a in actions if isinstance(a, SendToServer)] == SYNCH, sent
+        assert to_client(ch.server_data(b"426 aborted\r\n226 abort ok\r\n")) == b"426 aborted\r\n226 abort ok\r\n"
+
+
+def test_abor_with_no_transfer_running_is_plain() -> None:
+    idle = logged_in(CLIENT4, SERVER4)
+    assert [a for a in idle.client_data(b"\xff\xf4\xff\xf2ABOR\r\n") if isinstance(a, SendToServer)] == [
+        SendToServer(b"ABOR\r\n")
+    ]
+    # The transfer's data connection already ended (the client closed it first, as tnftp does for a put).
+    ch, ticket = transferring()
+    ch.data_finished(ticket)
+    assert [a for a in ch.client_data(b"ABOR\r\n") if isinstance(a, SendToServer)] == [SendToServer(b"ABOR\r\n")]
 
 
 def test_abor_inside_tls_is_plain() -> None:
-    ch = logged_in(CLIENT4, SERVER4)
+    ch, _ = transferring()
     ch.urgent_abort = False
     assert [a for a in ch.client_data(b"ABOR\r\n") if isinstance(a, SendToServer)] == [SendToServer(b"ABOR\r\n")]
 
@@ -200,7 +224,7 @@ def test_abor_inside_tls_is_plain() -> None:
 def test_a_bsd_synch_split_anywhere_leaves_one_abor_and_the_next_command_whole() -> None:
     stream = b"\xff\xf4\xff\xf2ABOR\r\nNOOP\r\n"
     for cut in range(1, len(stream)):
-        ch = logged_in(CLIENT4, SERVER4)
+        ch, _ = transferring()
         actions = ch.client_data(stream[:cut]) + ch.client_data(stream[cut:])
         sent = [a for a in actions if isinstance(a, SendToServer)]
         assert sent == [*SYNCH, SendToServer(b"NOOP\r\n")], cut
