@@ -256,3 +256,13 @@ def test_the_client_framer_never_sees_a_synch() -> None:
     framer = LineFramer(64, telnet=TelnetFilter())
     assert framer.feed(b"\xff\xf4\xff") == []
     assert framer.feed(b"\xf2ABOR\r\nNOOP\r\n") == [b"ABOR\r\n", b"NOOP\r\n"]
+
+
+def test_every_translation_series_exists_at_zero_from_start() -> None:
+    from prometheus_client import generate_latest
+
+    from alg.ops.metrics import Metrics
+
+    text = generate_latest(Metrics().registry).decode()
+    for client_verb, server_verb in (("PASV", "EPSV"), ("EPSV", "PASV"), ("PORT", "EPRT"), ("EPRT", "PORT")):
+        assert f'ftp_alg_verb_translations_total{{from="{client_verb}",to="{server_verb}"}} 0.0' in text
