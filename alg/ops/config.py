@@ -246,8 +246,8 @@ class Settings(_Frozen):
     upstream: UpstreamAddress | None = None
     # null: advertise the address the client dialled, right unless a NAT sits in front of the gateway.
     public_address: PublicAddress | None = None
-    # The same for IPv6 clients (229 replies name no address, so only an EPRT-less world would need it; it
-    # matters where IPv6 clients reach the gateway through NAT66 or a load balancer).
+    # The same for IPv6 (a 229 names no address: this is the one written into EPRT toward servers in
+    # transparent mode, behind NAT66). null: the gateway's own IPv6 address.
     public_address6: PublicAddress | None = None
     # false: a [::] listener takes IPv6 clients only (IPV6_V6ONLY); true: IPv4 clients too, as ::ffff:a.b.c.d.
     dual_stack: Annotated[bool, Field(strict=True)] = False
