@@ -52,6 +52,8 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--upstream", metavar="ADDR[:PORT]")
     group.add_argument("--public-address", metavar="IP")
+    group.add_argument("--public-address6", metavar="IPV6", help="the public address shown to IPv6 clients")
+    group.add_argument("--dual-stack", action="store_const", const=True, help="a [::] listener takes IPv4 clients too")
     group.add_argument("--passive-ports", metavar="FIRST-LAST")
     group.add_argument("--active-ports", metavar="FIRST-LAST")
     group.add_argument("--metrics-listen", metavar="ADDR:PORT")
@@ -92,6 +94,8 @@ _OVERRIDE_DESTS = (
     "listen",
     "upstream",
     "public_address",
+    "public_address6",
+    "dual_stack",
     "passive_ports",
     "active_ports",
     "metrics_listen",

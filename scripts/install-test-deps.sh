@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the integration suite (tests/integration/) needs.  Idempotent.
 #
-# - Debian packages: vsftpd (a real upstream), curl and lftp (real clients), nftables and
+# - Debian packages: vsftpd (a real upstream), curl, lftp and tnftp (real clients; tnftp is BSD ftp,
+#   whose Ctrl-C ABOR is the Telnet synch servers expect), nftables and
 #   iproute2 (namespaces, veth, the drop-everything-else rule), prometheus (promtool).
 # - pure-ftpd and proftpd (with proftpd-mod-crypto, its mod_tls): their Debian packages conflict with each other and with vsftpd
 #   and pull in init-system glue, so they are not installed.  Their .debs are downloaded and
@@ -15,7 +16,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 PACKAGES=(
-    vsftpd lftp curl nftables iproute2 procps openssl prometheus
+    vsftpd lftp curl tnftp nftables iproute2 procps openssl prometheus
     # shared libraries of the unpacked pure-ftpd / proftpd binaries
     libcap2 libcrypt1 libpam0g libsodium23 libssl3 zlib1g libacl1 libhiredis0.14 libidn2-0
     libmemcached11 libmemcachedutil2 libncursesw6 libpcre2-8-0 libpcre2-posix3 libtinfo6 libwrap0
@@ -70,7 +71,7 @@ if [ ! -e "$CACHE/proftpd-core/usr/lib/proftpd/mod_tls.so" ]; then
     $SUDO cp -n "$CACHE"/proftpd-mod-crypto/usr/lib/proftpd/*.so "$CACHE/proftpd-core/usr/lib/proftpd/"
 fi
 
-for bin in /usr/sbin/vsftpd /usr/bin/curl /usr/bin/lftp /usr/sbin/nft /usr/sbin/ip \
+for bin in /usr/sbin/vsftpd /usr/bin/curl /usr/bin/lftp /usr/bin/tnftp /usr/sbin/nft /usr/sbin/ip \
            "$CACHE/pure-ftpd/usr/sbin/pure-ftpd" "$CACHE/proftpd-core/usr/sbin/proftpd"; do
     [ -x "$bin" ] || { echo "install-test-deps: missing $bin" >&2; exit 1; }
 done

@@ -74,6 +74,14 @@ class Rewrote:
 
 
 @dataclass(frozen=True, slots=True)
+class Translated:
+    """The server got another data verb than the client sent (RFC 6384 section 7)."""
+
+    client_verb: str
+    server_verb: str
+
+
+@dataclass(frozen=True, slots=True)
 class Refused:
     rule: str  # bounce, syntax, line-length, unsupported, policy, data-endpoint, limit
     verb: str
@@ -109,6 +117,7 @@ Action = (
     | CloseSession
     | CommandReceived
     | Rewrote
+    | Translated
     | Refused
     | LoggedIn
     | TransferRequested

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 from alg.errors import FtpProtocolError, PolicyDenied
-from alg.ftp import addresses, tls
+from alg.ftp import addresses, tls, wire
 from alg.ftp.actions import (
     Action,
     CloseDataEndpoint,
@@ -29,10 +29,12 @@ from alg.ftp.actions import (
     StartClientTls,
     TransferReplied,
     TransferRequested,
+    Translated,
 )
 from alg.ftp.addresses import HostPort
+from alg.ftp.families import ServerFeatures
 from alg.ftp.tls import TlsPolicy
-from alg.ftp.wire import Command, LineFramer, Overlong, parse_command, parse_reply_line, reply
+from alg.ftp.wire import Command, LineFramer, Overlong, TelnetFilter, parse_command, parse_reply_line, reply
 
 # The channel's callers name the actions through this module (they live in alg.ftp.actions).
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "StartClientTls",
     "TransferReplied",
     "TransferRequested",
+    "Translated",
 ]
 
 # ---- settings ----------------------------------------------------------------------------------------------
@@ -90,6 +93,9 @@ class ChannelSettings:
     tls: TlsPolicy = field(default_factory=TlsPolicy)
 
 
+# A client-side wait that is not a ticket: an EPSV/EPRT whose refusal may still be retried as PASV/PORT.
+_PROBING = 0
+
 # ---- state ---------------------------------------------------------------------------------------------------
 
 
@@ -102,13 +108,17 @@ class _Pending:
     local_reply: bytes | None = None
     argument: bytes = b""
     start_tls: bool = False  # a local 234: the client's TLS starts once it is sent
+    sent: str = ""  # PASV/EPSV/PORT/EPRT: the verb the server got (families.py may translate it)
+    probe: bool = False  # the client's next lines wait for this reply (a refusal would be retried first)
 
 
 @dataclass(slots=True)
 class _Ticket:
     passive: bool
     line: bytes  # the line to rewrite once the endpoint is ready
-    verb: str
+    verb: str  # the client's verb: decides the reply it gets
+    sent: str = ""  # passive: the verb the server answered
+    public: HostPort | None = None  # active: the endpoint the server was told of (kept for a retry)
     connected: bool = False
     finished: bool = False
     ready: bool = False
@@ -149,7 +159,11 @@ class ControlChannel:
         self.logged_in = False
         self.closed = False
         self.client_lines = 0  # complete lines received: activity that a byte-a-minute client cannot fake
-        self._client = _Side(LineFramer(self.settings.max_line_bytes))
+        self._client = _Side(LineFramer(self.settings.max_line_bytes, telnet=TelnetFilter()))
+        self.features = ServerFeatures(server_ipv6=isinstance(server.ip, IPv6Address))
+        # Toward the server, ABOR goes with the Telnet synch as urgent data; inside TLS there is no urgent data
+        # (the mark would point into a record), so a TLS control leg gets a plain ABOR line.
+        self.urgent_abort = not server_secured
         self._server = _Side(LineFramer(self.settings.max_server_line_bytes))
         # The banner is the reply to connecting.
         self._pending: deque[_Pending] = deque([_Pending("<connect>")])
@@ -210,25 +224,35 @@ class ControlChannel:
         record.ready = True
         out: list[Action] = []
         if record.passive:
+            if record.verb == "PASV" and not isinstance(public.ip, IPv4Address):
+                # Not expressible in a 227: refused in its place, never a wrong address.
+                record.ready = False
+                return [CloseDataEndpoint(ticket), *self.data_endpoint_failed(ticket, f"{public.ip} is not IPv4")]
             if record.verb == "PASV":
-                after = addresses.rewrite_227(record.line, public)
+                same = record.sent == "PASV"
+                after = addresses.rewrite_227(record.line, public) if same else addresses.format_227(public)
                 out.append(Rewrote("pasv", record.line, after))
             else:
-                after = addresses.rewrite_229(record.line, public.port)
+                same = record.sent == "EPSV"
+                after = addresses.rewrite_229(record.line, public.port) if same else addresses.format_229(public.port)
                 out.append(Rewrote("epsv", record.line, after))
             out.append(SendToClient(after))
             self._armed = ticket
             self._server.waiting_for = None
         else:
-            use_port = record.verb == "PORT" and isinstance(public.ip, IPv4Address)
-            argument = addresses.format_port(public) if use_port else addresses.format_eprt(public)
-            verb = "PORT" if use_port else "EPRT"
-            after = verb.encode() + b" " + argument + b"\r\n"
+            record.public = public
+            verb = self.features.verb_for_server(record.verb)
+            if verb == "PORT" and not isinstance(public.ip, IPv4Address):
+                verb = "EPRT"
+            after = self._active_line(verb, public)
             out.append(Rewrote(verb.lower(), record.line, after))
+            if verb != record.verb:
+                out.append(Translated(record.verb, verb))
             out.append(SendToServer(after))
-            self._pending.append(_Pending(record.verb, ticket=ticket))
+            probe = self.features.may_refuse(verb)
+            self._pending.append(_Pending(record.verb, ticket=ticket, sent=verb, probe=probe))
             self._armed = ticket
-            self._client.waiting_for = None
+            self._client.waiting_for = _PROBING if probe else None
         return out + self._run()
 
     def data_endpoint_failed(self, ticket: int, reason: str) -> list[Action]:
@@ -285,6 +309,11 @@ class ControlChannel:
     def open_tickets(self) -> frozenset[int]:
         return frozenset(self._tickets)
 
+    @staticmethod
+    def _active_line(verb: str, public: HostPort) -> bytes:
+        argument = addresses.format_port(public) if verb == "PORT" else addresses.format_eprt(public)
+        return verb.encode() + b" " + argument + b"\r\n"
+
     # ---- the engine ------------------------------------------------------------------------------------------
 
     def _run(self) -> list[Action]:
@@ -293,10 +322,13 @@ class ControlChannel:
         while progressed and not self.closed:
             progressed = False
             while self._server.backlog and self._server.waiting_for is None and not self.closed:
+                probing = self._client.waiting_for == _PROBING
                 out.extend(self._server_line(self._server.backlog.popleft()))
                 if self._server.waiting_for is None:
                     out.extend(self._flush_local_replies())  # ours come before the next server reply
                 progressed = True
+                if probing and self._client.waiting_for is None:
+                    break  # the client lines held behind the probe go before the server's next reply
             while (
                 self._client.backlog
                 and self._client.waiting_for is None
@@ -410,14 +442,35 @@ class ControlChannel:
             self.logged_in = False
         elif verb == "REIN":
             self.logged_in = False
+        if verb == "ABOR":
+            running = any(
+                entry.verb in TRANSFER_VERBS and (entry.ticket is None or entry.ticket in self._tickets)
+                for entry in self._pending
+            )
+            self._pending.append(_Pending(verb))
+            return self._abort(running)
         out: list[Action] = []
         ticket = None
         if verb in TRANSFER_VERBS:
             ticket = self._armed
             out.append(TransferRequested(ticket, verb, command.argument))
         self._pending.append(_Pending(verb, ticket=ticket, argument=command.argument))
-        out.append(SendToServer(command.raw, urgent=verb == "ABOR"))
+        out.append(SendToServer(command.raw))
         return out
+
+    def _abort(self, running: bool) -> list[Action]:
+        """ABOR as servers are written for, whatever the client sent (RFC 959 4.1.3, RFC 854): IAC IP, then the
+        synch IAC DM with the urgent mark on DM, then the command. ftplib marks its newline urgent and a plain
+        ABOR marks nothing: vsftpd, proftpd and pure-ftpd answer either with 500 or miss it during a transfer.
+        With no transfer running (none owed a reply with its data connection still open) the server reads
+        commands as usual, and a plain ABOR is what it answers: pure-ftpd answers a synch when idle with nothing."""
+        if not self.urgent_abort or not running:
+            return [SendToServer(wire.ABORT_COMMAND)]
+        return [
+            SendToServer(wire.ABORT_BEFORE_URGENT),
+            SendToServer(wire.ABORT_URGENT, urgent=True),
+            SendToServer(wire.ABORT_COMMAND),
+        ]
 
     def _check_data_limit(self) -> None:
         if len(self._tickets) >= self.settings.max_data_channels:
@@ -472,8 +525,16 @@ class ControlChannel:
         if command.verb == "PASV" and isinstance(self.client.ip, IPv6Address):
             raise PolicyDenied("PASV cannot carry an IPv6 address; use EPSV", rule="syntax", reply_code=425)
         self._check_data_limit()
-        self._pending.append(_Pending(command.verb))
-        return [SendToServer(raw)]
+        sent = self.features.verb_for_server(command.verb)
+        out: list[Action] = []
+        if sent != command.verb:
+            raw = sent.encode() + b"\r\n"
+            out.append(Translated(command.verb, sent))
+        probe = self.features.may_refuse(sent)
+        self._pending.append(_Pending(command.verb, sent=sent, probe=probe))
+        if probe:
+            self._client.waiting_for = _PROBING
+        return [*out, SendToServer(raw)]
 
     # ---- server lines ------------------------------------------------------------------------------------------
 
@@ -482,6 +543,8 @@ class ControlChannel:
             out: list[Action] = [SendToClient(reply(421, "The FTP server sent an unreadable reply; closing."))]
             return out + self._close("the server sent an overlong line")
         parsed = parse_reply_line(line)
+        if self._pending and self._pending[0].verb == "FEAT" and self._pending[0].local_reply is None:
+            self.features.feat_line(line)
         if self._multiline is not None:
             if parsed.code != self._multiline or parsed.more:
                 return self._continuation(line)
@@ -546,17 +609,26 @@ class ControlChannel:
             # address, so it is never passed on as it is.
             detail = "the FTP server sent a passive reply out of turn"
             line = reply(425, f"Can't open data connection: {detail}.")
-            out: list[Action] = [Refused("server-reply", front.verb if front else "", 425, detail)]
-            return out + self._final_reply(425, line, single_line=True)
+            refused: list[Action] = [Refused("server-reply", front.verb if front else "", 425, detail)]
+            return refused + self._final_reply(425, line, single_line=True)
         if not self._pending or self._pending[0].local_reply is not None:
             self._said_goodbye = code in (221, 421)
             return [SendToClient(line)]  # unsolicited (a 421 on idle, say): passed on, acted on never
         entry = self._pending.popleft()
         verb = entry.verb
         self._said_goodbye = code in (221, 421)
+        if entry.sent:
+            if entry.probe and self._client.waiting_for == _PROBING:
+                self._client.waiting_for = None  # the probe's answer is in (one probe at a time)
+            retry = self.features.learn_refusal(entry.sent, code)
+            if retry is not None:
+                return self._retry(entry, retry)
+            self.features.learn_success(entry.sent, code)
+        elif verb == "FEAT":
+            self.features.feat_done(code)
         if verb in ("PASV", "EPSV") and code in (227, 229):
-            return self._passive_reply(verb, code, line, single_line)
-        out = []
+            return self._passive_reply(entry.sent or verb, code, line, single_line, client_verb=verb)
+        out: list[Action] = []
         if verb in ("PORT", "EPRT") and code >= 300 and entry.ticket is not None:
             if self._tickets.pop(entry.ticket, None) is not None:
                 out.append(CloseDataEndpoint(entry.ticket))
@@ -572,6 +644,25 @@ class ControlChannel:
             if entry.ticket is not None:
                 return out + self._transfer_reply(entry.ticket, code, line)
         out.append(SendToClient(line))
+        return out
+
+    def _retry(self, entry: _Pending, verb: str) -> list[Action]:
+        """The server does not know EPSV/EPRT: the same request in the RFC 959 form, in the same place."""
+        if entry.verb in ("PORT", "EPRT"):
+            record = self._tickets.get(entry.ticket) if entry.ticket is not None else None
+            if record is None or record.public is None or not isinstance(record.public.ip, IPv4Address):
+                detail = "Can't open data connection: the FTP server knows neither EPRT nor an IPv4 PORT for us"
+                return [Refused("unsupported", entry.verb, 425, detail), SendToClient(reply(425, detail))]
+            line = self._active_line(verb, record.public)
+        else:
+            line = verb.encode() + b"\r\n"
+        self._pending.appendleft(
+            _Pending(entry.verb, ticket=entry.ticket, argument=entry.argument, sent=verb, probe=True)
+        )
+        self._client.waiting_for = _PROBING  # still: the retry's reply comes before the client's next lines
+        out: list[Action] = [SendToServer(line)]
+        if verb != entry.verb:
+            out.insert(0, Translated(entry.verb, verb))
         return out
 
     def _transfer_reply(self, ticket: int, code: int, line: bytes) -> list[Action]:
@@ -594,7 +685,8 @@ class ControlChannel:
             return [CloseDataEndpoint(ticket), SendToClient(line)]
         return [SendToClient(line)]
 
-    def _passive_reply(self, verb: str, code: int, line: bytes, single_line: bool) -> list[Action]:
+    def _passive_reply(self, verb: str, code: int, line: bytes, single_line: bool, *, client_verb: str) -> list[Action]:
+        """`verb` is what the server got, `client_verb` what the client sent (and the form of its reply)."""
         unusable = reply(425, "Can't open data connection: the FTP server's passive reply was not understood.")
         if not single_line or (verb, code) not in (("PASV", 227), ("EPSV", 229)):
             return [Refused("server-reply", verb, 425, "unusable passive reply"), SendToClient(unusable)]
@@ -618,7 +710,8 @@ class ControlChannel:
                 target = HostPort(self.server.ip, announced.port)
                 detail = f"the server announced third-party address {announced.ip}; using {self.server.ip}"
                 out.append(Refused("bounce", verb, 0, detail))
-        ticket, closed = self._new_ticket(passive=True, line=line, verb=verb)
+        ticket, closed = self._new_ticket(passive=True, line=line, verb=client_verb)
+        self._tickets[ticket].sent = verb
         out.extend(closed)
         self._server.waiting_for = ticket
         out.append(ListenForClient(ticket, target, self.tls.client_private, self.tls.server_private))

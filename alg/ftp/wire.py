@@ -1,7 +1,8 @@
 """FTP control-channel framing: bytes to lines, lines to commands and reply lines.
 
 Rules: the same lines come out however TCP splits the stream; every buffer is bounded; the bytes of a line are
-kept exactly as received (Telnet sequences included) so that what we forward is what was sent.
+kept exactly as received, except that a framer asked to (the client side) consumes Telnet commands (IAC IP,
+IAC DM, option negotiation) so that ABOR's synch never glues onto or splits a command; IAC IAC stays as is.
 """
 
 from __future__ import annotations
@@ -10,8 +11,59 @@ import re
 from dataclasses import dataclass
 
 IAC = 0xFF
+IP = 0xF4  # Telnet Interrupt Process (RFC 854)
+DM = 0xF2  # Telnet Data Mark: the byte the urgent pointer marks in a synch (RFC 854)
 # Telnet commands that take an option byte (WILL, WONT, DO, DONT); the rest are two bytes long.
 _IAC_WITH_OPTION = frozenset((0xFB, 0xFC, 0xFD, 0xFE))
+
+# RFC 959 4.1.3 and RFC 854, as BSD ftp sends it: IP, then the synch (IAC DM, urgent on the DM), then ABOR.
+ABORT_BEFORE_URGENT = bytes((IAC, IP, IAC))
+ABORT_URGENT = bytes((DM,))
+ABORT_COMMAND = b"ABOR\r\n"
+
+
+class TelnetFilter:
+    """Consumes Telnet commands from a byte stream (RFC 854), whatever the chunking; IAC IAC passes unchanged.
+
+    Holds at most two bytes of an unfinished sequence between feeds. Counts the interrupts and synchs seen."""
+
+    def __init__(self) -> None:
+        self._held = b""
+        self.interrupts = 0  # IAC IP
+        self.synchs = 0  # IAC DM
+
+    def feed(self, data: bytes) -> bytes:
+        if self._held:
+            data, self._held = self._held + data, b""
+        if IAC not in data:
+            return data
+        out = bytearray()
+        i = 0
+        while i < len(data):
+            byte = data[i]
+            if byte != IAC:
+                end = data.find(bytes((IAC,)), i)
+                end = len(data) if end < 0 else end
+                out += data[i:end]
+                i = end
+                continue
+            if i + 1 >= len(data):
+                self._held = data[i:]
+                break
+            command = data[i + 1]
+            if command == IAC:
+                out += b"\xff\xff"
+                i += 2
+            elif command in _IAC_WITH_OPTION:
+                if i + 2 >= len(data):
+                    self._held = data[i:]
+                    break
+                i += 3
+            else:
+                self.interrupts += command == IP
+                self.synchs += command == DM
+                i += 2
+        return bytes(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +80,15 @@ class LineFramer:
     so one bad line costs the peer one refusal, not the session.
     """
 
-    def __init__(self, max_line_bytes: int) -> None:
+    def __init__(self, max_line_bytes: int, *, telnet: TelnetFilter | None = None) -> None:
         self.max_line_bytes = max_line_bytes
+        self.telnet = telnet
         self._buffer = bytearray()
         self._discarding = 0  # bytes of an overlong line dropped so far
 
     def feed(self, data: bytes) -> list[bytes | Overlong]:
+        if self.telnet is not None:
+            data = self.telnet.feed(data)
         out: list[bytes | Overlong] = []
         start = 0
         while start < len(data):

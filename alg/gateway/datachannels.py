@@ -102,6 +102,8 @@ class DataChannels:
         self._update_pools()
         announced = listener.address
         public = context.public_address
+        if listener.address.ip.version == 6 and context.public_address6 is not None:
+            public = context.public_address6
         if facing_public and public is not None and type(public) is type(listener.address.ip):
             announced = HostPort(public, listener.address.port)
         if lan_passive:

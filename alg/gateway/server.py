@@ -22,6 +22,7 @@ from alg.gateway.secure import TlsRuntime, runtime_from_settings
 from alg.gateway.session import GatewayContext, Session, Timeouts
 from alg.gateway.workers import port_slice
 from alg.net.dataplane import PortPool, peer_ip
+from alg.net.listeners import dual_stack_socket
 from alg.net.relay import relay_mode
 from alg.net.tls import reason_of
 from alg.net.transparent import original_destination
@@ -69,6 +70,7 @@ def context_from_settings(
         internal_pool=internal_pool,
         transparent=settings.mode == "transparent",
         public_address=settings.public_address,
+        public_address6=getattr(settings, "public_address6", None),
         tls=tls,
     )
 
@@ -78,8 +80,9 @@ class Gateway:
         self.settings = settings
         self.metrics = metrics or Metrics()
         own = [address.ip for address in settings.listen]
-        if settings.public_address is not None:
-            own.append(settings.public_address)
+        for public in (settings.public_address, getattr(settings, "public_address6", None)):
+            if public is not None:
+                own.append(public)
         self.policy = Policy(settings.rules, own_addresses=own)  # ConfigError if a rule file is bad
         tls_settings = getattr(settings, "tls", None)
         self.tls = runtime_from_settings(tls_settings) if tls_settings is not None else TlsRuntime()
@@ -100,15 +103,19 @@ class Gateway:
 
     async def start(self) -> None:
         for address in self.settings.listen:
-            server = await asyncio.start_server(
-                self._accept,
-                host=str(address.ip),
-                port=address.port,
-                reuse_address=True,
-                reuse_port=self.settings.workers > 1 or None,
-                backlog=1024,
-                limit=64 * 1024,
-            )
+            if getattr(self.settings, "dual_stack", False) and address.ip.version == 6:
+                sock = dual_stack_socket(address, reuse_port=self.settings.workers > 1)
+                server = await asyncio.start_server(self._accept, sock=sock, limit=64 * 1024)
+            else:
+                server = await asyncio.start_server(
+                    self._accept,
+                    host=str(address.ip),
+                    port=address.port,
+                    reuse_address=True,
+                    reuse_port=self.settings.workers > 1 or None,
+                    backlog=1024,
+                    limit=64 * 1024,
+                )
             self._servers.append(server)
             for sock in server.sockets:
                 name = sock.getsockname()

@@ -53,6 +53,7 @@ class GatewayContext:
     internal_pool: PortPool | None  # ports for listeners facing the internal side (None: any free port)
     transparent: bool = False
     public_address: IPAddress | None = None  # announced instead of our own address on the public side
+    public_address6: IPAddress | None = None  # the same, for IPv6 clients
     tls: secure.TlsRuntime = field(default_factory=secure.TlsRuntime)
 
 
@@ -367,6 +368,9 @@ class Session(DataChannels):
                     metrics.rewrites.labels(kind).inc()
                     if self.log.isEnabledFor(logging.DEBUG):
                         self.log.debug("rewrite %s: %s -> %s", kind, printable(before), printable(after))
+                case c.Translated(client_verb, server_verb):
+                    metrics.verb_translations.labels(client_verb, server_verb).inc()
+                    self.log.debug("translated %s -> %s", client_verb, server_verb)
                 case c.Refused(rule, verb, code, detail):
                     metrics.refused(rule)
                     self.log.info("refused rule=%s verb=%s code=%d detail=%s", rule, verb, code, printable(detail))

@@ -308,6 +308,11 @@ class Settings(_Frozen):
     upstream: UpstreamAddress | None = None
     # null: advertise the address the client dialled, right unless a NAT sits in front of the gateway.
     public_address: PublicAddress | None = None
+    # The same for IPv6 (a 229 names no address: this is the one written into EPRT toward servers in
+    # transparent mode, behind NAT66). null: the gateway's own IPv6 address.
+    public_address6: PublicAddress | None = None
+    # false: a [::] listener takes IPv6 clients only (IPV6_V6ONLY); true: IPv4 clients too, as ::ffff:a.b.c.d.
+    dual_stack: Annotated[bool, Field(strict=True)] = False
     # The range FTP firewall recipes usually open: 1,000 concurrent passive transfers.
     passive_ports: DataPorts = PortRange(50000, 50999)
     # null: the kernel's ephemeral ports, as the internal side needs no firewall opening.
@@ -345,6 +350,8 @@ class Settings(_Frozen):
                 "upstream",
                 "not allowed in transparent mode, where each client's original destination is used",
             )
+        if self.public_address6 is not None and self.public_address6.version != 6:
+            raise _invalid_at("public_address6", f"expected an IPv6 address, got {self.public_address6}")
         for key, ports in (("passive_ports", self.passive_ports), ("active_ports", self.active_ports)):
             # Each worker owns a slice of every data port range.
             if ports is not None and len(ports) < self.workers:
@@ -365,6 +372,8 @@ _OVERRIDABLE: dict[str, tuple[str, ...]] = {
     "listen": ("listen",),
     "upstream": ("upstream",),
     "public_address": ("public_address",),
+    "public_address6": ("public_address6",),
+    "dual_stack": ("dual_stack",),
     "passive_ports": ("passive_ports",),
     "active_ports": ("active_ports",),
     "passive_target": ("passive_target",),

@@ -150,6 +150,10 @@ class _DataBytes(Collector):
         yield family
 
 
+# Every translation the control channel can make (alg/ftp/families.py): all series exist from the start.
+VERB_TRANSLATIONS = (("PASV", "EPSV"), ("EPSV", "PASV"), ("PORT", "EPRT"), ("EPRT", "PORT"))
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         # *_created series would double the exposition (one per labelled series) and tell nothing that
@@ -161,6 +165,12 @@ class Metrics:
         self.sessions = Counter("ftp_alg_sessions", "Control sessions ended, by outcome.", ["outcome"], registry=r)
         self.commands = Counter("ftp_alg_commands", "Client commands seen, by verb.", ["verb"], registry=r)
         self.rewrites = Counter("ftp_alg_rewrites", "Address rewrites, by kind.", ["kind"], registry=r)
+        self.verb_translations = Counter(
+            "ftp_alg_verb_translations",
+            "Data commands sent upstream in another form than the client's (RFC 6384), by verb.",
+            ["from", "to"],
+            registry=r,
+        )
         self.data_opened = Counter(
             "ftp_alg_data_channels_opened",
             "Data connections relayed, by mode and direction.",
@@ -237,6 +247,8 @@ class Metrics:
             self.commands.labels(verb)
         for kind in REWRITE_KINDS:
             self.rewrites.labels(kind)
+        for client_verb, server_verb in VERB_TRANSLATIONS:
+            self.verb_translations.labels(client_verb, server_verb)
         for mode in DATA_MODES:
             for direction in DATA_DIRECTIONS:
                 self.data_opened.labels(mode, direction)

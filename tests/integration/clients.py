@@ -328,7 +328,7 @@ class Client(ftplib.FTP_TLS if tls else ftplib.FTP):
 
     def makeport(self):
         # ftplib uses EPRT only over IPv6; listen on the control connection's address ourselves.
-        sock = socket.create_server((self.sock.getsockname()[0], 0), backlog=1)
+        sock = socket.create_server((self.sock.getsockname()[0], 0), family=self.sock.family, backlog=1)
         host, port = sock.getsockname()[:2]
         if mode == "eprt":
             self.sendeprt(host, port)

@@ -44,13 +44,14 @@ TEST_GID = 65534
 class FtpTarget:
     """Where a client should connect and how to log in (a server directly, or the gateway)."""
 
-    addr: ipaddress.IPv4Address
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address
     port: int
     user: str
     password: str
 
     def url(self, path: str = "") -> str:
-        return f"ftp://{self.addr}:{self.port}/{path.lstrip('/')}"
+        host = f"[{self.addr}]" if self.addr.version == 6 else str(self.addr)
+        return f"ftp://{host}:{self.port}/{path.lstrip('/')}"
 
 
 @dataclass
@@ -61,7 +62,7 @@ class FtpServer:
 
     kind: str
     host: Host
-    addr: ipaddress.IPv4Address
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address
     port: int
     root: Path
     user: str
@@ -75,7 +76,7 @@ class FtpServer:
 
     def target(self, addr: ipaddress.IPv4Address | str | None = None, port: int | None = None) -> FtpTarget:
         """Login data for a client; pass the gateway's address/port to go through it."""
-        return FtpTarget(ipaddress.IPv4Address(str(addr or self.addr)), port or self.port, self.user, self.password)
+        return FtpTarget(ipaddress.ip_address(str(addr or self.addr)), port or self.port, self.user, self.password)
 
     def url(self, path: str = "") -> str:
         return self.target().url(path)
@@ -135,6 +136,10 @@ def sha256_file(path: Path) -> str:
 
 def missing(kind: str) -> str | None:
     """Why `kind` cannot run here (binary not installed), or None."""
+    if kind.startswith("pyftpdlib"):
+        import importlib.util
+
+        return None if importlib.util.find_spec("pyftpdlib") else "pyftpdlib is not installed (the test extra)"
     needed = {"vsftpd": [VSFTPD], "pure-ftpd": [PUREFTPD, PURE_PW], "proftpd": [PROFTPD]}[kind]
     for path in needed:
         if not os.access(path, os.X_OK):
@@ -187,18 +192,21 @@ def start_server(
     ready_timeout_s: float = READY_TIMEOUT_S,
     options: Mapping[str, str] | None = None,
     tls: CertFiles | None = None,
+    family: str = "ipv4",
 ) -> FtpServer:
     """Start an FTP daemon of `kind` in `host`'s namespace and wait until it accepts connections.
 
     `options` (vsftpd only) replace or add vsftpd.conf settings, e.g. {"max_clients": "2000"}, applied after
     the TLS ones (so {"require_ssl_reuse": "NO"} or {"implicit_ssl": "YES"} work).
-    `tls`: serve FTPS only, with this certificate (TLS for logins and for data)."""
+    `tls`: serve FTPS only, with this certificate (TLS for logins and for data).
+    `family`: "ipv4" (the host's IPv4 address), "ipv6" (its IPv6 address only) or "dual" (both: vsftpd on
+    [::] with IPv4-mapped clients, pure-ftpd on every address, proftpd bound to both)."""
     reason = missing(kind)
     if options and kind != "vsftpd":
         raise ValueError(f"options are for vsftpd, not {kind}")
     if reason is not None:
         raise FileNotFoundError(reason)
-    addr = ipaddress.IPv4Address(str(addr or host.addr))
+    addr = ipaddress.ip_address(str(addr or (host.addr6 if family == "ipv6" else host.addr)))
     workdir = Path(tempfile.mkdtemp(prefix=f"{host.topology.id}-{kind}-", dir=host.topology.workdir))
     workdir.chmod(0o755)
     root = workdir / "root"
@@ -207,9 +215,21 @@ def start_server(
     # every root is read-only and uploads go under upload/ (and dir/).
     root.chmod(0o755)
     seeded = seed_tree(root, kind)
-    starter = {"vsftpd": _start_vsftpd, "pure-ftpd": _start_pureftpd, "proftpd": _start_proftpd}[kind]
+    starter = {
+        "vsftpd": _start_vsftpd,
+        "pure-ftpd": _start_pureftpd,
+        "proftpd": _start_proftpd,
+        "pyftpdlib": _start_pyftpdlib,
+        "pyftpdlib-rfc959": _start_pyftpdlib,
+    }[kind]
     extra: dict[str, object] = {"options": options} if options else {}
-    server = starter(host, addr, port, pasv_ports, workdir, root, tls=tls, **extra)
+    if tls is not None:
+        extra["tls"] = tls
+    if family != "ipv4":
+        extra["family"] = family
+    if kind == "pyftpdlib-rfc959":
+        extra["rfc959"] = True
+    server = starter(host, addr, port, pasv_ports, workdir, root, **extra)  # type: ignore[operator]
     server.seeded = seeded
     server.tls = tls
     try:
@@ -232,6 +252,7 @@ def _start_vsftpd(
     root: Path,
     options: Mapping[str, str] | None = None,
     tls: CertFiles | None = None,
+    family: str = "ipv4",
 ) -> FtpServer:
     # Anonymous login (any password), chrooted into the served tree, uploads allowed.  vsftpd refuses
     # a writable chroot unless allow_writeable_chroot; the anonymous user is `ftp` (created by the
@@ -284,6 +305,12 @@ def _start_vsftpd(
     }
     if tls is not None:
         settings.update(_vsftpd_tls(tls))
+    if family != "ipv4":
+        # vsftpd listens on one family per process; listen_ipv6 on [::] takes IPv4 clients too (dual).
+        del settings["listen_address"]
+        settings.update(listen="NO", listen_ipv6="YES")
+        if family == "ipv6":
+            settings["listen_address6"] = str(addr)
     settings.update(options or {})
     conf.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
     conf.chmod(0o600)  # vsftpd insists that root owns its config file
@@ -339,12 +366,13 @@ def _user_exists(name: str) -> bool:
 
 def _start_pureftpd(
     host: Host,
-    addr: ipaddress.IPv4Address,
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
     port: int,
     pasv_ports: tuple[int, int],
     workdir: Path,
     root: Path,
     tls: CertFiles | None = None,
+    family: str = "ipv4",
 ) -> FtpServer:
     # A PureDB virtual user (no system account) mapped to nobody, chrooted into the served tree.
     user, password = "test", "test-pass"
@@ -355,12 +383,12 @@ def _start_pureftpd(
     passwd.chmod(0o600)
     subprocess.run([PURE_PW, "mkdb", pdb, "-f", passwd], capture_output=True, check=True, timeout=10)
     options: list[tuple[str, ...]] = [
-        ("-S", f"{addr},{port}"),
+        ("-S", str(port) if family == "dual" else f"{addr},{port}"),
         ("-l", f"puredb:{pdb}"),
         ("-E",),  # no anonymous
         ("-A",),  # chroot everyone
         ("-H",),  # no reverse DNS
-        ("-4",),
+        *((("-4",),) if family == "ipv4" else ()),
         ("-p", f"{pasv_ports[0]}:{pasv_ports[1]}"),
         ("-c", "100"),  # clients
         ("-C", "100"),  # clients per IP
@@ -394,12 +422,13 @@ def _start_pureftpd(
 
 def _start_proftpd(
     host: Host,
-    addr: ipaddress.IPv4Address,
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
     port: int,
     pasv_ports: tuple[int, int],
     workdir: Path,
     root: Path,
     tls: CertFiles | None = None,
+    family: str = "ipv4",
 ) -> FtpServer:
     # A user from an AuthUserFile (no system account), mapped to nobody, chrooted (DefaultRoot ~).
     user, password = "test", "test-pass"
@@ -419,9 +448,11 @@ ServerName "ftp-alg test proftpd"
 ServerType standalone
 DefaultServer on
 SocketBindTight on
-DefaultAddress {addr}
+DefaultAddress {addr}{f" {host.addr6}" if family == "dual" else ""}
 Port {port}
-UseIPv6 off
+UseIPv6 {"off" if family == "ipv4" else "on"}
+# While proftpd sends a file with sendfile(2) it reads no command, ABOR included (even without a gateway).
+UseSendfile off
 User nobody
 Group nogroup
 Umask 022
@@ -479,7 +510,8 @@ ExtendedLog {ext_log} ALL full
 """)
     else:
         tls_logs = []
-    process = host.popen([PROFTPD, "-n", "-4", "-c", conf], name="proftpd", log_path=workdir / "proftpd.out")
+    argv = [PROFTPD, "-n", *(["-4"] if family == "ipv4" else []), "-c", conf]
+    process = host.popen(argv, name="proftpd", log_path=workdir / "proftpd.out")
     return FtpServer(
         "proftpd",
         host,
@@ -493,3 +525,44 @@ ExtendedLog {ext_log} ALL full
         process,
         [system_log, ext_log, xfer_log, *tls_logs],
     )
+
+
+# --------------------------------------------------------------------------- pyftpdlib
+
+# pyftpdlib in its own process in the namespace. "pyftpdlib-rfc959" knows no EPSV/EPRT (RFC 2428) and answers
+# them with 500, as old and embedded servers do: the case where the gateway must speak PASV/PORT upstream.
+_PYFTPDLIB = """
+import sys
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import FTPServer
+
+addr, port, root, first, last, rfc959 = sys.argv[1], int(sys.argv[2]), sys.argv[3], *map(int, sys.argv[4:7])
+authorizer = DummyAuthorizer()
+authorizer.add_user("test", "test-pass", root, perm="elradfmwMT")
+commands = dict(FTPHandler.proto_cmds)
+if rfc959:
+    for verb in ("EPSV", "EPRT"):
+        del commands[verb]
+Handler = type("Handler", (FTPHandler,), {
+    "authorizer": authorizer, "proto_cmds": commands, "passive_ports": range(first, last + 1),
+    "permit_foreign_addresses": False,
+})
+FTPServer((addr, port), Handler).serve_forever(timeout=0.5)
+"""
+
+
+def _start_pyftpdlib(
+    host: Host,
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    port: int,
+    pasv_ports: tuple[int, int],
+    workdir: Path,
+    root: Path,
+    family: str = "ipv4",
+    rfc959: bool = False,
+) -> FtpServer:
+    argv = ["-c", _PYFTPDLIB, *map(str, (addr, port, root, *pasv_ports, int(rfc959)))]
+    process = host.exec_python(argv, log_path=workdir / "pyftpdlib.out", name="pyftpdlib")
+    kind = "pyftpdlib-rfc959" if rfc959 else "pyftpdlib"
+    return FtpServer(kind, host, addr, port, root, "test", "test-pass", pasv_ports, workdir, process, [])

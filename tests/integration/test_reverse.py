@@ -216,12 +216,11 @@ def test_abort_during_a_transfer_behaves_as_without_the_gateway(setup: Setup, pa
     direct = run_abort(setup, str(setup.server.addr), passive, direct=True)
     through = run_abort(setup, str(setup.target.addr), passive, direct=False)
     # How many replies an ABOR gets, and which, depends on the server and on timing (pure-ftpd may have
-    # sent the whole file already): the same kinds as directly, and the session answers after it.
-    # Once in about five full runs pure-ftpd (active mode) answered this ABOR with "500", "500" through the
-    # gateway; not reproduced in a dozen isolated tries, open for investigation. What the gateway answers
-    # for is that every reply is a reply and the session then behaves as it does without the gateway.
+    # sent the whole file already). This client marks its newline urgent (ftplib's style): directly,
+    # pure-ftpd may answer "500" and proftpd answers the next command with "500", as they read "ABOR\r".
+    # Through the gateway the ABOR reaches them as BSD ftp sends it (test_abort_e2e covers every style).
     codes = [str(code) for code in through["codes"]]  # type: ignore[attr-defined]
-    assert all(len(code) == 3 and code.isdigit() for code in codes), (direct, through)
-    assert set(direct["codes"]) <= {"150", "225", "226", "426", "451"}, direct  # type: ignore[arg-type]
+    assert codes and set(codes) <= {"150", "225", "226", "426", "451"}, (direct, through)
+    assert set(direct["codes"]) <= {"150", "225", "226", "426", "451", "500"}, direct  # type: ignore[arg-type]
     # A reply the gateway held and never released would sit in front of the NOOP's: NOOP would not get 200.
-    assert through["noop"] == direct["noop"], (direct, through)  # proftpd answers 500 here, directly too
+    assert through["noop"] == "200", (direct, through)

@@ -30,7 +30,7 @@ from alg.ftp.control import (
     SendToClient,
     SendToServer,
 )
-from alg.ftp.wire import Overlong, parse_command
+from alg.ftp.wire import ABORT_BEFORE_URGENT, ABORT_COMMAND, ABORT_URGENT, Overlong, parse_command
 
 CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
 SERVER = HostPort(ip_address("198.51.100.10"), 21)
@@ -183,6 +183,7 @@ class Session:
     waiting: dict[int, bool] = field(default_factory=dict)  # ticket -> passive, endpoint not yet reported
     rewritten_to_server: set[bytes] = field(default_factory=set)
     last_chunk: dict[str, int] = field(default_factory=lambda: {"client": 0, "server": 0})  # per side
+    synch: int = 0  # pieces of ABOR's Telnet synch seen so far
 
     def step(self, kind: str, value: object) -> list[Action]:
         ch = self.channel
@@ -247,6 +248,17 @@ class Session:
                 else:
                     assert b"198,51,100" not in action.after and b"198,18" not in action.after
             elif isinstance(action, SendToServer):
+                # ABOR goes with its Telnet synch: IAC IP IAC, then DM alone as urgent data, then the ABOR line.
+                if self.synch == 0 and action.data == ABORT_BEFORE_URGENT:
+                    self.synch = 1
+                    continue
+                if self.synch == 1:
+                    assert action == SendToServer(ABORT_URGENT, urgent=True), action
+                    self.synch = 2
+                    continue
+                if self.synch == 2:
+                    assert action.data == ABORT_COMMAND, action
+                    self.synch = 0
                 # One whole line per command sent: nothing can be appended to a line, or a line split in two.
                 assert action.data.endswith(b"\n") and action.data.count(b"\n") == 1, action
             elif isinstance(action, SendToClient):
