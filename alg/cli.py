@@ -59,6 +59,7 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--log-level", metavar="{debug,info,warning,error}")
     group.add_argument("--log-format", metavar="{kv,json}")
     group.add_argument("--user", metavar="USER")
+    group.add_argument("--data-path", metavar="{relay,kernel}")
 
 
 # argparse dests that are settings; each is a keyword of load_config and apply_overrides.
@@ -74,6 +75,7 @@ _OVERRIDE_DESTS = (
     "log_level",
     "log_format",
     "user",
+    "data_path",
 )
 
 

@@ -20,6 +20,8 @@ from alg.ftp.wire import reply
 from alg.gateway.session import GatewayContext, Session, Timeouts
 from alg.gateway.workers import port_slice
 from alg.net.dataplane import PortPool, peer_ip
+from alg.net.kernelpath import KernelPath, KernelPathUnavailable
+from alg.net.nftrules import table_name
 from alg.net.relay import relay_mode
 from alg.net.transparent import original_destination
 from alg.ops.metrics import Metrics
@@ -76,6 +78,7 @@ class Gateway:
             own.append(settings.public_address)
         self.policy = Policy(settings.rules, own_addresses=own)  # ConfigError if a rule file is bad
         self.context = context_from_settings(settings, self.metrics, self.policy, worker)
+        self.worker = worker
         self.sessions: dict[int, Session] = {}
         self.ready = asyncio.Event()
         self.addresses: list[HostPort] = []
@@ -87,6 +90,8 @@ class Gateway:
         self._empty = asyncio.Event()
 
     async def start(self) -> None:
+        if getattr(self.settings, "data_path", "relay") == "kernel":
+            self.context.kernel_path = open_kernel_path(self.worker, self.settings.workers)
         for address in self.settings.listen:
             server = await asyncio.start_server(
                 self._accept,
@@ -102,10 +107,11 @@ class Gateway:
                 name = sock.getsockname()
                 self.addresses.append(HostPort(peer_ip(name), name[1]))
         log.info(
-            "listening on %s mode=%s relay=%s",
+            "listening on %s mode=%s relay=%s data_path=%s",
             ", ".join(map(str, self.addresses)),
             self.settings.mode,
             relay_mode(),
+            "relay" if self.context.kernel_path is None else f"kernel table=inet {self.context.kernel_path.table}",
         )
         self.ready.set()
 
@@ -207,6 +213,22 @@ class Gateway:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
                     await server.wait_closed()
+        self.close_kernel_path()
+
+    def close_kernel_path(self) -> None:
+        """Delete our nftables table; connections already established keep flowing (conntrack)."""
+        if self.context.kernel_path is not None:
+            self.context.kernel_path.close()
+            self.context.kernel_path = None
+
+
+def open_kernel_path(worker: int, workers: int) -> KernelPath | None:
+    """The kernel data path, or None (said at start) when this host or these privileges do not allow it."""
+    try:
+        return KernelPath.open(table_name(worker, workers))
+    except KernelPathUnavailable as why:
+        log.warning("data_path kernel is not available: %s; data connections use the relay", why)
+        return None
 
 
 def drop_privileges(user: str) -> None:
@@ -253,3 +275,4 @@ async def serve(settings: Any, worker: int = 0) -> None:
             loop.remove_signal_handler(sig)
         if metrics_server is not None:
             metrics_server.close()
+        gateway.close_kernel_path()

@@ -20,7 +20,9 @@ from alg.errors import DataChannelError
 from alg.ftp import control as c
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.wire import reply
+from alg.gateway import kerneldata
 from alg.net.dataplane import PortPool, RelayResult, accept_from, connect_from, open_listener, peer_ip, relay
+from alg.net.kernelpath import KernelPath
 from alg.ops.logs import printable, redact
 from alg.ops.metrics import ByteCounts, Metrics
 
@@ -57,6 +59,7 @@ class GatewayContext:
     internal_pool: PortPool | None  # ports for listeners facing the internal side (None: any free port)
     transparent: bool = False
     public_address: IPAddress | None = None  # announced instead of our own address on the public side
+    kernel_path: KernelPath | None = None  # data_path: kernel, where the kernel allows it
 
 
 @dataclass(slots=True)
@@ -68,6 +71,7 @@ class _Transfer:
     task: asyncio.Task[None] | None = None
     connected: bool = False  # both legs up: counted in data_channels_opened once its verb is known
     counted: bool = False
+    ended: asyncio.Event | None = None  # carried by the kernel: set by the transfer's final reply
 
 
 @dataclass(slots=True)
@@ -302,6 +306,9 @@ class Session:
                 case c.TransferReplied(ticket, verb, code):
                     if ticket is not None and ticket in self._transfers:
                         self._transfers[ticket].reply_code = code
+                        if (ended := self._transfers[ticket].ended) is not None:
+                            ended.set()  # kernel path: the reply goes on now; the client reads data to its end
+                            queue.extend(channel.data_finished(ticket))
         self.client.can_read.set() if channel.wants_client_data else self.client.can_read.clear()
         self.server.can_read.set() if channel.wants_server_data else self.server.can_read.clear()
 
@@ -360,6 +367,9 @@ class Session:
             announced = HostPort(self.server.address.ip, listener.address.port)
         transfer = _Transfer(mode="passive" if passive else "active")
         self._transfers[action.ticket] = transfer
+        dialled = self.server.address.ip if lan_passive else listen_on
+        if kerneldata.start(self, action.ticket, listener, expected, dialled, action.then_connect, source, transfer):
+            return channel.data_endpoint_ready(action.ticket, announced)  # mapped before it is announced
         transfer.task = asyncio.create_task(
             self._data_connection(
                 action.ticket, listener, expected, action.then_connect, source, transfer, announced if passive else None
@@ -369,6 +379,10 @@ class Session:
         if passive:
             return []  # announced once the server's leg is connected (_data_connection)
         return channel.data_endpoint_ready(action.ticket, announced)
+
+    def data_protected(self) -> bool:
+        """True when data connections are TLS-protected (PROT P): those always take the relay."""
+        return False
 
     def _update_pools(self) -> None:
         metrics = self.context.metrics
