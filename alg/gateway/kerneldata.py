@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.net.dataplane import Listener
-from alg.net.kernelpath import Carried, carry
+from alg.net.kernelpath import Carried, carry, stop_listening
 from alg.net.nft import NftError
 from alg.net.nftrules import Mapping
 
@@ -45,17 +45,25 @@ def start(
     except NftError as error:
         session.log.warning("kernel mapping failed ticket=%d error=%s; relaying", ticket, error)
         return False
-    transfer.ended = asyncio.Event()
+    ended = asyncio.Event()
+
+    def end() -> None:
+        stop_listening(listener)  # before the final reply goes on: the port is refused once the client hears it
+        ended.set()
+
+    transfer.kernel_end = end
     transfer.task = asyncio.create_task(
-        _carried(session, ticket, mapping, listener, transfer), name=f"#{session.id} kernel data {ticket}"
+        _carried(session, ticket, mapping, listener, transfer, ended), name=f"#{session.id} kernel data {ticket}"
     )
     return True
 
 
-async def _carried(session: Session, ticket: int, mapping: Mapping, listener: Listener, transfer: _Transfer) -> None:
+async def _carried(
+    session: Session, ticket: int, mapping: Mapping, listener: Listener, transfer: _Transfer, ended: asyncio.Event
+) -> None:
     context = session.context
     path, metrics, timeouts = context.kernel_path, context.metrics, context.timeouts
-    assert path is not None and transfer.ended is not None
+    assert path is not None
     state = Carried()
     failure: str | None = None
     moved: tuple[int, int] | None = None
@@ -77,14 +85,14 @@ async def _carried(session: Session, ticket: int, mapping: Mapping, listener: Li
             mapping,
             listener,
             stranger,
-            transfer.ended,
+            ended,
             connect_timeout_s=timeouts.data_connect_s,
             idle_timeout_s=timeouts.data_idle_s,
             state=state,
         )
         failure = state.failure
     except asyncio.CancelledError:
-        if not transfer.ended.is_set():
+        if not ended.is_set():
             failure = "aborted"  # ABOR, or the session closing under a running transfer
         raise
     finally:

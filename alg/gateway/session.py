@@ -13,6 +13,7 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +72,7 @@ class _Transfer:
     task: asyncio.Task[None] | None = None
     connected: bool = False  # both legs up: counted in data_channels_opened once its verb is known
     counted: bool = False
-    ended: asyncio.Event | None = None  # carried by the kernel: set by the transfer's final reply
+    kernel_end: Callable[[], None] | None = None  # carried by the kernel: called at the transfer's final reply
 
 
 @dataclass(slots=True)
@@ -306,8 +307,8 @@ class Session:
                 case c.TransferReplied(ticket, verb, code):
                     if ticket is not None and ticket in self._transfers:
                         self._transfers[ticket].reply_code = code
-                        if (ended := self._transfers[ticket].ended) is not None:
-                            ended.set()  # kernel path: the reply goes on now; the client reads data to its end
+                        if (end := self._transfers[ticket].kernel_end) is not None:
+                            end()  # kernel path: the reply goes on now; the client reads data to its end
                             queue.extend(channel.data_finished(ticket))
         self.client.can_read.set() if channel.wants_client_data else self.client.can_read.clear()
         self.server.can_read.set() if channel.wants_server_data else self.server.can_read.clear()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -182,6 +183,13 @@ async def carry(
     return state
 
 
+def stop_listening(listener: Listener) -> None:
+    """Refuse connections to the announced port from now on, at once (the socket itself is closed later,
+    once the task accepting on it has stopped): a listening socket shut down stops listening."""
+    with contextlib.suppress(OSError):
+        listener.sock.shutdown(socket.SHUT_RD)
+
+
 async def _settled(path: KernelPath, mapping: Mapping, last: Counts) -> Counts:
     """The counts once two readings agree: the final reply can overtake the last data still in flight."""
     deadline = time.monotonic() + SETTLE_MAX_S
@@ -196,7 +204,10 @@ async def _turn_away(listener: Listener, peer: IPAddress, on_stranger: Callable[
     """Close whoever reaches the announced port itself: a stranger, or the peer once its mapping is gone."""
     loop = asyncio.get_running_loop()
     while True:
-        conn, address = await loop.sock_accept(listener.sock)
+        try:
+            conn, address = await loop.sock_accept(listener.sock)
+        except OSError:  # stop_listening(): the port is closed for good
+            return
         conn.close()
         if peer_ip(address) != peer:
             on_stranger(peer_ip(address))
