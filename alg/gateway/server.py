@@ -91,7 +91,7 @@ class Gateway:
 
     async def start(self) -> None:
         if getattr(self.settings, "data_path", "relay") == "kernel":
-            self.context.kernel_path = open_kernel_path(self.worker, self.settings.workers)
+            self.context.kernel_path = open_kernel_path(self.worker, self.settings.workers, self.settings.user)
         for address in self.settings.listen:
             server = await asyncio.start_server(
                 self._accept,
@@ -222,9 +222,15 @@ class Gateway:
             self.context.kernel_path = None
 
 
-def open_kernel_path(worker: int, workers: int) -> KernelPath | None:
+def open_kernel_path(worker: int, workers: int, user: str | None = None) -> KernelPath | None:
     """The kernel data path, or None (said at start) when this host or these privileges do not allow it."""
     try:
+        if user is not None:
+            # Every mapping is a netlink request, checked against the process's capabilities at that moment.
+            raise KernelPathUnavailable(
+                f"`user: {user}` drops the CAP_NET_ADMIN every mapping needs; run as that user with the"
+                " capability instead (deploy/systemd/ftp-alg.service)"
+            )
         return KernelPath.open(table_name(worker, workers))
     except KernelPathUnavailable as why:
         log.warning("data_path kernel is not available: %s; data connections use the relay", why)
