@@ -50,6 +50,13 @@ def start(
     def end() -> None:
         stop_listening(listener)  # before the final reply goes on: the port is refused once the client hears it
         ended.set()
+        # One cheap reading (a counter reset) says whether the connection was made: counted as opened now.
+        transfer.connected = path.counts(mapping).seen
+        session._count_opened(transfer, final=True)
+        # Done as far as the session is concerned: what is left (reading the counters once they stand still,
+        # the transfer log) must not be cancelled by a QUIT that follows at once, as it does after most files.
+        session._transfers.pop(ticket, None)
+        session._last_activity = time.monotonic()
 
     transfer.kernel_end = end
     transfer.task = asyncio.create_task(

@@ -46,7 +46,12 @@ def _forwarding(family: int) -> bool:
 
 
 class KernelPath:
-    """ftp-alg's nftables table and the mappings in it, for one gateway process."""
+    """ftp-alg's nftables table and the mappings in it, for one gateway process.
+
+    Installing a mapping is one libnftables call, made before the port is announced. Ending one is batched:
+    transfers that ended are handled together, one call per SETTLE_POLL_S however many they are (a session
+    fetching small files ends hundreds a second), first removing their mappings and reading their counters,
+    then reading again until the counts stand still, then deleting the counters."""
 
     def __init__(self, nft: Nft, table: str, families: frozenset[int]) -> None:
         self.nft = nft
@@ -54,6 +59,11 @@ class KernelPath:
         self.families = families  # IP versions this host forwards
         self._numbers = 0
         self.live: set[Mapping] = set()
+        self._totals: dict[str, tuple[int, int]] = {}  # counter name -> (packets, bytes) read so far
+        self._ending: list[tuple[Mapping, bool, asyncio.Future[Counts]]] = []
+        self._settling: dict[Mapping, tuple[asyncio.Future[Counts], float]] = {}  # -> (future, deadline)
+        self._releasing: list[Mapping] = []
+        self._reaper: asyncio.Task[None] | None = None
 
     @classmethod
     def open(cls, table: str = nftrules.TABLE, nft: Nft | None = None) -> KernelPath:
@@ -77,6 +87,12 @@ class KernelPath:
 
     def close(self) -> None:
         """Delete the table (every mapping and counter in it); established connections keep their conntrack."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for _, _, future in self._ending:
+            future.cancel()
+        for future, _ in self._settling.values():
+            future.cancel()
         with contextlib.suppress(NftError):
             self.nft.run(nftrules.delete_table(self.table))
         self.live.clear()
@@ -95,6 +111,8 @@ class KernelPath:
         return mapping if mapping.family in self.families else None
 
     def install(self, mapping: Mapping) -> None:
+        """Raises NftError, e.g. when another live mapping has the same peer and target (a server re-announcing
+        a port at once): the relay then carries this one."""
         self.nft.run(nftrules.add_mapping(mapping, self.table))
         self.live.add(mapping)
 
@@ -106,18 +124,71 @@ class KernelPath:
             log.warning("removing kernel mapping %d failed: %s", mapping.number, error)
 
     def counts(self, mapping: Mapping) -> Counts:
+        """Read the mapping's counters now (one call)."""
         try:
-            return nftrules.parse_counters(mapping, self.nft.run(nftrules.read_counters(mapping, self.table)))
+            self._add_readings(self.nft.run(nftrules.read_counters(mapping, self.table)))
         except NftError as error:
             log.warning("reading kernel counters %d failed: %s", mapping.number, error)
-            return Counts()
+        return self.total(mapping)
 
-    def release(self, mapping: Mapping) -> None:
-        self.live.discard(mapping)
+    def total(self, mapping: Mapping) -> Counts:
+        """What was read so far, without asking the kernel."""
+        return nftrules.counts_of(mapping, self._totals)
+
+    def end(self, mapping: Mapping, *, unmap: bool) -> asyncio.Future[Counts]:
+        """Remove the mapping (when `unmap`), read its counters until they stand still, then release them.
+        The future gives its final counts."""
+        future: asyncio.Future[Counts] = asyncio.get_running_loop().create_future()
+        self._ending.append((mapping, unmap, future))
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.create_task(self._reap(), name=f"kernel path {self.table}")
+        return future
+
+    async def _reap(self) -> None:
+        while self._ending or self._settling or self._releasing:
+            ending, self._ending = self._ending, []
+            settling = list(self._settling)
+            releasing, self._releasing = self._releasing, []
+            commands = [nftrules.remove_mapping(m, self.table) for m, unmap, _ in ending if unmap]
+            commands += [nftrules.read_counters(m, self.table) for m, _, _ in ending]
+            commands += [nftrules.read_counters(m, self.table) for m in settling]
+            commands += [nftrules.release_counters(m, self.table) for m in releasing]
+            before = {m: self.total(m) for m in settling}
+            self._run_batch(commands)
+            for m in releasing:
+                self.live.discard(m)
+                for name in m.counters:
+                    self._totals.pop(name, None)
+            now = time.monotonic()
+            for m, _, future in ending:
+                self._settling[m] = (future, now + SETTLE_MAX_S)
+            for m in settling:
+                future, deadline = self._settling[m]
+                if self.total(m) == before[m] or now > deadline:
+                    del self._settling[m]
+                    if not future.done():
+                        future.set_result(self.total(m))
+                    self._releasing.append(m)
+            if self._ending or self._settling or self._releasing:
+                await asyncio.sleep(SETTLE_POLL_S)
+
+    def _run_batch(self, commands: list[str]) -> None:
+        if not commands:
+            return
         try:
-            self.nft.run(nftrules.release_counters(mapping, self.table))
-        except NftError as error:
-            log.warning("releasing kernel counters %d failed: %s", mapping.number, error)
+            self._add_readings(self.nft.run("".join(commands)))
+        except NftError:
+            # One bad command fails the whole batch: run them one by one, so the others still happen.
+            for command in commands:
+                try:
+                    self._add_readings(self.nft.run(command))
+                except NftError as error:
+                    log.warning("kernel path command failed: %s: %s", command.splitlines()[0], error)
+
+    def _add_readings(self, listing: str) -> None:
+        for name, (packets, byte_count) in nftrules.parse_counters(listing).items():
+            total = self._totals.get(name, (0, 0))
+            self._totals[name] = (total[0] + packets, total[1] + byte_count)
 
 
 @dataclass(slots=True)
@@ -167,19 +238,15 @@ async def carry(
                 state.failure = "idle_timeout"
                 break
     finally:
+        stop_listening(listener)
         guard.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await guard
-        listener.close()
-        if not state.established:
-            path.unmap(mapping)
+        guard.add_done_callback(lambda _: listener.close())  # once nothing waits on its socket
+        ending = path.end(mapping, unmap=not state.established)
         try:
-            state.counts = await _settled(path, mapping, state.counts)
+            state.counts = await asyncio.shield(ending)
         except asyncio.CancelledError:
-            state.counts = path.counts(mapping)  # the session is closing: the latest reading, unsettled
+            state.counts = path.total(mapping)  # the session is closing: what was read so far
             raise
-        finally:
-            path.release(mapping)
     return state
 
 
@@ -188,16 +255,6 @@ def stop_listening(listener: Listener) -> None:
     once the task accepting on it has stopped): a listening socket shut down stops listening."""
     with contextlib.suppress(OSError):
         listener.sock.shutdown(socket.SHUT_RD)
-
-
-async def _settled(path: KernelPath, mapping: Mapping, last: Counts) -> Counts:
-    """The counts once two readings agree: the final reply can overtake the last data still in flight."""
-    deadline = time.monotonic() + SETTLE_MAX_S
-    counts = path.counts(mapping)
-    while counts != last and time.monotonic() < deadline:
-        await asyncio.sleep(SETTLE_POLL_S)
-        last, counts = counts, path.counts(mapping)
-    return counts
 
 
 async def _turn_away(listener: Listener, peer: IPAddress, on_stranger: Callable[[IPAddress], None]) -> None:
