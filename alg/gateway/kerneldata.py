@@ -50,9 +50,11 @@ def start(
     def end() -> None:
         stop_listening(listener)  # before the final reply goes on: the port is refused once the client hears it
         ended.set()
-        # One cheap reading (a counter reset) says whether the connection was made: counted as opened now.
-        transfer.connected = path.counts(mapping).seen
-        session._count_opened(transfer, final=True)
+        # A transfer the server reports done had its data connection: counted as opened now (the counters say
+        # so for the others, once read).
+        if transfer.reply_code is not None and transfer.reply_code < 300:
+            transfer.connected = True
+            session._count_opened(transfer, final=True)
         # Done as far as the session is concerned: what is left (reading the counters once they stand still,
         # the transfer log) must not be cancelled by a QUIT that follows at once, as it does after most files.
         session._transfers.pop(ticket, None)
@@ -114,7 +116,7 @@ async def _carried(
             state.counts.reply,
         )
         session._update_pools()
-        transfer.connected = state.counts.seen
+        transfer.connected = transfer.connected or state.counts.seen
         if failure is not None:
             metrics.data_failure(failure)
             session.log.info("data connection failed ticket=%d reason=%s", ticket, failure)
