@@ -61,9 +61,12 @@ def start(
         session._last_activity = time.monotonic()
 
     transfer.kernel_end = end
-    transfer.task = asyncio.create_task(
+    transfer.task = task = asyncio.create_task(
         _carried(session, ticket, mapping, listener, transfer, ended), name=f"#{session.id} kernel data {ticket}"
     )
+    # The session lets go of it at the final reply; the kernel path keeps it until its bookkeeping is done.
+    path.tasks.add(task)
+    task.add_done_callback(path.tasks.discard)
     return True
 
 

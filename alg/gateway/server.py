@@ -20,7 +20,7 @@ from alg.ftp.wire import reply
 from alg.gateway.session import GatewayContext, Session, Timeouts
 from alg.gateway.workers import port_slice
 from alg.net.dataplane import PortPool, peer_ip
-from alg.net.kernelpath import KernelPath, KernelPathUnavailable
+from alg.net.kernelpath import SETTLE_MAX_S, KernelPath, KernelPathUnavailable
 from alg.net.nftrules import table_name
 from alg.net.relay import relay_mode
 from alg.net.transparent import original_destination
@@ -213,6 +213,9 @@ class Gateway:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
                     await server.wait_closed()
+        kernel = self.context.kernel_path
+        if kernel is not None and kernel.tasks:  # ended transfers whose counters are still being read
+            await asyncio.wait(list(kernel.tasks), timeout=SETTLE_MAX_S + 1)
         self.close_kernel_path()
 
     def close_kernel_path(self) -> None:

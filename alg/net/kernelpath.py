@@ -64,6 +64,7 @@ class KernelPath:
         self._settling: dict[Mapping, tuple[asyncio.Future[Counts], float]] = {}  # -> (future, deadline)
         self._releasing: list[Mapping] = []
         self._reaper: asyncio.Task[None] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()  # carried connections, held until their counts are read
 
     @classmethod
     def open(cls, table: str = nftrules.TABLE, nft: Nft | None = None) -> KernelPath:
