@@ -56,14 +56,23 @@ def test_kernel_path_carries_both_directions_and_counts_the_bytes(
     small = (vsftpd.path("small.bin")).stat().st_size
     expected_down, expected_up = 2 * small, 2 * (3 << 20)
 
-    def counted() -> tuple[float, float] | None:
+    def counted() -> tuple[float, float] | None:  # the transfer log is written once the counters settle
         samples = scrape(topo)
         down = metric(samples, "ftp_alg_data_bytes_total", direction="download")
         upl = metric(samples, "ftp_alg_data_bytes_total", direction="upload")
         return (down, upl) if down >= expected_down and upl >= expected_up else None
 
     down, upl = wait_until("the kernel's byte counts", counted)
-    assert (down, upl) == (expected_down, expected_up)
+    # Counted on the wire: exact for segments with timestamps (the common case, see test_nftrules), off by a
+    # retransmitted segment or an option-less packet (a RST) when the loaded machine causes one.
+    assert expected_down <= down <= expected_down * 1.01, (down, expected_down)
+    assert expected_up <= upl <= expected_up * 1.01, (upl, expected_up)
+
+    def emptied() -> bool:  # every mapping and counter of the finished transfers is gone, the table stays
+        listing = topo.gw.run(["nft", "list", "table", "inet", "ftp_alg_data"], check=True).stdout
+        return "elements" not in listing and "counter m" not in listing and "chain prerouting" in listing
+
+    wait_until("the transfers' mappings and counters removed", emptied)
     gateway.stop()
     assert table(topo) == [], "ftp-alg left its table behind"
 
