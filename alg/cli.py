@@ -86,6 +86,7 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         help="do not verify the FTP server's certificate (testing only)",
     )
     tls.add_argument("--tls-upstream-data", metavar="{follow,private,clear}", help="PROT on the server's leg")
+    group.add_argument("--data-path", metavar="{relay,kernel}")
 
 
 # argparse dests that are settings; each is a keyword of load_config and apply_overrides.
@@ -114,6 +115,7 @@ _OVERRIDE_DESTS = (
     "tls_upstream_server_name",
     "tls_upstream_verify",
     "tls_upstream_data",
+    "data_path",
 )
 
 

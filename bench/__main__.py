@@ -20,7 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from bench import workloads as w
-from bench.world import FTPS_PORT, PYFTPDLIB_PORT, REPO_ROOT, Topology, World, cpu_seconds, descriptor_limit
+from bench.world import (
+    FTPS_PORT,
+    KERNEL_PASSIVE_PORTS,
+    KERNEL_PATH_PORT,
+    PYFTPDLIB_PORT,
+    REPO_ROOT,
+    Topology,
+    World,
+    cpu_seconds,
+    descriptor_limit,
+)
 
 WORKLOADS = ("retr", "stor", "small", "concurrent", "idle", "workers", "ftps")
 
@@ -32,10 +42,13 @@ WARMUP_SESSIONS = 10  # held before the idle test's baseline, so first-use alloc
 
 # The issue's targets, as (what, check) over the results; ratios are gateway / direct from the same run.
 TARGETS = {
-    "bulk_ratio": 0.75,
-    "ftps_ratio": 0.5,  # TLS on both legs: the gateway decrypts and re-encrypts every byte
+    "bulk_ratio": 0.80,  # issue 10: the relay path
     "cpu_s_per_gib": 0.3,
-    "small_ratio": 0.85,
+    "ftps_ratio": 0.5,  # issue 9: TLS on both legs, the gateway decrypts and re-encrypts every byte
+    "small_ratio": 0.65,
+    "kernel_bulk_ratio": 0.90,  # issue 10: the kernel data path, at the kernel helper's level
+    "kernel_cpu_s_per_gib": 0.05,
+    "kernel_small_ratio": 0.80,
     "banner_max_s": 5.0,
     "idle_bytes_per_session": 64 * 1024,
 }
@@ -71,12 +84,23 @@ def main(argv: list[str] | None = None) -> int:
         world.route_directly()
         world.make_files(int(sizes["big"]), int(sizes["small"]), SMALL_FILE_BYTES)
         vsftpd = world.start_vsftpd()
-        with world.gateway(vsftpd, relay=args.relay) as gateway:
+        helper = world.kernel_helper(vsftpd)
+        with (
+            world.gateway(vsftpd, relay=args.relay) as gateway,
+            world.gateway(
+                vsftpd, port=KERNEL_PATH_PORT, data_path="kernel", passive_ports=KERNEL_PASSIVE_PORTS
+            ) as kernel,
+        ):
+            paths: Paths = {
+                "gateway": (gateway.target, gateway),
+                "kernel": (kernel.target, kernel),
+                "helper": (helper, None),
+            }
             steps: dict[str, Callable[[], Any]] = {
-                "retr": lambda: bulk_pair(world, vsftpd, gateway, "retr", sizes),
-                "stor": lambda: bulk_pair(world, vsftpd, gateway, "stor", sizes),
-                "small": lambda: small_pair(world, vsftpd, gateway, sizes),
-                "concurrent": lambda: concurrent_pair(world, vsftpd, gateway, sizes),
+                "retr": lambda: bulk_pair(world, vsftpd, paths, "retr", sizes),
+                "stor": lambda: bulk_pair(world, vsftpd, paths, "stor", sizes),
+                "small": lambda: small_pair(world, vsftpd, paths, sizes),
+                "concurrent": lambda: concurrent_pair(world, vsftpd, paths, sizes),
             }
             for name in WORKLOADS:
                 if name in only and name in steps:
@@ -111,10 +135,16 @@ def attempt(name: str, step: Callable[[], Any]) -> Any:
 # --- workloads, direct and through the gateway ----------------------------------------------------------------
 
 
+# The paths compared with the direct one, in every run: ftp-alg relaying ("gateway"), ftp-alg with the kernel
+# data path ("kernel"), and the kernel's own FTP helper ("helper"). Each: its target, and the gateway process
+# whose CPU is measured (None for the helper, which is all kernel).
+Paths = dict[str, tuple[w.Target, w.Gateway | None]]
+
+
 def bulk_pair(
     world: World,
     server: w.Target,
-    gateway: w.Gateway,
+    paths: Paths,
     verb: str,
     sizes: dict[str, Any],
     modes: tuple[str, ...] = ("passive", "active"),
@@ -123,28 +153,35 @@ def bulk_pair(
     size, results = int(sizes["big"]), {}
     timeout_s = 30 + size / (floor_mb_s * w.MB)  # the slowest speed that is not a failure
     for mode in modes:
-        direct, through = [], []
-        for _ in range(int(sizes["runs"])):  # interleaved, so drift in the machine hits both paths alike
+        direct: list[w.Transfer] = []
+        through: dict[str, list[w.Transfer]] = {name: [] for name in paths}
+        for _ in range(int(sizes["runs"])):  # interleaved, so drift in the machine hits every path alike
             direct.append(w.bulk(world, server, verb, mode, size, None, timeout_s))
-            through.append(w.bulk(world, gateway.target, verb, mode, size, gateway, timeout_s))
-        d, g = w.median_run(direct), w.median_run(through)
-        cpu = w.median([run.cpu_s / (run.bytes / w.GIB) for run in through if run.cpu_s is not None])
-        results[mode] = {
+            for name, (target, gateway) in paths.items():
+                through[name].append(w.bulk(world, target, verb, mode, size, gateway, timeout_s))
+        d = w.median_run(direct)
+        figures: dict[str, Any] = {
             "bytes": size,
             "direct_mb_s": round(d.mb_s, 1),
-            "gateway_mb_s": round(g.mb_s, 1),
-            "ratio": round(g.mb_s / d.mb_s, 3),
-            "gateway_cpu_s_per_gib": round(cpu, 3),
-            # The whole machine's CPU per GiB (client, server, gateway, kernel): what the extra hop costs.
             "machine_cpu_s_per_gib_direct": round(
                 w.median([run.machine_cpu_s / (run.bytes / w.GIB) for run in direct]), 3
             ),
-            "machine_cpu_s_per_gib_gateway": round(
-                w.median([run.machine_cpu_s / (run.bytes / w.GIB) for run in through]), 3
-            ),
             "runs_direct_mb_s": [round(run.mb_s, 1) for run in direct],
-            "runs_gateway_mb_s": [round(run.mb_s, 1) for run in through],
         }
+        for name, runs in through.items():
+            g = w.median_run(runs)
+            figures[f"{name}_mb_s"] = round(g.mb_s, 1)
+            figures[f"{name}_ratio"] = round(g.mb_s / d.mb_s, 3)
+            if paths[name][1] is not None:
+                cpu = w.median([run.cpu_s / (run.bytes / w.GIB) for run in runs if run.cpu_s is not None])
+                figures[f"{name}_cpu_s_per_gib"] = round(cpu, 3)
+            # The whole machine's CPU per GiB (client, server, gateway, kernel): what the extra hop costs.
+            figures[f"machine_cpu_s_per_gib_{name}"] = round(
+                w.median([run.machine_cpu_s / (run.bytes / w.GIB) for run in runs]), 3
+            )
+            figures[f"runs_{name}_mb_s"] = [round(run.mb_s, 1) for run in runs]
+        figures["ratio"] = figures["gateway_ratio"]
+        results[mode] = figures
     return results
 
 
@@ -153,45 +190,53 @@ def ftps_pair(world: World, sizes: dict[str, Any], relay: str | None) -> dict[st
     with TLS on both legs. Passive only: curl 7.88 hangs on active FTPS data connections (curl/curl#10666)."""
     server = world.start_vsftpd(tls=world.pki.upstream)
     with world.gateway(server, port=FTPS_PORT, relay=relay) as gateway:
+        paths: Paths = {"gateway": (gateway.target, gateway)}
         return {
-            verb: bulk_pair(world, server, gateway, verb, sizes, modes=("passive",), floor_mb_s=20)
+            verb: bulk_pair(world, server, paths, verb, sizes, modes=("passive",), floor_mb_s=20)
             for verb in ("retr", "stor")
         }
 
 
-def small_pair(world: World, server: w.Target, gateway: w.Gateway, sizes: dict[str, Any]) -> dict[str, Any]:
+def small_pair(world: World, server: w.Target, paths: Paths, sizes: dict[str, Any]) -> dict[str, Any]:
     count = int(sizes["small"])
-    direct, through, cpu, slowest = [], [], [], {"direct": 0.0, "gateway": 0.0}
+    direct: list[float] = []
+    through: dict[str, list[float]] = {name: [] for name in paths}
+    cpu: dict[str, list[float]] = {name: [] for name in paths}
+    slowest = {"direct": 0.0, **{name: 0.0 for name in paths}}
     for _ in range(int(sizes["runs"])):
         run = w.small_files(world, server, count, 300)
         direct.append(count / run.seconds)
         slowest["direct"] = max(slowest["direct"], run.slowest_s)
-        before = gateway.cpu_seconds()
-        run = w.small_files(world, gateway.target, count, 300)
-        through.append(count / run.seconds)
-        slowest["gateway"] = max(slowest["gateway"], run.slowest_s)
-        cpu.append(gateway.cpu_seconds() - before)
-    d, g = w.median(direct), w.median(through)
-    return {
+        for name, (target, gateway) in paths.items():
+            before = gateway.cpu_seconds() if gateway else 0.0
+            run = w.small_files(world, target, count, 300)
+            through[name].append(count / run.seconds)
+            slowest[name] = max(slowest[name], run.slowest_s)
+            cpu[name].append(gateway.cpu_seconds() - before if gateway else 0.0)
+    d = w.median(direct)
+    results: dict[str, Any] = {
         "files": count,
         "file_bytes": SMALL_FILE_BYTES,
         "direct_files_s": round(d, 1),
-        "gateway_files_s": round(g, 1),
-        "ratio": round(g / d, 3),
-        "gateway_cpu_ms_per_file": round(1000 * w.median(cpu) / count, 3),
         "runs_direct_files_s": [round(x, 1) for x in direct],
-        "runs_gateway_files_s": [round(x, 1) for x in through],
         "slowest_file_s": {path: round(seconds, 4) for path, seconds in slowest.items()},
     }
+    for name, speeds in through.items():
+        results[f"{name}_files_s"] = round(w.median(speeds), 1)
+        results[f"{name}_ratio"] = round(w.median(speeds) / d, 3)
+        if paths[name][1] is not None:
+            results[f"{name}_cpu_ms_per_file"] = round(1000 * w.median(cpu[name]) / count, 3)
+        results[f"runs_{name}_files_s"] = [round(x, 1) for x in speeds]
+    results["ratio"] = results["gateway_ratio"]
+    return results
 
 
-def concurrent_pair(world: World, server: w.Target, gateway: w.Gateway, sizes: dict[str, Any]) -> dict[str, Any]:
+def concurrent_pair(world: World, server: w.Target, paths: Paths, sizes: dict[str, Any]) -> dict[str, Any]:
     results = {}
     for count in sizes["concurrent"]:
-        results[str(count)] = {
-            "direct": w.concurrent_sessions(world, server, int(count), SESSION_TIMEOUT_S),
-            "gateway": w.concurrent_sessions(world, gateway.target, int(count), SESSION_TIMEOUT_S),
-        }
+        results[str(count)] = {"direct": w.concurrent_sessions(world, server, int(count), SESSION_TIMEOUT_S)}
+        for name, (target, _) in paths.items():
+            results[str(count)][name] = w.concurrent_sessions(world, target, int(count), SESSION_TIMEOUT_S)
     return results
 
 
@@ -263,16 +308,24 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
         for mode, figures in (results.get(verb) or {}).items():
             if not isinstance(figures, dict):
                 continue
-            add(f"{verb.upper()} {mode} ratio", figures["ratio"], ">= 0.75", figures["ratio"] >= TARGETS["bulk_ratio"])
-            cpu = figures["gateway_cpu_s_per_gib"]
-            add(f"{verb.upper()} {mode} gateway CPU s/GiB", cpu, "<= 0.3", cpu <= TARGETS["cpu_s_per_gib"])
+            for name, prefix in (("gateway", ""), ("kernel", "kernel_")):
+                if f"{name}_ratio" not in figures:
+                    continue
+                ratio, cpu = figures[f"{name}_ratio"], figures[f"{name}_cpu_s_per_gib"]
+                bulk, most = TARGETS[f"{prefix}bulk_ratio"], TARGETS[f"{prefix}cpu_s_per_gib"]
+                what = f"{verb.upper()} {mode} {'relay' if name == 'gateway' else 'kernel path'}"
+                add(f"{what} ratio", ratio, f">= {bulk}", ratio >= bulk)
+                add(f"{what} gateway CPU s/GiB", cpu, f"<= {most}", cpu <= most)
     for verb, by_mode in (results.get("ftps") or {}).items():
         for mode, figures in by_mode.items() if isinstance(by_mode, dict) else ():
             ratio = figures["ratio"]
             add(f"FTPS {verb.upper()} {mode} ratio", ratio, ">= 0.5", ratio >= TARGETS["ftps_ratio"])
     small = results.get("small") or {}
-    if "ratio" in small:
-        add("small files ratio", small["ratio"], ">= 0.85", small["ratio"] >= TARGETS["small_ratio"])
+    for name, prefix in (("gateway", ""), ("kernel", "kernel_")):
+        if f"{name}_ratio" in small:
+            ratio, least = small[f"{name}_ratio"], TARGETS[f"{prefix}small_ratio"]
+            what = f"small files {'relay' if name == 'gateway' else 'kernel path'} ratio"
+            add(what, ratio, f">= {least}", ratio >= least)
     for count, pair in (results.get("concurrent") or {}).items():
         if isinstance(pair, dict) and "gateway" in pair:
             g = pair["gateway"]
@@ -300,48 +353,80 @@ def print_table(report: dict[str, Any]) -> None:
         f"\nftp-alg benchmark {report['date']}  {m['cpus']} CPUs ({m['cpu']}), kernel {m['kernel']}, "
         f"python {m['python']}, relay {report['options']['relay']}"
     )
-    rows = [("workload", "direct", "gateway", "ratio", "gateway CPU")]
+    rows: list[tuple[Any, ...]] = [("workload", "direct", "through", "ratio", "gateway CPU")]
+    labels = {"gateway": "ftp-alg relay", "kernel": "ftp-alg kernel path", "helper": "kernel FTP helper"}
     ftps = r.get("ftps") if isinstance(r.get("ftps"), dict) and "error" not in r["ftps"] else {}
     bulk = [(verb, "", r.get(verb) or {}) for verb in ("retr", "stor")]
     bulk += [(verb, "FTPS PROT P ", ftps.get(verb) or {}) for verb in ("retr", "stor")]
-    for verb, label, by_mode in bulk:
+    for verb, label_, by_mode in bulk:
         for mode, f in by_mode.items():
             if isinstance(f, dict):
                 rows.append(
-                    (
-                        f"{label}{verb.upper()} {f['bytes'] >> 20} MiB {mode}, MB/s",
-                        f["direct_mb_s"],
-                        f["gateway_mb_s"],
-                        f["ratio"],
-                        f"{f['gateway_cpu_s_per_gib']} s/GiB",
-                    )
+                    (f"{label_}{verb.upper()} {f['bytes'] >> 20} MiB {mode}, MB/s", f["direct_mb_s"], "", "", "")
+                )
+                for name, label in labels.items():
+                    if f"{name}_mb_s" in f:
+                        cpu = f.get(f"{name}_cpu_s_per_gib")
+                        rows.append(
+                            (
+                                f"  {label}",
+                                "",
+                                f[f"{name}_mb_s"],
+                                f[f"{name}_ratio"],
+                                "" if cpu is None else f"{cpu} s/GiB",
+                            )
+                        )
+                machine_cpu = " / ".join(
+                    str(f[k]) for k in f if k.startswith("machine_cpu_s_per_gib_") and "direct" not in k
                 )
                 rows.append(
                     (
-                        "  whole machine CPU, s/GiB",
+                        "  whole machine CPU, s/GiB (direct; paths)",
                         f["machine_cpu_s_per_gib_direct"],
-                        f["machine_cpu_s_per_gib_gateway"],
+                        machine_cpu,
                         "",
                         "",
                     )
                 )
     small = r.get("small") or {}
     if "ratio" in small:
-        rows.append(
-            (
-                f"{small['files']} x 4 KiB RETR, one session, files/s",
-                small["direct_files_s"],
-                small["gateway_files_s"],
-                small["ratio"],
-                f"{small['gateway_cpu_ms_per_file']} ms/file",
-            )
-        )
+        rows.append((f"{small['files']} x 4 KiB RETR, one session, files/s", small["direct_files_s"], "", "", ""))
+        for name, label in labels.items():
+            if f"{name}_files_s" in small:
+                cpu = small.get(f"{name}_cpu_ms_per_file")
+                rows.append(
+                    (
+                        f"  {label}",
+                        "",
+                        small[f"{name}_files_s"],
+                        small[f"{name}_ratio"],
+                        "" if cpu is None else f"{cpu} ms/file",
+                    )
+                )
     for count, pair in (r.get("concurrent") or {}).items():
         if isinstance(pair, dict) and "gateway" in pair:
-            d, g = pair["direct"], pair["gateway"]
-            rows.append((f"{count} concurrent sessions: ok", f"{d['ok']}/{count}", f"{g['ok']}/{count}", "", ""))
-            rows.append(("  max banner wait, s", _num(d["banner_max_s"]), _num(g["banner_max_s"]), "", ""))
-            rows.append(("  all done in, s", _num(d["seconds"]), _num(g["seconds"]), "", ""))
+            d = pair["direct"]
+            rows.append(
+                (
+                    f"{count} concurrent sessions: ok / max banner wait s",
+                    f"{d['ok']} / {_num(d['banner_max_s'])}",
+                    "",
+                    "",
+                    "",
+                )
+            )
+            for name, label in labels.items():
+                if name in pair:
+                    g = pair[name]
+                    rows.append(
+                        (
+                            f"  {label}",
+                            "",
+                            f"{g['ok']} / {_num(g['banner_max_s'])}",
+                            "",
+                            f"all done in {_num(g['seconds'])} s",
+                        )
+                    )
     idle = r.get("idle") or {}
     for count, f in idle.items():
         if isinstance(f, dict) and "rss_bytes" in f:

@@ -35,8 +35,11 @@ GATEWAY_PORT = 21  # in front of vsftpd
 GATEWAY_IDLE_PORT = 2121  # in front of pyftpdlib
 FTPS_PORT = 2990  # the FTPS vsftpd, and the gateway with TLS on both legs in front of it
 FTPS_SERVER_PASSIVE = (20000, 29999)
-FTPS_GATEWAY_PASSIVE = "50000-59999"
+FTPS_GATEWAY_PASSIVE = "35000-39999"
+KERNEL_PATH_PORT = 2200  # ftp-alg with data_path: kernel, in front of vsftpd
+HELPER_PORT = 2201  # the kernel's own FTP helper: DNAT to vsftpd, nf_conntrack_ftp + nf_nat_ftp attached
 PASSIVE_PORTS = "40000-49999"  # room for 1,000 concurrent sessions' data connections, in any worker
+KERNEL_PASSIVE_PORTS = "50000-59999"  # the kernel-path gateway's, apart from the relay gateway's
 NOFILE = 65536  # descriptors for the processes started here: 10,000 sessions hold 20,000 sockets
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -135,6 +138,30 @@ class World:
         for path in (self.root / "upload").iterdir():
             path.unlink()
 
+    def kernel_helper(self, upstream: Target, port: int = HELPER_PORT) -> Target:
+        """The reference: the gw namespace NATs its port `port` to the upstream's control port and attaches the
+        kernel's FTP helper to those connections (nftables `ct helper`, as required since Linux 4.7), which
+        rewrites the 227/PORT and opens each data connection itself. The server sees the gateway's address,
+        as through ftp-alg, so active mode works only through the helper's rewriting."""
+        self.topo.gw.nft(f"""
+table inet bench_helper {{
+    ct helper ftp-std {{ type "ftp" protocol tcp; }}
+    chain to_server {{
+        type nat hook prerouting priority dstnat; policy accept;
+        ip daddr {GATEWAY_ADDR} tcp dport {port} dnat ip to {upstream.addr}:{upstream.port}
+    }}
+    chain attach {{
+        type filter hook prerouting priority filter; policy accept;
+        ct status dnat ip daddr {upstream.addr} tcp dport {upstream.port} ct helper set "ftp-std"
+    }}
+    chain from_gateway {{
+        type nat hook postrouting priority srcnat; policy accept;
+        ct status dnat ip daddr {upstream.addr} masquerade
+    }}
+}}
+""")
+        return Target(GATEWAY_ADDR, port, upstream.user, upstream.password)
+
     # --- upstreams -------------------------------------------------------------------------------------------
 
     def start_vsftpd(self, tls: CertFiles | None = None) -> Target:
@@ -195,7 +222,14 @@ class World:
 
     @contextlib.contextmanager
     def gateway(
-        self, upstream: Target, *, port: int = GATEWAY_PORT, workers: int = 1, relay: str | None = None
+        self,
+        upstream: Target,
+        *,
+        port: int = GATEWAY_PORT,
+        workers: int = 1,
+        relay: str | None = None,
+        data_path: str = "relay",
+        passive_ports: str = PASSIVE_PORTS,
     ) -> Iterator[Gateway]:
         """ftp-alg in the gw namespace in front of `upstream`, at its defaults except the limits a load needs.
 
@@ -205,8 +239,9 @@ class World:
         text = f"""\
 listen: {GATEWAY_ADDR}:{port}
 upstream: {upstream.addr}:{upstream.port}
-passive_ports: {PASSIVE_PORTS if upstream.ca_file is None else FTPS_GATEWAY_PASSIVE}
+passive_ports: {passive_ports if upstream.ca_file is None else FTPS_GATEWAY_PASSIVE}
 workers: {workers}
+data_path: {data_path}
 limits:
   max_sessions: 20000
   max_sessions_per_client: 20000
@@ -224,6 +259,10 @@ tls:
         gateway = Gateway(process, target, workers)
         try:
             gateway.wait_listening(self.topo.gw, port)
+            if data_path == "kernel":
+                gateway.wait_logged("listening on")
+                if "data_path=kernel" not in process.log():
+                    raise RuntimeError(f"the kernel data path did not start:\n{process.log()[-2000:]}")
             yield gateway
         finally:
             process.stop(timeout_s=10)
@@ -254,6 +293,13 @@ class Gateway:
 
     def rss_bytes(self) -> int:
         return sum(rss_bytes(pid) for pid in self.pids())
+
+    def wait_logged(self, text: str, timeout_s: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.process.log():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gateway never logged {text!r}:\n{self.process.log()[-2000:]}")
+            time.sleep(0.05)
 
     def wait_listening(self, gw: Host, port: int, timeout_s: float = 15.0) -> None:
         """Until every worker listens on the control port (each binds its own SO_REUSEPORT socket)."""

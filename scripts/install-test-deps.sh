@@ -17,6 +17,8 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 PACKAGES=(
     vsftpd lftp curl tnftp nftables iproute2 procps openssl prometheus
+    # ftp-alg's kernel data path (data_path: kernel) loads libnftables in-process (ctypes)
+    libnftables1
     # shared libraries of the unpacked pure-ftpd / proftpd binaries
     libcap2 libcrypt1 libpam0g libsodium23 libssl3 zlib1g libacl1 libhiredis0.14 libidn2-0
     libmemcached11 libmemcachedutil2 libncursesw6 libpcre2-8-0 libpcre2-posix3 libtinfo6 libwrap0

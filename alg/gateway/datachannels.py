@@ -12,20 +12,21 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from alg.errors import DataChannelError
 from alg.ftp import control as c
 from alg.ftp.addresses import HostPort, IPAddress
-from alg.gateway import secure
+from alg.gateway import kerneldata, secure
 from alg.net.dataplane import RelayResult, accept_from, connect_from, open_listener, relay
 from alg.net.tls import Leg, TlsTruncated, relay_legs
 from alg.ops.logs import printable
 from alg.ops.metrics import ByteCounts
 
 if TYPE_CHECKING:
-    from alg.gateway.session import GatewayContext, _Peer
+    from alg.gateway.session import GatewayContext, Session, _Peer
 
 transfer_log = logging.getLogger("ftp_alg.transfer")
 
@@ -49,6 +50,7 @@ class Transfer:
     counted: bool = False
     client_tls: bool = False  # PROT P on the client's leg
     server_tls: bool = False
+    kernel_end: Callable[[], None] | None = None  # carried by the kernel: called at the transfer's final reply
 
 
 class DataChannels:
@@ -112,6 +114,10 @@ class DataChannels:
             mode="passive" if passive else "active", client_tls=action.client_tls, server_tls=action.server_tls
         )
         self._transfers[action.ticket] = transfer
+        dialled = self.server.address.ip if lan_passive else listen_on
+        session = cast("Session", self)  # the mixin is always a Session's half
+        if kerneldata.start(session, action.ticket, listener, expected, dialled, action.then_connect, source, transfer):
+            return channel.data_endpoint_ready(action.ticket, announced)  # mapped before it is announced
         transfer.task = asyncio.create_task(
             self._data_connection(
                 action.ticket, listener, expected, action.then_connect, source, transfer, announced if passive else None

@@ -22,7 +22,9 @@ from alg.gateway.secure import TlsRuntime, runtime_from_settings
 from alg.gateway.session import GatewayContext, Session, Timeouts
 from alg.gateway.workers import port_slice
 from alg.net.dataplane import PortPool, peer_ip
+from alg.net.kernelpath import SETTLE_MAX_S, KernelPath, KernelPathUnavailable
 from alg.net.listeners import dual_stack_socket
+from alg.net.nftrules import table_name
 from alg.net.relay import relay_mode
 from alg.net.tls import reason_of
 from alg.net.transparent import original_destination
@@ -88,6 +90,7 @@ class Gateway:
         self.tls = runtime_from_settings(tls_settings) if tls_settings is not None else TlsRuntime()
         self._update_certificate_expiry()
         self.context = context_from_settings(settings, self.metrics, self.policy, worker, self.tls)
+        self.worker = worker
         self.sessions: dict[int, Session] = {}
         self.ready = asyncio.Event()
         self.addresses: list[HostPort] = []
@@ -102,6 +105,8 @@ class Gateway:
         self._empty = asyncio.Event()
 
     async def start(self) -> None:
+        if getattr(self.settings, "data_path", "relay") == "kernel":
+            self.context.kernel_path = open_kernel_path(self.worker, self.settings.workers, self.settings.user)
         for address in self.settings.listen:
             if getattr(self.settings, "dual_stack", False) and address.ip.version == 6:
                 sock = dual_stack_socket(address, reuse_port=self.settings.workers > 1)
@@ -131,10 +136,11 @@ class Gateway:
         if self.implicit_addresses:
             log.info("listening for implicit FTPS on %s", ", ".join(map(str, self.implicit_addresses)))
         log.info(
-            "listening on %s mode=%s relay=%s",
+            "listening on %s mode=%s relay=%s data_path=%s",
             ", ".join(map(str, self.addresses)),
             self.settings.mode,
             relay_mode(),
+            "relay" if self.context.kernel_path is None else f"kernel table=inet {self.context.kernel_path.table}",
         )
         self.ready.set()
 
@@ -299,6 +305,31 @@ class Gateway:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
                     await server.wait_closed()
+        kernel = self.context.kernel_path
+        if kernel is not None and kernel.tasks:  # ended transfers whose counters are still being read
+            await asyncio.wait(list(kernel.tasks), timeout=SETTLE_MAX_S + 1)
+        self.close_kernel_path()
+
+    def close_kernel_path(self) -> None:
+        """Delete our nftables table; connections already established keep flowing (conntrack)."""
+        if self.context.kernel_path is not None:
+            self.context.kernel_path.close()
+            self.context.kernel_path = None
+
+
+def open_kernel_path(worker: int, workers: int, user: str | None = None) -> KernelPath | None:
+    """The kernel data path, or None (said at start) when this host or these privileges do not allow it."""
+    try:
+        if user is not None:
+            # Every mapping is a netlink request, checked against the process's capabilities at that moment.
+            raise KernelPathUnavailable(
+                f"`user: {user}` drops the CAP_NET_ADMIN every mapping needs; run as that user with the"
+                " capability instead (deploy/systemd/ftp-alg.service)"
+            )
+        return KernelPath.open(table_name(worker, workers))
+    except KernelPathUnavailable as why:
+        log.warning("data_path kernel is not available: %s; data connections use the relay", why)
+        return None
 
 
 def implicit_listener(address: HostPort, *, reuse_port: bool) -> socket.socket:
@@ -361,3 +392,4 @@ async def serve(settings: Any, worker: int = 0) -> None:
             loop.remove_signal_handler(sig)
         if metrics_server is not None:
             metrics_server.close()
+        gateway.close_kernel_path()

@@ -23,6 +23,7 @@ from alg.ftp.wire import reply
 from alg.gateway import secure
 from alg.gateway.datachannels import DataChannels, Transfer
 from alg.net.dataplane import PortPool, peer_ip
+from alg.net.kernelpath import KernelPath
 from alg.net.tls import describe, reason_of
 from alg.ops.logs import printable, redact
 from alg.ops.metrics import Metrics
@@ -55,6 +56,7 @@ class GatewayContext:
     public_address: IPAddress | None = None  # announced instead of our own address on the public side
     public_address6: IPAddress | None = None  # the same, for IPv6 clients
     tls: secure.TlsRuntime = field(default_factory=secure.TlsRuntime)
+    kernel_path: KernelPath | None = None  # data_path: kernel, where the kernel allows it
 
 
 @dataclass(slots=True)
@@ -384,6 +386,9 @@ class Session(DataChannels):
                 case c.TransferReplied(ticket, verb, code):
                     if ticket is not None and ticket in self._transfers:
                         self._transfers[ticket].reply_code = code
+                        if (end := self._transfers[ticket].kernel_end) is not None:
+                            end()  # kernel path: the reply goes on now; the client reads data to its end
+                            queue.extend(channel.data_finished(ticket))
         self.client.can_read.set() if channel.wants_client_data else self.client.can_read.clear()
         self.server.can_read.set() if channel.wants_server_data else self.server.can_read.clear()
 

@@ -322,6 +322,9 @@ class Settings(_Frozen):
     # refuse: a PORT/EPRT naming another host than the client is an FTP bounce (RFC 2577) and gets 504;
     # rewrite: ignore the address and use the client's own, as OpenBSD ftp-proxy does (clients behind NAT).
     port_address_mismatch: Literal["refuse", "rewrite"] = "refuse"
+    # relay: every data byte passes through ftp-alg, which sees and holds all of it; kernel: plain data
+    # connections are forwarded by nftables NAT mappings (falls back to relay where the kernel does not allow it).
+    data_path: Literal["relay", "kernel"] = "relay"
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
     # null: no extra open port unless asked for.
@@ -377,6 +380,7 @@ _OVERRIDABLE: dict[str, tuple[str, ...]] = {
     "passive_ports": ("passive_ports",),
     "active_ports": ("active_ports",),
     "passive_target": ("passive_target",),
+    "data_path": ("data_path",),
     "metrics_listen": ("metrics_listen",),
     "workers": ("workers",),
     "log_level": ("log", "level"),

@@ -31,6 +31,8 @@ def test_quick_benchmark_measures_both_paths(tmp_path: Path) -> None:
         figures = results["retr"][mode]
         assert figures["direct_mb_s"] > 0 and figures["gateway_mb_s"] > 0, figures
         assert figures["gateway_cpu_s_per_gib"] > 0, figures
+        assert figures["kernel_mb_s"] > 0 and figures["helper_mb_s"] > 0, figures  # every path, same run
     assert results["small"]["files"] == 100
     assert results["small"]["direct_files_s"] > 0 and results["small"]["gateway_files_s"] > 0
+    assert results["small"]["kernel_files_s"] > 0 and results["small"]["helper_files_s"] > 0
     assert "ratio" in done.stdout and "targets:" in done.stdout

@@ -2,6 +2,7 @@
 
 Topology: client 203.0.113.10 -> gateway 203.0.113.1 | 198.51.100.1 -> server 198.51.100.10 (announcing its
 internal address). The client has no route to 198.51.100.0/24, so only a rewritten 227/229 can work.
+Every test runs over both data paths: the relay, and the kernel (nftables mappings; the gateway forwards).
 """
 
 from __future__ import annotations
@@ -33,18 +34,29 @@ class Setup:
     files: Path
 
 
-@pytest.fixture(scope="module", params=KINDS)
+DATA_PATHS = ("relay", "kernel")
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(k, p) for k in KINDS for p in DATA_PATHS],
+    ids=[f"{k}-{p}" for k in KINDS for p in DATA_PATHS],
+)
 def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    """One topology, one real server of each kind, one gateway: shared by the tests of this module."""
+    """One topology, one real server of each kind, one gateway per data path: shared by the tests of this module."""
+    kind, data_path = request.param
     require_netns()
-    require_server(request.param)
-    files = tmp_path_factory.mktemp(f"files-{request.param}")
+    require_server(kind)
+    files = tmp_path_factory.mktemp(f"files-{kind}-{data_path}")
     with Topology("reverse") as topo:
-        server = start_server(request.param, topo.server)
+        if data_path == "kernel":
+            topo.gw.sysctl("net.ipv4.ip_forward", 1)
+        server = start_server(kind, topo.server)
         for name, size in (("empty.bin", 0), ("one.bin", 1), ("small.bin", SMALL), ("big.bin", BIG)):
             random_file(files / name, size)
             server.put_file(name, (files / name).read_bytes())
-        gateway = start_reverse_gateway(topo)
+        gateway = start_reverse_gateway(topo, "--data-path", data_path)
+        assert f"data_path={data_path}" in gateway.log()
         try:
             yield Setup(topo, server, gateway, server.target(topo.public_addr, gateway.port), files)
         finally:

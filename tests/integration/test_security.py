@@ -3,7 +3,8 @@ replies from the upstream, and control characters aimed at the logs. Each test n
 and fails without it.
 
 Topology: client 203.0.113.10 (and .11, the thief) -> gateway 203.0.113.1 | 198.51.100.1 -> vsftpd
-198.51.100.10 (or a scripted hostile server there).
+198.51.100.10 (or a scripted hostile server there). Bounce and theft tests run over both data paths: the relay,
+and the kernel (nftables mappings that match only the expected peer; the gateway then forwards).
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ def vsftpd(reverse_topo: Topology, ftp_server_factory: Callable[..., FtpServer])
     return ftp_server_factory("vsftpd", reverse_topo.server)
 
 
+@pytest.fixture(params=["relay", "kernel"])
+def data_path(request: pytest.FixtureRequest, reverse_topo: Topology) -> str:
+    """The data path under test, as the gateway's config; the kernel path needs a forwarding gateway."""
+    if request.param == "kernel":
+        reverse_topo.gw.sysctl("net.ipv4.ip_forward", 1)
+    return str(request.param)
+
+
 def refusals(topo: Topology) -> dict[str, float]:
     return {
         dict(labels)["reason"]: count
@@ -64,11 +73,11 @@ BOUNCES = [
 
 
 def test_port_and_eprt_naming_another_host_or_a_privileged_port_never_reach_the_server(
-    reverse_topo: Topology, vsftpd: FtpServer
+    reverse_topo: Topology, vsftpd: FtpServer, data_path: str
 ) -> None:
     """Protection: bounce refusal (RFC 2577). Without it the server would receive PORT/EPRT naming the target."""
     topo = reverse_topo
-    start_gateway(topo)
+    start_gateway(topo, {"data_path": data_path})
     with RawFtp.open(topo.client, topo.public_addr) as client:
         client.login()
         for line in BOUNCES:
@@ -85,12 +94,14 @@ def test_port_and_eprt_naming_another_host_or_a_privileged_port_never_reach_the_
     assert metric(samples, "ftp_alg_rewrites_total", kind="eprt") == 0
 
 
-def test_rewrite_mode_sends_the_data_to_the_clients_own_address(reverse_topo: Topology, vsftpd: FtpServer) -> None:
+def test_rewrite_mode_sends_the_data_to_the_clients_own_address(
+    reverse_topo: Topology, vsftpd: FtpServer, data_path: str
+) -> None:
     """Protection: port_address_mismatch: rewrite ignores the address in PORT and uses the control client's
     (OpenBSD ftp-proxy); the privileged-port check still holds. Without the rewrite the 198.18.0.77 PORT is
     refused or the data goes nowhere."""
     topo = reverse_topo
-    start_gateway(topo, {"port_address_mismatch": "rewrite"})
+    start_gateway(topo, {"port_address_mismatch": "rewrite", "data_path": data_path})
     listener = topo.client.listen(str(topo.client_addr), 0)
     port = listener.getsockname()[1]
     with RawFtp.open(topo.client, topo.public_addr) as client:
@@ -113,15 +124,23 @@ def test_rewrite_mode_sends_the_data_to_the_clients_own_address(reverse_topo: To
 # --------------------------------------------------------------------------- data-port theft
 
 
+def refused(topo: Topology, port: int, source: str) -> bool:
+    try:
+        connect(topo.client, topo.public_addr, port, source=source).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 @pytest.mark.parametrize("verb", ["PASV", "EPSV"])
 def test_a_stranger_on_the_passive_port_is_closed_and_counted_and_the_client_gets_its_data(
-    reverse_topo: Topology, vsftpd: FtpServer, verb: str
+    reverse_topo: Topology, vsftpd: FtpServer, verb: str, data_path: str
 ) -> None:
     """Protection: the passive listener accepts only the control client's address (accept_from). Without it
     the thief's connection would be the one relayed and the client's would find the port closed."""
     topo = reverse_topo
     add_address(topo.client, "eth0", f"{THIEF}/24")
-    gateway = start_gateway(topo)
+    gateway = start_gateway(topo, {"data_path": data_path})
     with RawFtp.open(topo.client, topo.public_addr) as client:
         client.login()
         client.expect("TYPE I", 200)
@@ -135,9 +154,9 @@ def test_a_stranger_on_the_passive_port_is_closed_and_counted_and_the_client_get
         received = read_all(data)
         data.close()
         assert client.reply().code == 226
-        # The listener was one-shot: once the client is in, nobody else gets to the port.
-        with pytest.raises(ConnectionRefusedError):
-            connect(topo.client, topo.public_addr, port, source=THIEF)
+        # The port was one-shot: once the transfer is done, nobody else gets to it (the kernel path closes its
+        # listener and removes its mapping just after the final reply, hence the bounded wait).
+        wait_until("the data port closed", lambda: refused(topo, port, THIEF))
         client.expect("QUIT", 221)
     assert hashlib.sha256(received).hexdigest() == vsftpd.seeded["small.bin"]
     assert f"data port theft attempt ticket=1 from={THIEF}" in gateway.log()
@@ -147,13 +166,13 @@ def test_a_stranger_on_the_passive_port_is_closed_and_counted_and_the_client_get
 
 
 def test_a_stranger_on_the_active_port_is_closed_and_the_server_still_delivers(
-    reverse_topo: Topology, vsftpd: FtpServer
+    reverse_topo: Topology, vsftpd: FtpServer, data_path: str
 ) -> None:
     """Protection: the internal listener behind a rewritten PORT accepts only the upstream server. A second
     host on the internal network (198.51.100.11) reads the announced port from the wire and connects first."""
     topo = reverse_topo
     add_address(topo.server, "eth0", "198.51.100.11/24")
-    gateway = start_gateway(topo)
+    gateway = start_gateway(topo, {"data_path": data_path})
     listener = topo.client.listen(str(topo.client_addr), 0)
     with RawFtp.open(topo.client, topo.public_addr) as client:
         client.login()

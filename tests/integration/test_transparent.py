@@ -6,6 +6,8 @@ deploy/nftables/ftp-alg-transparent.nft (its defines set to this topology): LAN 
 198.18.0.1:2121, which finds 203.0.113.20:21 with SO_ORIGINAL_DST, and passive data connections to the
 server on ftp-alg's ports are redirected to it. No kernel FTP helper is attached anywhere, so without
 ftp-alg active mode cannot work (test_active_mode_fails_through_plain_masquerade).
+Every test with a server runs over both data paths: the relay, and the kernel (nftables mappings in ftp-alg's
+own table, whose NAT chains run before the shipped rule set's redirect of the data ports).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ SMALL = 1 << 20
 BIG = 16 << 20
 # Reachable through the NAT, but refused by the rules below: proves the destination ACL runs.
 DENIED_DESTINATION = "203.0.113.99"
+DATA_PATHS = ("relay", "kernel")
 
 RULES = f"""\
 destinations:
@@ -68,7 +71,7 @@ def load_shipped_ruleset(topo: Topology) -> None:
     topo.gw.nft(text)
 
 
-def start_transparent_gateway(topo: Topology, workdir: Path) -> Gateway:
+def start_transparent_gateway(topo: Topology, workdir: Path, data_path: str = "relay") -> Gateway:
     """The issue's command line, plus a rules file with one destination ACL, and the shipped rule set."""
     rules = workdir / "rules.yaml"
     rules.write_text(RULES)
@@ -90,9 +93,12 @@ def start_transparent_gateway(topo: Topology, workdir: Path) -> Gateway:
             PASSIVE_PORTS,
             "--log-level",
             "debug",
+            "--data-path",
+            data_path,
         ]
     )
     wait_listening(topo.gw, process, lan, GATEWAY_PORT)
+    assert f"data_path={data_path}" in process.log()
     load_shipped_ruleset(topo)
     return Gateway(topo, process, lan, GATEWAY_PORT)
 
@@ -100,17 +106,17 @@ def start_transparent_gateway(topo: Topology, workdir: Path) -> Gateway:
 @pytest.fixture(scope="module")
 def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     """One topology, one real server, one gateway per server kind (indirect param), shared by the module."""
-    kind = str(request.param)
+    kind, data_path = request.param
     require_netns()
     require_server(kind)
-    files = tmp_path_factory.mktemp(f"transparent-{kind}")
+    files = tmp_path_factory.mktemp(f"transparent-{kind}-{data_path}")
     with Topology("transparent") as topo:
         server = start_server(kind, topo.server)
         for name, size in (("empty.bin", 0), ("one.bin", 1), ("small.bin", SMALL), ("big.bin", BIG)):
             random_file(files / name, size)
             server.put_file(name, (files / name).read_bytes())
         try:
-            gateway = start_transparent_gateway(topo, files)
+            gateway = start_transparent_gateway(topo, files, data_path)
             yield Setup(kind, topo, server, gateway, server.target(), files)
             gateway.stop()
         finally:
@@ -127,7 +133,9 @@ def _gateway_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def with_kinds(*kinds: str) -> pytest.MarkDecorator:
-    return pytest.mark.parametrize("setup", kinds, indirect=True)
+    """Each server kind over each data path."""
+    params = [(kind, path) for kind in kinds for path in DATA_PATHS]
+    return pytest.mark.parametrize("setup", params, indirect=True, ids=[f"{k}-{p}" for k, p in params])
 
 
 def check_upload(setup: Setup, remote: str, local: Path) -> None:

@@ -319,3 +319,11 @@ def test_any_listen_text_gives_settings_or_config_error(text: str) -> None:
         assert "\n" not in str(exc)
     else:
         assert isinstance(settings, Settings)
+
+
+def test_data_path_is_relay_unless_the_file_or_the_flag_says_kernel(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, UPSTREAM)).data_path == "relay"
+    assert load_config(write(tmp_path, UPSTREAM + "data_path: kernel\n")).data_path == "kernel"
+    assert load_config(write(tmp_path, UPSTREAM), data_path="kernel").data_path == "kernel"
+    with pytest.raises(ConfigError, match=r"data_path \(line 2\).*'relay' or 'kernel'"):
+        load_config(write(tmp_path, UPSTREAM + "data_path: nft\n"))
