@@ -1,4 +1,4 @@
-"""`ftp-alg run|check|demo`: flags and a config file in, an exit code out.
+"""`ftp-alg run|check|demo|diagnose|sessions`: flags and a config file in, an exit code out.
 
 Rules: the only module that picks the event loop, prints errors for people or returns exit codes
 (0 done, 1 failed at run time, 2 bad usage or config, 130 interrupted). An error is one line, no traceback.
@@ -55,6 +55,7 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--passive-ports", metavar="FIRST-LAST")
     group.add_argument("--active-ports", metavar="FIRST-LAST")
     group.add_argument("--metrics-listen", metavar="ADDR:PORT")
+    group.add_argument("--admin-listen", metavar="ADDR:PORT", help="where /sessions is served (admin.listen)")
     group.add_argument("--workers", type=_whole_number, metavar="N")
     group.add_argument("--log-level", metavar="{debug,info,warning,error}")
     group.add_argument("--log-format", metavar="{kv,json}")
@@ -70,6 +71,7 @@ _OVERRIDE_DESTS = (
     "passive_ports",
     "active_ports",
     "metrics_listen",
+    "admin_listen",
     "workers",
     "log_level",
     "log_format",
@@ -104,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--passive-ports", default="50000-50099", metavar="FIRST-LAST")
     demo.set_defaults(handler=_cmd_demo)
     _add_diagnose(commands)
+    _add_sessions(commands)
     return parser
 
 
@@ -191,6 +194,25 @@ def _add_diagnose(commands: Any) -> None:
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from alg.diagnose.command import UsageError, run
+
+    try:
+        return run(args)
+    except UsageError as exc:
+        return _fail(str(exc))
+
+
+# --------------------------------------------------------------------------- sessions (alg/ops/admin_client.py)
+
+
+def _add_sessions(commands: Any) -> None:
+    from alg.ops.admin_client import add_parser
+
+    add_parser(commands)
+    commands.choices["sessions"].set_defaults(handler=_cmd_sessions)
+
+
+def _cmd_sessions(args: argparse.Namespace) -> int:
+    from alg.ops.admin_client import UsageError, run
 
     try:
         return run(args)

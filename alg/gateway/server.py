@@ -230,13 +230,12 @@ def drop_privileges(user: str) -> None:
 
 async def serve(settings: Any, worker: int = 0) -> None:
     """Run the gateway until SIGINT or SIGTERM, then shut down gracefully."""
+    from alg.gateway.registry import SessionsView
+    from alg.ops.http import start_http_listeners
+
     gateway = Gateway(settings, worker=worker)
     await gateway.start()
-    metrics_server = None
-    if getattr(settings, "metrics_listen", None) is not None:
-        from alg.ops.http import start_http
-
-        metrics_server = await start_http(settings.metrics_listen, gateway)
+    http_listeners = await start_http_listeners(settings, gateway, SessionsView(gateway.sessions))
     if settings.user is not None:
         drop_privileges(settings.user)
     stop = asyncio.Event()
@@ -251,5 +250,5 @@ async def serve(settings: Any, worker: int = 0) -> None:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        if metrics_server is not None:
-            metrics_server.close()
+        for listener in http_listeners:
+            listener.close()

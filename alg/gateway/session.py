@@ -68,6 +68,8 @@ class _Transfer:
     task: asyncio.Task[None] | None = None
     connected: bool = False  # both legs up: counted in data_channels_opened once its verb is known
     counted: bool = False
+    started: float = 0.0  # wall clock, once bytes may move (the live-sessions view shows it)
+    moved: ByteCounts | None = None  # (download, upload) so far, while relaying
 
 
 @dataclass(slots=True)
@@ -95,6 +97,7 @@ class Session:
         upstream: HostPort,
     ) -> None:
         self.id = number
+        self.started = time.time()  # wall clock, for the live-sessions view (alg.gateway.registry)
         self.context = context
         self.upstream = upstream
         address, ours = _ends(writer)
@@ -193,6 +196,21 @@ class Session:
         if not self._transfers and not self._closed.is_set():
             _write(self.client.writer, reply(421, "Service shutting down."))
             self.close("shutdown")
+
+    def end(self) -> None:
+        """Ended by an administrator: a 421 to the client, then close (transfers in flight are cut)."""
+        if not self._closed.is_set():
+            _write(self.client.writer, reply(421, "Session ended by the administrator."))
+            self.close("ended_by_admin")
+
+    @property
+    def last_activity(self) -> float:
+        """time.monotonic() of the last whole command or the end of the last transfer."""
+        return self._last_activity
+
+    @property
+    def transfers(self) -> list[_Transfer]:
+        return list(self._transfers.values())
 
     def close(self, outcome: str) -> None:
         if not self._closed.is_set():
@@ -447,7 +465,8 @@ class Session:
             metrics.data_active.inc()
             first, second = (accepted, connected)
             counts = RelayResult()
-            token = metrics.relay_started(_byte_counts(counts, transfer.mode))
+            transfer.moved, transfer.started = _byte_counts(counts, transfer.mode), time.time()
+            token = metrics.relay_started(transfer.moved)
             started = time.monotonic()
             try:
                 await relay(

@@ -237,6 +237,14 @@ class LogSettings(_Frozen):
     transfer_log: ConfigPath | None = None
 
 
+class AdminSettings(_Frozen):
+    # null: GET /sessions and DELETE /sessions/ID are served nowhere. Give a loopback or management address;
+    # it may equal metrics_listen, and then one listener serves both.
+    listen: ListenAddress | None = None
+    # null: the token comes from $FTP_ALG_ADMIN_TOKEN when that is set, else no token is asked for.
+    token_file: ConfigPath | None = None
+
+
 class Settings(_Frozen):
     # The common deployment: one public front for internal FTP servers.
     mode: Literal["reverse", "transparent"] = "reverse"
@@ -259,6 +267,7 @@ class Settings(_Frozen):
     limits: Limits = Limits()
     # null: no extra open port unless asked for.
     metrics_listen: ListenAddress | None = None
+    admin: AdminSettings = AdminSettings()
     log: LogSettings = LogSettings()
     # One process per core is a deliberate choice; one is enough for most sites.
     workers: Count = 1
@@ -305,6 +314,7 @@ _OVERRIDABLE: dict[str, tuple[str, ...]] = {
     "active_ports": ("active_ports",),
     "passive_target": ("passive_target",),
     "metrics_listen": ("metrics_listen",),
+    "admin_listen": ("admin", "listen"),
     "workers": ("workers",),
     "log_level": ("log", "level"),
     "log_format": ("log", "format"),

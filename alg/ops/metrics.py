@@ -33,6 +33,7 @@ SESSION_OUTCOMES = (
     "timeout",
     "protocol_error",
     "shutdown",
+    "ended_by_admin",  # DELETE /sessions/ID (`ftp-alg sessions --end ID`)
     "error",
 )
 # Verbs counted by name; anything else is "other", so a client cannot grow the label set.
@@ -194,6 +195,11 @@ class Metrics:
         self.tasks = Gauge(
             "ftp_alg_tasks",
             "asyncio tasks alive in the gateway's event loop, counted at each scrape (a leak shows as growth).",
+            registry=r,
+        )
+        self.admin_unauthorized = Counter(
+            "ftp_alg_admin_unauthorized",
+            "Requests to the admin endpoints (/sessions) refused with 401: no or a wrong bearer token.",
             registry=r,
         )
         self.build_info = Info("ftp_alg_build", "Version of ftp-alg.", registry=r)
