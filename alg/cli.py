@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import sys
 from collections.abc import Coroutine, Sequence
@@ -131,14 +132,24 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """The config file, flags on top, and this instance's share from the environment (alg.ops.instance)."""
+    from alg.gateway import instance
+
+    flags = _overrides(args)
+    if flags["passive_ports"] is None:
+        flags["passive_ports"] = instance.passive_ports_from(os.environ)
+    return instance.for_instance(load_config(args.config, **flags), os.environ)
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
-    settings = load_config(args.config, **_overrides(args))
+    settings = _settings(args)
     print(f"ok: {summary(settings)}")
     return EXIT_OK
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    settings = load_config(args.config, **_overrides(args))
+    settings = _settings(args)
     setup_logging(settings.log)
     return _serve(settings)
 
