@@ -83,8 +83,10 @@ def _parse_v1(data: bytes) -> ProxyHeader | int:
         source, destination = (want(text.decode("ascii")) for text in texts[:2])
     except ValueError:
         raise ProxyHeaderError(f"PROXY v1 addresses are not {family.decode()}", reason="malformed") from None
+    if any(text.startswith(b"0") and len(text) > 1 for text in texts[2:]):
+        raise ProxyHeaderError("PROXY v1 port with a leading zero", reason="malformed")
     ports = [int(text) for text in texts[2:]]
-    if any(port > 65535 or (text.startswith(b"0") and len(text) > 1) for port, text in zip(ports, texts[2:])):
+    if any(port > 65535 for port in ports):
         raise ProxyHeaderError("PROXY v1 port out of range", reason="malformed")
     return ProxyHeader(1, HostPort(source, ports[0]), HostPort(destination, ports[1]), len(line))
 
