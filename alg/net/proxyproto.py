@@ -99,7 +99,7 @@ def _parse_v2(data: bytes) -> ProxyHeader | int:
         return V2_FIXED_BYTES - len(data)
     version, command = data[12] >> 4, data[12] & 0x0F
     family, protocol = data[13] >> 4, data[13] & 0x0F
-    (length,) = struct.unpack_from("!H", data, 14)
+    length = int.from_bytes(data[14:16], "big")
     if version != 2 or command > 1:
         raise ProxyHeaderError(f"PROXY v2: version {version} command {command} unknown", reason="malformed")
     if length > V2_MAX_PAYLOAD_BYTES:
@@ -114,18 +114,14 @@ def _parse_v2(data: bytes) -> ProxyHeader | int:
         return ProxyHeader(2, None, None, total)
     if protocol != 1:
         raise ProxyHeaderError(f"PROXY v2: transport {protocol} is not a stream", reason="malformed")
-    layout, ip_type = {1: (_V2_INET, IPv4Address), 2: (_V2_INET6, IPv6Address)}.get(family, (None, None))
-    if layout is None or ip_type is None:
+    if family not in (1, 2):
         raise ProxyHeaderError(f"PROXY v2: address family {family} unknown", reason="malformed")
+    layout = _V2_INET if family == 1 else _V2_INET6
     if length < layout.size:  # the rest, if any, is TLVs: skipped
         raise ProxyHeaderError(f"PROXY v2: {length} bytes cannot hold the addresses", reason="malformed")
     source, destination, source_port, destination_port = layout.unpack_from(payload)
-    return ProxyHeader(
-        2,
-        HostPort(ip_type(source), source_port),
-        HostPort(ip_type(destination), destination_port),
-        total,
-    )
+    source_ip, destination_ip = ip_address(source), ip_address(destination)  # 4 or 16 packed bytes
+    return ProxyHeader(2, HostPort(source_ip, source_port), HostPort(destination_ip, destination_port), total)
 
 
 # --- writing a header toward an upstream ---
