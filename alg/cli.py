@@ -77,8 +77,35 @@ _OVERRIDE_DESTS = (
 )
 
 
+# Per-instance settings from the environment (a Kubernetes pod gets its own passive range and node address):
+# a flag wins over the environment, the environment over the file.
+ENVIRONMENT = {
+    "passive_ports": "FTP_ALG_PASSIVE_PORTS",
+    "public_address": "FTP_ALG_PUBLIC_ADDRESS",
+}
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
-    return {dest: getattr(args, dest) for dest in _OVERRIDE_DESTS}
+    import os
+
+    values = {dest: getattr(args, dest) for dest in _OVERRIDE_DESTS}
+    for dest, variable in ENVIRONMENT.items():
+        if values.get(dest) is None and os.environ.get(variable, "").strip():
+            values[dest] = os.environ[variable]
+            args.from_environment = [*getattr(args, "from_environment", []), dest]
+    return values
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    """load_config with flags and environment; an error in an environment value names the variable."""
+    try:
+        return load_config(args.config, **_overrides(args))
+    except ConfigError as exc:
+        for dest in getattr(args, "from_environment", []):
+            flag = "--" + dest.replace("_", "-") + ":"
+            if str(exc).startswith(flag):
+                raise ConfigError(f"{ENVIRONMENT[dest]} (environment):{str(exc)[len(flag) :]}") from exc
+        raise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,13 +156,13 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    settings = load_config(args.config, **_overrides(args))
+    settings = _load(args)
     print(f"ok: {summary(settings)}")
     return EXIT_OK
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    settings = load_config(args.config, **_overrides(args))
+    settings = _load(args)
     setup_logging(settings.log)
     return _serve(settings)
 
@@ -199,7 +226,8 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def summary(settings: Settings) -> str:
-    upstream = settings.upstream if settings.upstream is not None else "original destination"
+    servers = settings.upstream_servers
+    upstream = ",".join(str(server.address) for server in servers) if servers else "original destination"
     fields = {
         "mode": settings.mode,
         "listen": ",".join(map(str, settings.listen)),

@@ -78,9 +78,7 @@ async def probe(address: HostPort, timeout_s: float, proxy_version: int | None =
     """None when `address` greets with 220 within `timeout_s` (then we say QUIT); else why not."""
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(
-                str(address.ip), address.port, limit=MAX_BANNER_LINE_BYTES
-            )
+            reader, writer = await asyncio.open_connection(str(address.ip), address.port, limit=MAX_BANNER_LINE_BYTES)
             try:
                 if proxy_version is not None:
                     writer.write(proxyproto.encode(proxy_version, None, None))  # LOCAL: our own connection

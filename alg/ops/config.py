@@ -237,7 +237,6 @@ class LogSettings(_Frozen):
     transfer_log: ConfigPath | None = None
 
 
-
 # --- scale-out: PROXY protocol from balancers, advertised addresses, several upstreams ---
 
 IPNetwork = IPv4Network | IPv6Network
