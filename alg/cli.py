@@ -80,8 +80,35 @@ _OVERRIDE_DESTS = (
 )
 
 
+# Per-instance settings from the environment (a Kubernetes pod gets its own passive range and node address):
+# a flag wins over the environment, the environment over the file.
+ENVIRONMENT = {
+    "passive_ports": "FTP_ALG_PASSIVE_PORTS",
+    "public_address": "FTP_ALG_PUBLIC_ADDRESS",
+}
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
-    return {dest: getattr(args, dest) for dest in _OVERRIDE_DESTS}
+    import os
+
+    values = {dest: getattr(args, dest) for dest in _OVERRIDE_DESTS}
+    for dest, variable in ENVIRONMENT.items():
+        if values.get(dest) is None and os.environ.get(variable, "").strip():
+            values[dest] = os.environ[variable]
+            args.from_environment = [*getattr(args, "from_environment", []), dest]
+    return values
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    """load_config with flags and environment; an error in an environment value names the variable."""
+    try:
+        return load_config(args.config, **_overrides(args))
+    except ConfigError as exc:
+        for dest in getattr(args, "from_environment", []):
+            flag = "--" + dest.replace("_", "-") + ":"
+            if str(exc).startswith(flag):
+                raise ConfigError(f"{ENVIRONMENT[dest]} (environment):{str(exc)[len(flag) :]}") from exc
+        raise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -133,13 +160,11 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    """The config file, flags on top, and this instance's share from the environment (alg.ops.instance)."""
+    """The config file, the environment and flags on top, then this instance's share of the passive ports
+    (FTP_ALG_INSTANCE of FTP_ALG_INSTANCES: alg.gateway.instance)."""
     from alg.gateway import instance
 
-    flags = _overrides(args)
-    if flags["passive_ports"] is None:
-        flags["passive_ports"] = instance.passive_ports_from(os.environ)
-    return instance.for_instance(load_config(args.config, **flags), os.environ)
+    return instance.for_instance(_load(args), os.environ)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -232,7 +257,8 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def summary(settings: Settings) -> str:
-    upstream = settings.upstream if settings.upstream is not None else "original destination"
+    servers = settings.upstream_servers
+    upstream = ",".join(str(server.address) for server in servers) if servers else "original destination"
     fields = {
         "mode": settings.mode,
         "listen": ",".join(map(str, settings.listen)),

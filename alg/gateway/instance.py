@@ -1,7 +1,7 @@
 """One config, several gateways: what each instance takes from its environment (Kubernetes pods, systemd
 instances). Read at the edge (alg.cli), so the config stays a value of its file and flags.
 
-  FTP_ALG_PASSIVE_PORTS=FIRST-LAST   replaces passive_ports (a --passive-ports flag still wins)
+  FTP_ALG_PASSIVE_PORTS=FIRST-LAST   replaces passive_ports (alg.cli reads it; a --passive-ports flag wins)
   FTP_ALG_INSTANCE=I (or a pod name ending in -I, as a StatefulSet names its pods)
   FTP_ALG_INSTANCES=N                this instance owns slice I of N of passive_ports, so a balancer in front
                                      can send each slice's data connections to the instance that announced it
@@ -18,18 +18,11 @@ from alg.errors import ConfigError
 from alg.gateway.workers import port_slice
 from alg.ops.config import Settings, apply_overrides
 
-PASSIVE_PORTS_ENV = "FTP_ALG_PASSIVE_PORTS"
 INSTANCE_ENV = "FTP_ALG_INSTANCE"
 INSTANCES_ENV = "FTP_ALG_INSTANCES"
 
 _INDEX = re.compile(r"(?:.*-)?([0-9]{1,5})")
 _COUNT = re.compile(r"[0-9]{1,5}")
-
-
-def passive_ports_from(environ: Mapping[str, str]) -> str | None:
-    """The passive range the environment gives, for load_config's passive_ports (None: unset)."""
-    value = environ.get(PASSIVE_PORTS_ENV, "").strip()
-    return value or None
 
 
 def instance_slice(environ: Mapping[str, str]) -> tuple[int, int] | None:

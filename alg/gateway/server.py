@@ -17,7 +17,11 @@ from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.control import ChannelSettings
 from alg.ftp.wire import reply
+from alg.gateway.advertise import Advertiser
+from alg.gateway.frontdoor import ProxyRefused, read_user, receive_origin
+from alg.gateway.health import HealthChecker
 from alg.gateway.session import GatewayContext, Session, Timeouts
+from alg.gateway.upstreams import Route, UpstreamPool
 from alg.gateway.workers import port_slice
 from alg.net.dataplane import PortPool, peer_ip
 from alg.net.relay import relay_mode
@@ -64,6 +68,7 @@ def context_from_settings(
         internal_pool=internal_pool,
         transparent=settings.mode == "transparent",
         public_address=settings.public_address,
+        advertiser=Advertiser.from_settings(settings),
     )
 
 
@@ -85,6 +90,34 @@ class Gateway:
         self._next_id = 1
         self._stopping = asyncio.Event()
         self._empty = asyncio.Event()
+        self.upstreams: UpstreamPool | None = None
+        self.health: HealthChecker | None = None
+        self._setup_upstreams(settings)
+
+    def _setup_upstreams(self, settings: Any) -> None:
+        """Reverse mode: the upstream pool; health checks when configured or when there are several upstreams."""
+        servers = getattr(settings, "upstream_servers", ())
+        if self.context.transparent or not servers:
+            return
+        self.upstreams = UpstreamPool.from_settings(settings, self.metrics)
+        check = getattr(settings, "health_check", None)
+        if check is None and len(servers) > 1:
+            from alg.ops.config import HealthCheck
+
+            check = HealthCheck()
+        if check is not None:
+            self.health = HealthChecker(
+                self.upstreams.health_targets(),
+                interval_s=check.interval_s,
+                timeout_s=check.timeout_s,
+                on_change=self.upstreams.health_changed,
+            )
+
+    def upstream_health(self) -> str | None:
+        """For /readyz: None when an upstream passes its health checks; 'unchecked' when none are configured."""
+        if self.health is None or self.upstreams is None:
+            return "unchecked"
+        return self.upstreams.healthy_reason()
 
     async def start(self) -> None:
         for address in self.settings.listen:
@@ -101,6 +134,8 @@ class Gateway:
             for sock in server.sockets:
                 name = sock.getsockname()
                 self.addresses.append(HostPort(peer_ip(name), name[1]))
+        if self.health is not None:
+            self.health.start()
         log.info(
             "listening on %s mode=%s relay=%s",
             ", ".join(map(str, self.addresses)),
@@ -128,7 +163,17 @@ class Gateway:
             self.metrics.session_ended("client_closed")
             writer.close()
             return
-        client = peer_ip(peername)
+        try:
+            origin, reader = await receive_origin(
+                reader, writer, getattr(self.settings, "proxy_protocol", None), self.metrics
+            )
+        except ProxyRefused as refused:
+            self.metrics.proxy_refused(refused.reason)
+            self.metrics.session_ended("refused_acl")
+            log.warning("proxy protocol refused reason=%s detail=%s", refused.reason, refused)
+            writer.close()
+            return
+        client = origin.client.ip  # behind a balancer, the header's client: rules and limits apply to it
         if not self.policy.allows_client(client):
             await self._refuse_by_policy(writer, client, self.policy.client_refusal_text)
             return
@@ -162,9 +207,17 @@ class Gateway:
             except PolicyDenied as denied:
                 await self._refuse_by_policy(writer, client, str(denied))
                 return
+        route = None
+        if self.upstreams is not None:
+            route = await self._route(reader, writer)
+            if route is None:
+                self.metrics.session_ended("client_closed")
+                writer.close()
+                return
+            upstream = route.first
         number = self._next_id
         self._next_id += 1
-        session = Session(number, self.context, reader, writer, upstream)
+        session = Session(number, self.context, reader, writer, upstream, origin=origin, route=route)
         self.sessions[number] = session
         self._empty.clear()
         self._per_client[client] += 1
@@ -173,12 +226,26 @@ class Gateway:
             await session.run()
         finally:
             del self.sessions[number]
+            if route is not None:
+                route.release()
             self._per_client[client] -= 1
             if self._per_client[client] <= 0:
                 del self._per_client[client]
             self.metrics.sessions_active.dec()
             if not self.sessions:
                 self._empty.set()
+
+    async def _route(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Route | None:
+        """The upstreams this session tries, in order; per_user: after our own greeting and the client's USER
+        (None when it never came)."""
+        assert self.upstreams is not None
+        if not self.upstreams.routes_by_user:
+            return Route(self.upstreams, self.upstreams.candidates())
+        login = await read_user(reader, writer, self.settings.timeouts.login_s)
+        if login is None:
+            return None
+        user, line = login
+        return Route(self.upstreams, self.upstreams.candidates(user), replay=line)
 
     async def _refuse_by_policy(self, writer: asyncio.StreamWriter, client: IPAddress, text: str) -> None:
         """421 and close, before any upstream is contacted (rules: clients, destinations)."""
@@ -195,6 +262,8 @@ class Gateway:
         self._stopping.set()
         for server in self._servers:
             server.close()
+        if self.health is not None:
+            await self.health.stop()
         for session in list(self.sessions.values()):
             session.drain()  # idle sessions close now, the others when their transfers end
         if self.sessions:

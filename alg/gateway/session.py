@@ -20,6 +20,9 @@ from alg.errors import DataChannelError
 from alg.ftp import control as c
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.wire import reply
+from alg.gateway.advertise import Advertiser
+from alg.gateway.frontdoor import Origin
+from alg.gateway.upstreams import Route
 from alg.net.dataplane import PortPool, RelayResult, accept_from, connect_from, open_listener, peer_ip, relay
 from alg.ops.logs import printable, redact
 from alg.ops.metrics import ByteCounts, Metrics
@@ -57,6 +60,7 @@ class GatewayContext:
     internal_pool: PortPool | None  # ports for listeners facing the internal side (None: any free port)
     transparent: bool = False
     public_address: IPAddress | None = None  # announced instead of our own address on the public side
+    advertiser: Advertiser | None = None  # split horizon and port offset; None: public_address alone
 
 
 @dataclass(slots=True)
@@ -95,12 +99,18 @@ class Session:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         upstream: HostPort,
+        origin: Origin | None = None,
+        route: Route | None = None,
     ) -> None:
         self.id = number
         self.started = time.time()  # wall clock, for the live-sessions view (alg.gateway.registry)
         self.context = context
         self.upstream = upstream
+        self.route = route  # several upstreams: tried in order; None: `upstream` alone
         address, ours = _ends(writer)
+        # Behind a balancer (PROXY protocol) the client is the header's; our own end stays the socket's.
+        self.origin = origin or Origin(address, ours, address.ip)
+        address = self.origin.client
         self.client = _Peer(reader, writer, address, ours)
         self.server: _Peer | None = None
         self.channel: c.ControlChannel | None = None
@@ -117,7 +127,8 @@ class Session:
 
     async def run(self) -> str:
         metrics = self.context.metrics
-        self.log.info("session start client=%s upstream=%s", self.client.address, self.upstream)
+        via = f" via={self.origin.balancer}" if self.origin.balancer is not None else ""
+        self.log.info("session start client=%s%s upstream=%s", self.client.address, via, self.upstream)
         try:
             if await self._connect_upstream():
                 await self._serve()
@@ -135,11 +146,19 @@ class Session:
 
     async def _connect_upstream(self) -> bool:
         started = time.monotonic()
+        banner = b""
         try:
-            async with asyncio.timeout(self.context.timeouts.upstream_connect_s):
-                reader, writer = await asyncio.open_connection(
-                    str(self.upstream.ip), self.upstream.port, limit=READ_BYTES
+            if self.route is not None:  # each try bounded by upstream_connect_s, failing over to the next
+                connect = self.route.connect(
+                    self.client.address, self.origin.dialled, self.context.timeouts.upstream_connect_s
                 )
+                reader, writer, banner = await connect
+                self.upstream = self.route.chosen.address if self.route.chosen else self.upstream
+            else:
+                async with asyncio.timeout(self.context.timeouts.upstream_connect_s):
+                    reader, writer = await asyncio.open_connection(
+                        str(self.upstream.ip), self.upstream.port, limit=READ_BYTES
+                    )
         except (OSError, TimeoutError) as error:
             why = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
             self.log.warning("upstream unreachable upstream=%s error=%s", self.upstream, printable(why))
@@ -154,6 +173,12 @@ class Session:
         address, ours = _ends(writer)
         self.server = _Peer(reader, writer, address, ours)
         self.channel = c.ControlChannel(self.client.address, address, self.context.channel_settings)
+        if banner:  # read by the route to know the upstream is alive
+            actions = self.channel.server_data(banner)
+            if self.route is not None and self.route.replay is not None:
+                # per_user: the client had our greeting and sent USER; the upstream's greeting goes no further.
+                actions = self.channel.client_data(self.route.replay)
+            self.execute(actions)
         return True
 
     async def _serve(self) -> None:
@@ -351,7 +376,7 @@ class Session:
         # The listener sits on the side the expected peer talks to us on; the other leg leaves from our
         # address on the other side, so each peer sees data come from the address it already knows.
         if passive:
-            listen_on, expected, source = self.client.ours.ip, self.client.address.ip, self.server.ours.ip
+            listen_on, expected, source = self.client.ours.ip, self.origin.data_peer, self.server.ours.ip
             facing_public = not context.transparent
         else:
             listen_on, expected, source = self.server.ours.ip, self.server.address.ip, self.client.ours.ip
@@ -372,7 +397,10 @@ class Session:
         self._update_pools()
         announced = listener.address
         public = context.public_address
-        if facing_public and public is not None and type(public) is type(listener.address.ip):
+        if facing_public and context.advertiser is not None:
+            client_ip, dialled = self.client.address.ip, self.origin.dialled.ip
+            announced = context.advertiser.announce(listener.address, client_ip, dialled, self.client.ours)
+        elif facing_public and public is not None and type(public) is type(listener.address.ip):
             announced = HostPort(public, listener.address.port)
         if lan_passive:
             announced = HostPort(self.server.address.ip, listener.address.port)

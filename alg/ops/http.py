@@ -123,7 +123,13 @@ class Readiness:
             return "shutting down"
         if not gateway.ready.is_set():
             return "not listening yet"
-        upstream: HostPort | None = gateway.settings.upstream
+        checked = getattr(gateway, "upstream_health", None)
+        reason = checked() if checked is not None else "unchecked"
+        if reason != "unchecked":  # several upstreams: health checks decide; ready while one passes them
+            gateway.metrics.upstream_ready.set(1 if reason is None else 0)
+            return reason
+        servers = getattr(gateway.settings, "upstream_servers", ())
+        upstream: HostPort | None = servers[0].address if servers else gateway.settings.upstream
         if upstream is None:  # transparent mode: each session's upstream is its own original destination
             gateway.metrics.upstream_ready.set(1)
             return None

@@ -9,7 +9,7 @@ import pytest
 
 from alg import cli
 from alg.errors import ConfigError
-from alg.gateway.instance import for_instance, instance_slice, passive_ports_from
+from alg.gateway.instance import for_instance, instance_slice
 from alg.ops.config import load_config
 
 SETTINGS = load_config(None, upstream="198.51.100.10", passive_ports="50000-50029")
@@ -40,8 +40,6 @@ def test_slices_cover_the_range_once() -> None:
 
 def test_no_environment_changes_nothing() -> None:
     assert for_instance(SETTINGS, {}) is SETTINGS
-    assert passive_ports_from({"FTP_ALG_PASSIVE_PORTS": " "}) is None
-    assert passive_ports_from({"FTP_ALG_PASSIVE_PORTS": "40000-40009"}) == "40000-40009"
 
 
 @pytest.mark.parametrize(
