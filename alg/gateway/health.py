@@ -150,7 +150,11 @@ class HealthChecker:
             await asyncio.sleep(self.interval_s)
 
     async def _check(self, checked: Checked) -> None:
-        reason = await probe(checked.address, self.timeout_s, checked.proxy_version)
+        try:
+            reason = await probe(checked.address, self.timeout_s, checked.proxy_version)
+        except Exception as error:  # a bug here must not end every later check: it counts as a failed one
+            log.exception("health check failed upstream=%s", checked.label)
+            reason = f"check failed: {error!r}"
         checked.last_reason = reason
         if checked.state.record(reason is None):
             if checked.state.healthy:

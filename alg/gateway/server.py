@@ -154,6 +154,8 @@ class Gateway:
         destination (PolicyDenied, 421, when it was not redirected)."""
         if self.context.transparent:
             return original_destination(writer.get_extra_info("socket"))
+        if self.upstreams is not None:
+            return self.upstreams.upstreams[0].address  # the route decides; this names it until then
         upstream: HostPort | None = self.settings.upstream
         return upstream
 

@@ -164,11 +164,12 @@ class Route:
                 async with asyncio.timeout(timeout_s):
                     reader, writer, banner = await _dial(upstream, client, dialled, read_greeting)
             except (OSError, TimeoutError, BannerError) as error:
+                if len(self.candidates) == 1 and not isinstance(error, BannerError):
+                    self._count_failure(upstream, error)
+                    raise  # one upstream: the session words its 421 from the error itself, as always
                 why = "timed out" if isinstance(error, TimeoutError) else (getattr(error, "strerror", None) or error)
                 reasons.append(f"{upstream.label}: {why}")
-                log.warning("upstream connect failed upstream=%s error=%s", upstream.label, printable(str(why)))
-                if self.pool.metrics is not None:
-                    self.pool.metrics.upstream_connect_failures.labels(upstream.label).inc()
+                self._count_failure(upstream, why)
                 continue
             self.chosen = upstream
             upstream.sessions += 1
@@ -177,6 +178,11 @@ class Route:
                 self.pool.metrics.upstream_sessions_active.labels(upstream.label).inc()
             return reader, writer, banner
         raise UpstreamsUnavailable("; ".join(reasons))
+
+    def _count_failure(self, upstream: Upstream, why: object) -> None:
+        log.warning("upstream connect failed upstream=%s error=%s", upstream.label, printable(str(why)))
+        if self.pool.metrics is not None:
+            self.pool.metrics.upstream_connect_failures.labels(upstream.label).inc()
 
     def release(self) -> None:
         """The session ended: one fewer on its upstream."""
