@@ -315,6 +315,12 @@ class ControlChannel:
     def open_tickets(self) -> frozenset[int]:
         return frozenset(self._tickets)
 
+    @property
+    def at_rest(self) -> bool:
+        """Between commands: no reply owed or held, no client line waiting, no data endpoint open. A 421 sent
+        now (graceful shutdown) cuts no transfer and overtakes no reply."""
+        return not (self._pending or self._client.backlog or self._tickets or self._held_reply is not None)
+
     # ---- the engine ------------------------------------------------------------------------------------------
 
     def _run(self) -> list[Action]:

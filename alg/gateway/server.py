@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 from collections import Counter
 from typing import Any
 
@@ -30,6 +32,8 @@ from alg.ops.metrics import Metrics
 from alg.ops.rules import Policy
 
 log = logging.getLogger("ftp_alg.server")
+
+MAX_BACKLOG_REFUSALS = 4096  # at shutdown; a listen backlog holds at most 1024 here
 
 
 def context_from_settings(
@@ -263,6 +267,8 @@ class Gateway:
         """Stop accepting, let sessions finish for up to grace_s, then close the rest."""
         self._stopping.set()
         for server in self._servers:
+            for sock in server.sockets:
+                self._refuse_backlog(sock.fileno())
             server.close()
         if self.health is not None:
             await self.health.stop()
@@ -278,6 +284,23 @@ class Gateway:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
                     await server.wait_closed()
+
+    def _refuse_backlog(self, fd: int) -> None:
+        """421 to the connections the kernel completed that nobody accepted yet: closing the listener would
+        reset them, and a balancer that already handed them on cannot send them elsewhere."""
+        listener = socket.socket(fileno=os.dup(fd))
+        listener.setblocking(False)
+        with listener:
+            for _ in range(MAX_BACKLOG_REFUSALS):
+                try:
+                    conn, _ = listener.accept()
+                except OSError:  # BlockingIOError: the backlog is empty
+                    return
+                with conn, contextlib.suppress(OSError):
+                    conn.setblocking(False)
+                    conn.send(reply(421, "Service shutting down."))
+                self.metrics.refused("limit")
+                self.metrics.session_ended("refused_limit")
 
 
 def drop_privileges(user: str) -> None:

@@ -216,9 +216,11 @@ class Session:
                     await peer.writer.wait_closed()
 
     def drain(self) -> None:
-        """Close once no transfer is running (graceful shutdown)."""
+        """Close once no transfer is running and no reply is owed (graceful shutdown): a transfer's 226 reaches
+        the client before our 421."""
         self._draining = True
-        if not self._transfers and not self._closed.is_set():
+        at_rest = self.channel is None or self.channel.at_rest
+        if not self._transfers and at_rest and not self._closed.is_set():
             _write(self.client.writer, reply(421, "Service shutting down."))
             self.close("shutdown")
 
@@ -347,6 +349,8 @@ class Session:
                         self._transfers[ticket].reply_code = code
         self.client.can_read.set() if channel.wants_client_data else self.client.can_read.clear()
         self.server.can_read.set() if channel.wants_server_data else self.server.can_read.clear()
+        if self._draining:
+            self.drain()  # the reply just relayed may have been the last one owed
 
     def _send_urgent(self, data: bytes) -> None:
         """Write `data` with its last byte marked urgent (MSG_OOB), as ftplib and BSD ftp send ABOR."""
