@@ -199,6 +199,8 @@ def test_probes_grace_and_security_fit_the_gateway(tmp_path: Path) -> None:
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert settings.admin.listen is not None and settings.admin.listen.ip.is_loopback
     assert manifest("Service", "ftp")["spec"]["externalTrafficPolicy"] == "Local"
+    assert manifest("Service", "ftp")["spec"]["sessionAffinity"] == "ClientIP"
+    assert settings.proxy_protocol is not None and settings.proxy_protocol.data_from == "balancer"
     assert manifest("Service", "ftp-alg-pods")["spec"]["publishNotReadyAddresses"] is True
     assert manifest("PodDisruptionBudget", "ftp-alg")["spec"]["maxUnavailable"] == 1
 
