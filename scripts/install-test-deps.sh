@@ -2,7 +2,8 @@
 # Install everything the integration suite (tests/integration/) needs.  Idempotent.
 #
 # - Debian packages: vsftpd (a real upstream), curl and lftp (real clients), nftables and
-#   iproute2 (namespaces, veth, the drop-everything-else rule), prometheus (promtool).
+#   iproute2 (namespaces, veth, the drop-everything-else rule), prometheus (promtool), haproxy
+#   (the load balancer sending PROXY protocol in tests/integration/test_balancer.py).
 # - pure-ftpd and proftpd: their Debian packages conflict with each other and with vsftpd
 #   and pull in init-system glue, so they are not installed.  Their .debs are downloaded and
 #   unpacked with `dpkg -x` under $FTP_ALG_TEST_CACHE (default /var/cache/ftp-alg-test);
@@ -15,7 +16,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 PACKAGES=(
-    vsftpd lftp curl nftables iproute2 procps openssl prometheus
+    vsftpd lftp curl nftables iproute2 procps openssl prometheus haproxy
     # shared libraries of the unpacked pure-ftpd / proftpd binaries
     libcap2 libcrypt1 libpam0g libsodium23 libssl3 zlib1g libacl1 libhiredis0.14 libidn2-0
     libmemcached11 libmemcachedutil2 libncursesw6 libpcre2-8-0 libpcre2-posix3 libtinfo6 libwrap0
@@ -36,10 +37,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # vsftpd's package starts a system daemon on :21 in the root namespace; the tests run
 # their own in namespaces, so stop it where there is an init system that started it.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet vsftpd 2>/dev/null; then
-    $SUDO systemctl stop vsftpd || true
-    $SUDO systemctl disable vsftpd >/dev/null 2>&1 || true
-fi
+for daemon in vsftpd haproxy; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$daemon" 2>/dev/null; then
+        $SUDO systemctl stop "$daemon" || true
+        $SUDO systemctl disable "$daemon" >/dev/null 2>&1 || true
+    fi
+done
 
 unpack() {  # unpack <package> <marker file inside the tree>
     local pkg="$1" marker="$2" dest="$CACHE/$1"
@@ -64,7 +67,7 @@ $SUDO mkdir -p "$CACHE"
 unpack pure-ftpd usr/sbin/pure-ftpd
 unpack proftpd-core usr/sbin/proftpd
 
-for bin in /usr/sbin/vsftpd /usr/bin/curl /usr/bin/lftp /usr/sbin/nft /usr/sbin/ip \
+for bin in /usr/sbin/vsftpd /usr/sbin/haproxy /usr/bin/curl /usr/bin/lftp /usr/sbin/nft /usr/sbin/ip \
            "$CACHE/pure-ftpd/usr/sbin/pure-ftpd" "$CACHE/proftpd-core/usr/sbin/proftpd"; do
     [ -x "$bin" ] || { echo "install-test-deps: missing $bin" >&2; exit 1; }
 done
