@@ -171,6 +171,8 @@ class Route:
                 reasons.append(f"{upstream.label}: {why}")
                 self._count_failure(upstream, why)
                 continue
+            if upstream is not self.candidates[0]:
+                log.info("failed over upstream=%s tried=%d", upstream.label, len(reasons))
             self.chosen = upstream
             upstream.sessions += 1
             if self.pool.metrics is not None:
