@@ -2,8 +2,9 @@
 # Install everything the integration suite (tests/integration/) needs.  Idempotent.
 #
 # - Debian packages: vsftpd (a real upstream), curl and lftp (real clients), nftables and
-#   iproute2 (namespaces, veth, the drop-everything-else rule), prometheus (promtool), haproxy (the
-#   balancer of the scale-out test, and `haproxy -c` for deploy/haproxy).
+#   iproute2 (namespaces, veth, the drop-everything-else rule), prometheus (promtool), haproxy
+#   (the load balancer sending PROXY protocol in tests/integration/test_balancer.py and
+#   test_scaleout_e2e.py, and `haproxy -c` on deploy/haproxy).
 # - pure-ftpd and proftpd: their Debian packages conflict with each other and with vsftpd
 #   and pull in init-system glue, so they are not installed.  Their .debs are downloaded and
 #   unpacked with `dpkg -x` under $FTP_ALG_TEST_CACHE (default /var/cache/ftp-alg-test);
@@ -37,10 +38,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # vsftpd's package starts a system daemon on :21 in the root namespace; the tests run
 # their own in namespaces, so stop it where there is an init system that started it.
-for unit in vsftpd haproxy; do  # haproxy's package starts one on its default config the same way
-    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$unit" 2>/dev/null; then
-        $SUDO systemctl stop "$unit" || true
-        $SUDO systemctl disable "$unit" >/dev/null 2>&1 || true
+for daemon in vsftpd haproxy; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$daemon" 2>/dev/null; then
+        $SUDO systemctl stop "$daemon" || true
+        $SUDO systemctl disable "$daemon" >/dev/null 2>&1 || true
     fi
 done
 

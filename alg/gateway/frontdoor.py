@@ -55,7 +55,7 @@ async def receive_origin(
     rules refuse it. `settings` is alg.ops.config.ProxyProtocolIn or None (no PROXY protocol)."""
     peer, ours = _ends(writer)
     direct = Origin(peer, ours, peer.ip)
-    if settings is None:
+    if settings is None or not _applies(settings.listeners, ours):
         return direct, reader
     if not any(peer.ip in network for network in settings.trusted if network.version == peer.ip.version):
         return direct, _GuardedReader(reader, writer, metrics, peer.ip)  # type: ignore[return-value]
@@ -75,6 +75,13 @@ async def receive_origin(
     dialled = result.destination or ours
     data_peer = client.ip if settings.data_from == "client" else peer.ip
     return Origin(client, dialled, data_peer, balancer=peer.ip), reader
+
+
+def _applies(listeners: Any, ours: HostPort) -> bool:
+    # A listener on 0.0.0.0:21 takes connections to every local address: it matches by port.
+    return not listeners or any(
+        listener.port == ours.port and (listener.ip.is_unspecified or listener.ip == ours.ip) for listener in listeners
+    )
 
 
 class _GuardedReader:

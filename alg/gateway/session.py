@@ -174,12 +174,17 @@ class Session:
         self.server = _Peer(reader, writer, address, ours)
         self.channel = c.ControlChannel(self.client.address, address, self.context.channel_settings)
         if banner:  # read by the route to know the upstream is alive
-            actions = self.channel.server_data(banner)
-            if self.route is not None and self.route.replay is not None:
-                # per_user: the client had our greeting and sent USER; the upstream's greeting goes no further.
-                actions = self.channel.client_data(self.route.replay)
-            self.execute(actions)
+            self._greeted(banner)
         return True
+
+    def _greeted(self, banner: bytes) -> None:
+        """The upstream's banner, already read: to the client, or (per_user) held while the USER is replayed."""
+        assert self.channel is not None
+        actions = self.channel.server_data(banner)
+        if self.route is not None and self.route.replay is not None:
+            # The client had our own greeting and sent USER; the upstream's greeting goes no further.
+            actions = self.channel.client_data(self.route.replay)
+        self.execute(actions)
 
     async def _serve(self) -> None:
         assert self.server is not None

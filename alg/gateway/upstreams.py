@@ -153,11 +153,12 @@ class Route:
         return self.candidates[0].address
 
     async def connect(
-        self, client: HostPort, dialled: HostPort, timeout_s: float
+        self, client: HostPort, dialled: HostPort, timeout_s: float, *, greet: bool = True
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
         """Connect to the first upstream that greets (reader, writer, its banner); with a single candidate and
-        nothing to replay, the banner is left to the session, which passes it on as before."""
-        read_greeting = len(self.candidates) > 1 or self.replay is not None
+        nothing to replay, the banner is left to the session, which passes it on as before. greet=False: fail
+        over on the TCP connect only, and leave the banner to the caller (who must read it after TLS, say)."""
+        read_greeting = greet and (len(self.candidates) > 1 or self.replay is not None)
         reasons = []
         for upstream in self.candidates:
             try:
@@ -171,6 +172,8 @@ class Route:
                 reasons.append(f"{upstream.label}: {why}")
                 self._count_failure(upstream, why)
                 continue
+            if upstream is not self.candidates[0]:
+                log.info("failed over upstream=%s tried=%d", upstream.label, len(reasons))
             self.chosen = upstream
             upstream.sessions += 1
             if self.pool.metrics is not None:

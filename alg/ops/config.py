@@ -282,6 +282,8 @@ class ProxyProtocolIn(_Frozen):
     data_from: Literal["client", "balancer"] = "client"
     # A balancer sends the header with its first bytes; 5 s forgives a slow one.
     header_timeout_s: Seconds = 5.0
+    # Only connections to these listen addresses; empty: every listener.
+    listeners: tuple[ListenAddress, ...] = ()
 
 
 class AdvertiseRule(_Frozen):

@@ -1,7 +1,8 @@
 """Every metric ftp-alg exports, declared once over one registry.
 
-Rules: names carry the ftp_alg_ prefix and base units; labels take values from fixed sets only (never an
-address, a user or a path); every labelled series exists at zero from start-up.
+Rules: names carry the ftp_alg_ prefix and base units; labels take values from fixed sets only (never a
+client's address, a user or a path; an `upstream` label is a name from the settings); every labelled series
+exists at zero from start-up.
 """
 
 from __future__ import annotations

@@ -36,8 +36,12 @@ class _Writer:
         pass
 
 
-def _settings(data_from: str = "client", timeout_s: float = 1.0) -> SimpleNamespace:
-    return SimpleNamespace(trusted=(ip_network("203.0.113.16/28"),), data_from=data_from, header_timeout_s=timeout_s)
+def _settings(
+    data_from: str = "client", timeout_s: float = 1.0, listeners: tuple[HostPort, ...] = ()
+) -> SimpleNamespace:
+    return SimpleNamespace(
+        trusted=(ip_network("203.0.113.16/28"),), data_from=data_from, header_timeout_s=timeout_s, listeners=listeners
+    )
 
 
 async def _origin(chunks: list[bytes], settings: Any, peer: tuple[str, int] = BALANCER, eof: bool = False) -> Any:
@@ -120,6 +124,15 @@ def test_untrusted_peer_without_a_header_is_served() -> None:
         return bytes(await reader.read(100))
 
     assert asyncio.run(run()) == b"USER anonymous\r\n"
+
+
+def test_only_on_the_listeners_named() -> None:
+    elsewhere = _settings(listeners=(HostPort(ip_address("0.0.0.0"), 2121),))
+    origin, *_ = asyncio.run(_origin([], elsewhere))  # a trusted peer on another listener: no header expected
+    assert origin.balancer is None
+    here = _settings(listeners=(HostPort(ip_address("0.0.0.0"), 21),))
+    origin, *_ = asyncio.run(_origin([encode_v2(CLIENT, VIP)], here))
+    assert origin.client == CLIENT
 
 
 def test_no_proxy_protocol_configured() -> None:
