@@ -1,4 +1,4 @@
-"""`ftp-alg run|check|demo`: flags and a config file in, an exit code out.
+"""`ftp-alg run|check|demo|diagnose|sessions`: flags and a config file in, an exit code out.
 
 Rules: the only module that picks the event loop, prints errors for people or returns exit codes
 (0 done, 1 failed at run time, 2 bad usage or config, 130 interrupted). An error is one line, no traceback.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import sys
 from collections.abc import Coroutine, Sequence
@@ -57,6 +58,7 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--passive-ports", metavar="FIRST-LAST")
     group.add_argument("--active-ports", metavar="FIRST-LAST")
     group.add_argument("--metrics-listen", metavar="ADDR:PORT")
+    group.add_argument("--admin-listen", metavar="ADDR:PORT", help="where /sessions is served (admin.listen)")
     group.add_argument("--workers", type=_whole_number, metavar="N")
     group.add_argument("--log-level", metavar="{debug,info,warning,error}")
     group.add_argument("--log-format", metavar="{kv,json}")
@@ -100,6 +102,7 @@ _OVERRIDE_DESTS = (
     "passive_ports",
     "active_ports",
     "metrics_listen",
+    "admin_listen",
     "workers",
     "log_level",
     "log_format",
@@ -119,8 +122,35 @@ _OVERRIDE_DESTS = (
 )
 
 
+# Per-instance settings from the environment (a Kubernetes pod gets its own passive range and node address):
+# a flag wins over the environment, the environment over the file.
+ENVIRONMENT = {
+    "passive_ports": "FTP_ALG_PASSIVE_PORTS",
+    "public_address": "FTP_ALG_PUBLIC_ADDRESS",
+}
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
-    return {dest: getattr(args, dest) for dest in _OVERRIDE_DESTS}
+    import os
+
+    values = {dest: getattr(args, dest) for dest in _OVERRIDE_DESTS}
+    for dest, variable in ENVIRONMENT.items():
+        if values.get(dest) is None and os.environ.get(variable, "").strip():
+            values[dest] = os.environ[variable]
+            args.from_environment = [*getattr(args, "from_environment", []), dest]
+    return values
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    """load_config with flags and environment; an error in an environment value names the variable."""
+    try:
+        return load_config(args.config, **_overrides(args))
+    except ConfigError as exc:
+        for dest in getattr(args, "from_environment", []):
+            flag = "--" + dest.replace("_", "-") + ":"
+            if str(exc).startswith(flag):
+                raise ConfigError(f"{ENVIRONMENT[dest]} (environment):{str(exc)[len(flag) :]}") from exc
+        raise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -146,6 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--passive-ports", default="50000-50099", metavar="FIRST-LAST")
     demo.set_defaults(handler=_cmd_demo)
     _add_diagnose(commands)
+    _add_sessions(commands)
     return parser
 
 
@@ -170,8 +201,16 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """The config file, the environment and flags on top, then this instance's share of the passive ports
+    (FTP_ALG_INSTANCE of FTP_ALG_INSTANCES: alg.gateway.instance)."""
+    from alg.gateway import instance
+
+    return instance.for_instance(_load(args), os.environ)
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
-    settings = load_config(args.config, **_overrides(args))
+    settings = _settings(args)
     for line in _check_tls(settings):
         print(line)
     print(f"ok: {summary(settings)}")
@@ -205,7 +244,7 @@ def _check_tls(settings: Settings) -> list[str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    settings = load_config(args.config, **_overrides(args))
+    settings = _settings(args)
     setup_logging(settings.log)
     return _serve(settings)
 
@@ -268,8 +307,28 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
 
+# --------------------------------------------------------------------------- sessions (alg/ops/admin_client.py)
+
+
+def _add_sessions(commands: Any) -> None:
+    from alg.ops.admin_client import add_parser
+
+    add_parser(commands)
+    commands.choices["sessions"].set_defaults(handler=_cmd_sessions)
+
+
+def _cmd_sessions(args: argparse.Namespace) -> int:
+    from alg.ops.admin_client import UsageError, run
+
+    try:
+        return run(args)
+    except UsageError as exc:
+        return _fail(str(exc))
+
+
 def summary(settings: Settings) -> str:
-    upstream = settings.upstream if settings.upstream is not None else "original destination"
+    servers = settings.upstream_servers
+    upstream = ",".join(str(server.address) for server in servers) if servers else "original destination"
     fields = {
         "mode": settings.mode,
         "listen": ",".join(map(str, settings.listen)),

@@ -3,7 +3,9 @@
 #
 # - Debian packages: vsftpd (a real upstream), curl, lftp and tnftp (real clients; tnftp is BSD ftp,
 #   whose Ctrl-C ABOR is the Telnet synch servers expect), nftables and
-#   iproute2 (namespaces, veth, the drop-everything-else rule), prometheus (promtool).
+#   iproute2 (namespaces, veth, the drop-everything-else rule), prometheus (promtool), haproxy
+#   (the load balancer sending PROXY protocol in tests/integration/test_balancer.py and
+#   test_scaleout_e2e.py, and `haproxy -c` on deploy/haproxy).
 # - pure-ftpd and proftpd (with proftpd-mod-crypto, its mod_tls): their Debian packages conflict with each other and with vsftpd
 #   and pull in init-system glue, so they are not installed.  Their .debs are downloaded and
 #   unpacked with `dpkg -x` under $FTP_ALG_TEST_CACHE (default /var/cache/ftp-alg-test);
@@ -16,7 +18,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 PACKAGES=(
-    vsftpd lftp curl tnftp nftables iproute2 procps openssl prometheus
+    vsftpd lftp curl tnftp nftables iproute2 procps openssl prometheus haproxy
     # ftp-alg's kernel data path (data_path: kernel) loads libnftables in-process (ctypes)
     libnftables1
     # shared libraries of the unpacked pure-ftpd / proftpd binaries
@@ -39,10 +41,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # vsftpd's package starts a system daemon on :21 in the root namespace; the tests run
 # their own in namespaces, so stop it where there is an init system that started it.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet vsftpd 2>/dev/null; then
-    $SUDO systemctl stop vsftpd || true
-    $SUDO systemctl disable vsftpd >/dev/null 2>&1 || true
-fi
+for daemon in vsftpd haproxy; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$daemon" 2>/dev/null; then
+        $SUDO systemctl stop "$daemon" || true
+        $SUDO systemctl disable "$daemon" >/dev/null 2>&1 || true
+    fi
+done
 
 unpack() {  # unpack <package> <marker file inside the tree>
     local pkg="$1" marker="$2" dest="$CACHE/$1"
@@ -73,7 +77,7 @@ if [ ! -e "$CACHE/proftpd-core/usr/lib/proftpd/mod_tls.so" ]; then
     $SUDO cp -n "$CACHE"/proftpd-mod-crypto/usr/lib/proftpd/*.so "$CACHE/proftpd-core/usr/lib/proftpd/"
 fi
 
-for bin in /usr/sbin/vsftpd /usr/bin/curl /usr/bin/lftp /usr/bin/tnftp /usr/sbin/nft /usr/sbin/ip \
+for bin in /usr/sbin/vsftpd /usr/sbin/haproxy /usr/bin/curl /usr/bin/lftp /usr/bin/tnftp /usr/sbin/nft /usr/sbin/ip \
            "$CACHE/pure-ftpd/usr/sbin/pure-ftpd" "$CACHE/proftpd-core/usr/sbin/proftpd"; do
     [ -x "$bin" ] || { echo "install-test-deps: missing $bin" >&2; exit 1; }
 done

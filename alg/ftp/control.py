@@ -314,6 +314,12 @@ class ControlChannel:
         argument = addresses.format_port(public) if verb == "PORT" else addresses.format_eprt(public)
         return verb.encode() + b" " + argument + b"\r\n"
 
+    @property
+    def at_rest(self) -> bool:
+        """Between commands: no reply owed or held, no client line waiting, no data endpoint open. A 421 sent
+        now (graceful shutdown) cuts no transfer and overtakes no reply."""
+        return not (self._pending or self._client.backlog or self._tickets or self._held_reply is not None)
+
     # ---- the engine ------------------------------------------------------------------------------------------
 
     def _run(self) -> list[Action]:

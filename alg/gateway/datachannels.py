@@ -26,6 +26,7 @@ from alg.ops.logs import printable
 from alg.ops.metrics import ByteCounts
 
 if TYPE_CHECKING:
+    from alg.gateway.frontdoor import Origin
     from alg.gateway.session import GatewayContext, Session, _Peer
 
 transfer_log = logging.getLogger("ftp_alg.transfer")
@@ -51,6 +52,8 @@ class Transfer:
     client_tls: bool = False  # PROT P on the client's leg
     server_tls: bool = False
     kernel_end: Callable[[], None] | None = None  # carried by the kernel: called at the transfer's final reply
+    started: float = 0.0  # wall clock, once bytes may move (the live-sessions view shows it)
+    moved: ByteCounts | None = None  # (download, upload) so far, while relaying
 
 
 class DataChannels:
@@ -62,6 +65,7 @@ class DataChannels:
     server: _Peer | None
     channel: c.ControlChannel | None
     upstream: HostPort
+    origin: Origin
     log: logging.LoggerAdapter[logging.Logger]
     _transfers: dict[int, Transfer]
     _closed: asyncio.Event
@@ -83,7 +87,7 @@ class DataChannels:
         # The listener sits on the side the expected peer talks to us on; the other leg leaves from our
         # address on the other side, so each peer sees data come from the address it already knows.
         if passive:
-            listen_on, expected, source = self.client.ours.ip, self.client.address.ip, self.server.ours.ip
+            listen_on, expected, source = self.client.ours.ip, self.origin.data_peer, self.server.ours.ip
             facing_public = not context.transparent
         else:
             listen_on, expected, source = self.server.ours.ip, self.server.address.ip, self.client.ours.ip
@@ -106,7 +110,10 @@ class DataChannels:
         public = context.public_address
         if listener.address.ip.version == 6 and context.public_address6 is not None:
             public = context.public_address6
-        if facing_public and public is not None and type(public) is type(listener.address.ip):
+        if facing_public and context.advertiser is not None:
+            client_ip, dialled = self.client.address.ip, self.origin.dialled.ip
+            announced = context.advertiser.announce(listener.address, client_ip, dialled, self.client.ours)
+        elif facing_public and public is not None and type(public) is type(listener.address.ip):
             announced = HostPort(public, listener.address.port)
         if lan_passive:
             announced = HostPort(self.server.address.ip, listener.address.port)
@@ -216,7 +223,8 @@ class DataChannels:
             metrics.data_active.inc()
             first, second = (accepted, connected)
             counts = RelayResult()
-            token = metrics.relay_started(_byte_counts(counts, transfer.mode))
+            transfer.moved, transfer.started = _byte_counts(counts, transfer.mode), time.time()
+            token = metrics.relay_started(transfer.moved)
             started = time.monotonic()
 
             def first_eof() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 from collections import Counter
@@ -18,8 +19,12 @@ from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.control import ChannelSettings
 from alg.ftp.wire import reply
+from alg.gateway.advertise import Advertiser
+from alg.gateway.frontdoor import ProxyRefused, read_user, receive_origin
+from alg.gateway.health import HealthChecker
 from alg.gateway.secure import TlsRuntime, runtime_from_settings
 from alg.gateway.session import GatewayContext, Session, Timeouts
+from alg.gateway.upstreams import Route, UpstreamPool
 from alg.gateway.workers import port_slice
 from alg.net.dataplane import PortPool, peer_ip
 from alg.net.kernelpath import SETTLE_MAX_S, KernelPath, KernelPathUnavailable
@@ -32,6 +37,8 @@ from alg.ops.metrics import Metrics
 from alg.ops.rules import Policy
 
 log = logging.getLogger("ftp_alg.server")
+
+MAX_BACKLOG_REFUSALS = 4096  # at shutdown; a listen backlog holds at most 1024 here
 
 
 def context_from_settings(
@@ -74,6 +81,7 @@ def context_from_settings(
         public_address=settings.public_address,
         public_address6=getattr(settings, "public_address6", None),
         tls=tls,
+        advertiser=Advertiser.from_settings(settings),
     )
 
 
@@ -103,6 +111,34 @@ class Gateway:
         self._next_id = 1
         self._stopping = asyncio.Event()
         self._empty = asyncio.Event()
+        self.upstreams: UpstreamPool | None = None
+        self.health: HealthChecker | None = None
+        self._setup_upstreams(settings)
+
+    def _setup_upstreams(self, settings: Any) -> None:
+        """Reverse mode: the upstream pool; health checks when configured or when there are several upstreams."""
+        servers = getattr(settings, "upstream_servers", ())
+        if self.context.transparent or not servers:
+            return
+        self.upstreams = UpstreamPool.from_settings(settings, self.metrics)
+        check = getattr(settings, "health_check", None)
+        if check is None and len(servers) > 1:
+            from alg.ops.config import HealthCheck
+
+            check = HealthCheck()
+        if check is not None:
+            self.health = HealthChecker(
+                self.upstreams.health_targets(),
+                interval_s=check.interval_s,
+                timeout_s=check.timeout_s,
+                on_change=self.upstreams.health_changed,
+            )
+
+    def upstream_health(self) -> str | None:
+        """For /readyz: None when an upstream passes its health checks; 'unchecked' when none are configured."""
+        if self.health is None or self.upstreams is None:
+            return "unchecked"
+        return self.upstreams.healthy_reason()
 
     async def start(self) -> None:
         if getattr(self.settings, "data_path", "relay") == "kernel":
@@ -135,6 +171,8 @@ class Gateway:
             self._implicit_tasks.add(task)
         if self.implicit_addresses:
             log.info("listening for implicit FTPS on %s", ", ".join(map(str, self.implicit_addresses)))
+        if self.health is not None:
+            self.health.start()
         log.info(
             "listening on %s mode=%s relay=%s data_path=%s",
             ", ".join(map(str, self.addresses)),
@@ -154,6 +192,8 @@ class Gateway:
         destination (PolicyDenied, 421, when it was not redirected)."""
         if self.context.transparent:
             return original_destination(writer.get_extra_info("socket"))
+        if self.upstreams is not None:
+            return self.upstreams.upstreams[0].address  # the route decides; this names it until then
         upstream: HostPort | None = self.settings.upstream
         return upstream
 
@@ -221,7 +261,17 @@ class Gateway:
             self.metrics.session_ended("client_closed")
             writer.close()
             return
-        client = peer_ip(peername)
+        try:
+            origin, reader = await receive_origin(
+                reader, writer, getattr(self.settings, "proxy_protocol", None), self.metrics
+            )
+        except ProxyRefused as refused:
+            self.metrics.proxy_refused(refused.reason)
+            self.metrics.session_ended("refused_acl")
+            log.warning("proxy protocol refused reason=%s detail=%s", refused.reason, refused)
+            writer.close()
+            return
+        client = origin.client.ip  # behind a balancer, the header's client: rules and limits apply to it
         if not self.policy.allows_client(client):
             await self._refuse_by_policy(writer, client, self.policy.client_refusal_text)
             return
@@ -255,9 +305,19 @@ class Gateway:
             except PolicyDenied as denied:
                 await self._refuse_by_policy(writer, client, str(denied))
                 return
+        route = None
+        if self.upstreams is not None:
+            route = await self._route(reader, writer)
+            if route is None:
+                self.metrics.session_ended("client_closed")
+                writer.close()
+                return
+            upstream = route.first
         number = self._next_id
         self._next_id += 1
-        session = Session(number, self.context, reader, writer, upstream, implicit_tls=implicit_tls)
+        session = Session(
+            number, self.context, reader, writer, upstream, implicit_tls=implicit_tls, origin=origin, route=route
+        )
         self.sessions[number] = session
         self._empty.clear()
         self._per_client[client] += 1
@@ -266,12 +326,26 @@ class Gateway:
             await session.run()
         finally:
             del self.sessions[number]
+            if route is not None:
+                route.release()
             self._per_client[client] -= 1
             if self._per_client[client] <= 0:
                 del self._per_client[client]
             self.metrics.sessions_active.dec()
             if not self.sessions:
                 self._empty.set()
+
+    async def _route(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Route | None:
+        """The upstreams this session tries, in order; per_user: after our own greeting and the client's USER
+        (None when it never came)."""
+        assert self.upstreams is not None
+        if not self.upstreams.routes_by_user:
+            return Route(self.upstreams, self.upstreams.candidates())
+        login = await read_user(reader, writer, self.settings.timeouts.login_s)
+        if login is None:
+            return None
+        user, line = login
+        return Route(self.upstreams, self.upstreams.candidates(user), replay=line)
 
     async def _refuse_by_policy(self, writer: asyncio.StreamWriter, client: IPAddress, text: str) -> None:
         """421 and close, before any upstream is contacted (rules: clients, destinations)."""
@@ -287,12 +361,16 @@ class Gateway:
         """Stop accepting, let sessions finish for up to grace_s, then close the rest."""
         self._stopping.set()
         for server in self._servers:
+            for sock in server.sockets:
+                self._refuse_backlog(sock.fileno())
             server.close()
         for task in self._implicit_tasks:
             task.cancel()
         await asyncio.gather(*self._implicit_tasks, return_exceptions=True)
         for listener in self._implicit:
             listener.close()
+        if self.health is not None:
+            await self.health.stop()
         for session in list(self.sessions.values()):
             session.drain()  # idle sessions close now, the others when their transfers end
         if self.sessions:
@@ -309,6 +387,23 @@ class Gateway:
         if kernel is not None and kernel.tasks:  # ended transfers whose counters are still being read
             await asyncio.wait(list(kernel.tasks), timeout=SETTLE_MAX_S + 1)
         self.close_kernel_path()
+
+    def _refuse_backlog(self, fd: int) -> None:
+        """421 to the connections the kernel completed that nobody accepted yet: closing the listener would
+        reset them, and a balancer that already handed them on cannot send them elsewhere."""
+        listener = socket.socket(fileno=os.dup(fd))
+        listener.setblocking(False)
+        with listener:
+            for _ in range(MAX_BACKLOG_REFUSALS):
+                try:
+                    conn, _ = listener.accept()
+                except OSError:  # BlockingIOError: the backlog is empty
+                    return
+                with conn, contextlib.suppress(OSError):
+                    conn.setblocking(False)
+                    conn.send(reply(421, "Service shutting down."))
+                self.metrics.refused("limit")
+                self.metrics.session_ended("refused_limit")
 
     def close_kernel_path(self) -> None:
         """Delete our nftables table; connections already established keep flowing (conntrack)."""
@@ -369,13 +464,12 @@ def drop_privileges(user: str) -> None:
 
 async def serve(settings: Any, worker: int = 0) -> None:
     """Run the gateway until SIGINT or SIGTERM, then shut down gracefully."""
+    from alg.gateway.registry import SessionsView
+    from alg.ops.http import start_http_listeners
+
     gateway = Gateway(settings, worker=worker)
     await gateway.start()
-    metrics_server = None
-    if getattr(settings, "metrics_listen", None) is not None:
-        from alg.ops.http import start_http
-
-        metrics_server = await start_http(settings.metrics_listen, gateway)
+    http_listeners = await start_http_listeners(settings, gateway, SessionsView(gateway.sessions))
     if settings.user is not None:
         drop_privileges(settings.user)
     stop = asyncio.Event()
@@ -390,6 +484,6 @@ async def serve(settings: Any, worker: int = 0) -> None:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        if metrics_server is not None:
-            metrics_server.close()
         gateway.close_kernel_path()
+        for listener in http_listeners:
+            listener.close()

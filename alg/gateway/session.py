@@ -21,7 +21,10 @@ from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.tls import StartClientTls
 from alg.ftp.wire import reply
 from alg.gateway import secure
+from alg.gateway.advertise import Advertiser
 from alg.gateway.datachannels import DataChannels, Transfer
+from alg.gateway.frontdoor import Origin
+from alg.gateway.upstreams import Route
 from alg.net.dataplane import PortPool, peer_ip
 from alg.net.kernelpath import KernelPath
 from alg.net.tls import describe, reason_of
@@ -57,6 +60,7 @@ class GatewayContext:
     public_address6: IPAddress | None = None  # the same, for IPv6 clients
     tls: secure.TlsRuntime = field(default_factory=secure.TlsRuntime)
     kernel_path: KernelPath | None = None  # data_path: kernel, where the kernel allows it
+    advertiser: Advertiser | None = None  # split horizon and port offset; None: public_address alone
 
 
 @dataclass(slots=True)
@@ -84,12 +88,19 @@ class Session(DataChannels):
         upstream: HostPort,
         *,
         implicit_tls: bool = False,
+        origin: Origin | None = None,
+        route: Route | None = None,
     ) -> None:
         self.id = number
         self.implicit_tls = implicit_tls  # TLS from the client's first byte (implicit FTPS listener)
+        self.started = time.time()  # wall clock, for the live-sessions view (alg.gateway.registry)
         self.context = context
         self.upstream = upstream
+        self.route = route  # several upstreams: tried in order; None: `upstream` alone
         address, ours = _ends(writer)
+        # Behind a balancer (PROXY protocol) the client is the header's; our own end stays the socket's.
+        self.origin = origin or Origin(address, ours, address.ip)
+        address = self.origin.client
         self.client = _Peer(reader, writer, address, ours)
         self.server: _Peer | None = None
         self.channel: c.ControlChannel | None = None
@@ -117,7 +128,8 @@ class Session(DataChannels):
 
     async def run(self) -> str:
         metrics = self.context.metrics
-        self.log.info("session start client=%s upstream=%s", self.client.address, self.upstream)
+        via = f" via={self.origin.balancer}" if self.origin.balancer is not None else ""
+        self.log.info("session start client=%s%s upstream=%s", self.client.address, via, self.upstream)
         try:
             if await self._connect_upstream():
                 await self._serve()
@@ -139,11 +151,22 @@ class Session(DataChannels):
         started = time.monotonic()
         tls = self.context.tls
         implicit = tls.upstream_mode == "implicit"
+        banner = b""
         try:
-            async with asyncio.timeout(self.context.timeouts.upstream_connect_s):
-                reader, writer = await asyncio.open_connection(
-                    str(self.upstream.ip), self.upstream.port, limit=READ_BYTES
+            if self.route is not None:  # each try bounded by upstream_connect_s, failing over to the next
+                connect = self.route.connect(
+                    self.client.address,
+                    self.origin.dialled,
+                    self.context.timeouts.upstream_connect_s,
+                    greet=tls.upstream_mode == "off",  # under TLS the banner is read by the negotiation
                 )
+                reader, writer, banner = await connect
+                self.upstream = self.route.chosen.address if self.route.chosen else self.upstream
+            else:
+                async with asyncio.timeout(self.context.timeouts.upstream_connect_s):
+                    reader, writer = await asyncio.open_connection(
+                        str(self.upstream.ip), self.upstream.port, limit=READ_BYTES
+                    )
             if implicit:
                 await secure.start_upstream_tls(writer, tls, self.upstream, self.context.metrics)
         except secure.UpstreamTlsFailed as error:
@@ -182,8 +205,19 @@ class Session(DataChannels):
             server_private=ready is not None and ready.private,
         )
         if ready is not None:
-            self.execute(self.channel.server_data(ready.banner))
+            banner = ready.banner
+        if banner:  # read by the route (to know the upstream is alive) or by the TLS negotiation
+            self._greeted(banner)
         return True
+
+    def _greeted(self, banner: bytes) -> None:
+        """The upstream's banner, already read: to the client, or (per_user) held while the USER is replayed."""
+        assert self.channel is not None
+        actions = self.channel.server_data(banner)
+        if self.route is not None and self.route.replay is not None:
+            # The client had our own greeting and sent USER; the upstream's greeting goes no further.
+            actions = self.channel.client_data(self.route.replay)
+        self.execute(actions)
 
     async def _upstream_tls_failed(self, why: str) -> bool:
         self.log.warning("upstream tls failed upstream=%s reason=%s", self.upstream, printable(why))
@@ -262,11 +296,28 @@ class Session(DataChannels):
                     await peer.writer.wait_closed()
 
     def drain(self) -> None:
-        """Close once no transfer is running (graceful shutdown)."""
+        """Close once no transfer is running and no reply is owed (graceful shutdown): a transfer's 226 reaches
+        the client before our 421."""
         self._draining = True
-        if not self._transfers and not self._closed.is_set():
+        at_rest = self.channel is None or self.channel.at_rest
+        if not self._transfers and at_rest and not self._closed.is_set():
             _write(self.client.writer, reply(421, "Service shutting down."))
             self.close("shutdown")
+
+    def end(self) -> None:
+        """Ended by an administrator: a 421 to the client, then close (transfers in flight are cut)."""
+        if not self._closed.is_set():
+            _write(self.client.writer, reply(421, "Session ended by the administrator."))
+            self.close("ended_by_admin")
+
+    @property
+    def last_activity(self) -> float:
+        """time.monotonic() of the last whole command or the end of the last transfer."""
+        return self._last_activity
+
+    @property
+    def transfers(self) -> list[Transfer]:
+        return list(self._transfers.values())
 
     def close(self, outcome: str) -> None:
         if not self._closed.is_set():
@@ -391,6 +442,8 @@ class Session(DataChannels):
                             queue.extend(channel.data_finished(ticket))
         self.client.can_read.set() if channel.wants_client_data else self.client.can_read.clear()
         self.server.can_read.set() if channel.wants_server_data else self.server.can_read.clear()
+        if self._draining:
+            self.drain()  # the reply just relayed may have been the last one owed
 
     def _send_urgent(self, data: bytes) -> None:
         """Write `data` with its last byte marked urgent (MSG_OOB), as ftplib and BSD ftp send ABOR."""

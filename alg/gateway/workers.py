@@ -42,11 +42,17 @@ def port_slice(first: int, last: int, index: int, count: int) -> range:
 
 
 def worker_settings(settings: Any, index: int) -> Any:
-    """The settings worker `index` runs with: its own metrics port (port + index), when there is one."""
-    metrics = getattr(settings, "metrics_listen", None)
-    if index == 0 or metrics is None or metrics.port == 0:
+    """The settings worker `index` runs with: its own metrics and admin ports (port + index), when set."""
+    if index == 0:
         return settings
-    return settings.model_copy(update={"metrics_listen": metrics._replace(port=metrics.port + index)})
+    update: dict[str, Any] = {}
+    metrics = getattr(settings, "metrics_listen", None)
+    if metrics is not None and metrics.port != 0:
+        update["metrics_listen"] = metrics._replace(port=metrics.port + index)
+    admin = getattr(settings, "admin", None)
+    if admin is not None and admin.listen is not None and admin.listen.port != 0:
+        update["admin"] = admin.model_copy(update={"listen": admin.listen._replace(port=admin.listen.port + index)})
+    return settings.model_copy(update=update) if update else settings
 
 
 class _Supervisor:

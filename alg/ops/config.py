@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -299,6 +299,90 @@ class TlsSettings(_Frozen):
     upstream: TlsUpstream = TlsUpstream()
 
 
+class AdminSettings(_Frozen):
+    # null: GET /sessions and DELETE /sessions/ID are served nowhere. Give a loopback or management address;
+    # it may equal metrics_listen, and then one listener serves both.
+    listen: ListenAddress | None = None
+    # null: the token comes from $FTP_ALG_ADMIN_TOKEN when that is set, else no token is asked for.
+    token_file: ConfigPath | None = None
+
+
+# --- scale-out: PROXY protocol from balancers, advertised addresses, several upstreams ---
+
+IPNetwork = IPv4Network | IPv6Network
+ANY_CLIENT: tuple[IPNetwork, ...] = (IPv4Network("0.0.0.0/0"), IPv6Network("::/0"))
+
+
+def _networks(value: object) -> tuple[IPNetwork, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items:
+        raise _invalid(f"expected ADDRESS/PREFIX or a list of them, got {_show(value)}")
+    networks = []
+    for item in items:
+        if not isinstance(item, str):
+            raise _invalid(f"expected ADDRESS/PREFIX, got {_show(item)}")
+        try:
+            networks.append(ip_network(item.strip(), strict=True))
+        except ValueError:
+            raise _invalid(f"{item!r} is not an address or ADDRESS/PREFIX (CIDR), e.g. 198.51.100.0/24") from None
+    return tuple(networks)
+
+
+def _advertised(value: object) -> IPAddress | Literal["local"]:
+    return "local" if value == "local" else _public_address(value)
+
+
+Networks = Annotated[tuple[IPNetwork, ...], PlainValidator(_networks)]
+
+
+class ProxyProtocolIn(_Frozen):
+    # Only the balancers named here may speak for clients: anyone else sending a header is refused, and so is
+    # one of these not sending it.
+    trusted: Networks
+    # client: data connections come straight from the client (each gateway has its own public address);
+    # balancer: they come through the balancer, from the address its control connection came from.
+    data_from: Literal["client", "balancer"] = "client"
+    # A balancer sends the header with its first bytes; 5 s forgives a slow one.
+    header_timeout_s: Seconds = 5.0
+    # Only connections to these listen addresses; empty: every listener.
+    listeners: tuple[ListenAddress, ...] = ()
+
+
+class AdvertiseRule(_Frozen):
+    # Clients this rule is for (their address after PROXY protocol); first matching rule wins.
+    clients: Networks = ANY_CLIENT
+    # Only connections to this listen address; null: any listener.
+    listener: ListenAddress | None = None
+    # The address written into 227 replies; local: the address the client connected to.
+    address: Annotated[IPAddress | Literal["local"], PlainValidator(_advertised)]
+
+
+class UpstreamServer(_Frozen):
+    address: UpstreamAddress
+    # Names the upstream in metrics, logs and upstream_users; null: its address.
+    name: Annotated[str, Field(strict=True, min_length=1, max_length=64)] | None = None
+    # Share of new sessions under round_robin (of least_sessions ties).
+    weight: Annotated[int, Field(strict=True, ge=1, le=1000)] = 1
+    # null: plain FTP. v1/v2: send a PROXY header first, for servers that read it (proftpd mod_proxy_protocol)
+    # and then log the real client.
+    proxy_protocol: Literal["v1", "v2"] | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or str(self.address)
+
+
+class HealthCheck(_Frozen):
+    # How often each upstream is dialled and must greet with 220.
+    interval_s: Seconds = 5.0
+    # A LAN server greets in milliseconds.
+    timeout_s: Seconds = 2.0
+    # Good checks in a row before a dead upstream gets sessions again (as HAProxy's rise 2).
+    rise: Count = 2
+    # Failed checks in a row before an upstream is skipped (as HAProxy's fall 3).
+    fall: Count = 3
+
+
 class Settings(_Frozen):
     # The common deployment: one public front for internal FTP servers.
     mode: Literal["reverse", "transparent"] = "reverse"
@@ -329,6 +413,7 @@ class Settings(_Frozen):
     limits: Limits = Limits()
     # null: no extra open port unless asked for.
     metrics_listen: ListenAddress | None = None
+    admin: AdminSettings = AdminSettings()
     log: LogSettings = LogSettings()
     # One process per core is a deliberate choice; one is enough for most sites.
     workers: Count = 1
@@ -338,6 +423,27 @@ class Settings(_Frozen):
     user: Annotated[str, Field(strict=True, min_length=1)] | None = None
     # FTPS: off on both sides unless configured.
     tls: TlsSettings = TlsSettings()
+    # null: no PROXY protocol; clients connect directly.
+    proxy_protocol: ProxyProtocolIn | None = None
+    # Split horizon: the address 227 replies name, by client network and listener (public_address otherwise).
+    advertise: tuple[AdvertiseRule, ...] = ()
+    # A balancer that publishes passive port P as P + offset: the 227/229 name P + offset.
+    announced_port_offset: Annotated[int, Field(strict=True, ge=-64511, le=64511)] = 0
+    # Several upstream servers (instead of `upstream`): sessions spread by upstream_policy.
+    upstreams: tuple[UpstreamServer, ...] = ()
+    # per_user: the gateway greets, reads USER and replays the login on the server upstream_users names.
+    upstream_policy: Literal["round_robin", "least_sessions", "per_user"] = "round_robin"
+    # USER name -> upstream name, for per_user; users not listed go round robin.
+    upstream_users: Mapping[str, Annotated[str, Field(strict=True, min_length=1)]] = {}
+    # null: checked with the defaults when there are two upstreams or more; none for a single upstream.
+    health_check: HealthCheck | None = None
+
+    @property
+    def upstream_servers(self) -> tuple[UpstreamServer, ...]:
+        """Every configured upstream (`upstream: ADDR` is a list of one)."""
+        if self.upstreams:
+            return self.upstreams
+        return () if self.upstream is None else (UpstreamServer(address=self.upstream),)
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -346,8 +452,9 @@ class Settings(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        if self.mode == "reverse" and self.upstream is None:
+        if self.mode == "reverse" and self.upstream is None and not self.upstreams:
             raise _invalid_at("upstream", "required in reverse mode: give the FTP server's ADDRESS[:PORT]")
+        _check_scaleout(self)
         if self.mode == "transparent" and self.upstream is not None:
             raise _invalid_at(
                 "upstream",
@@ -360,6 +467,27 @@ class Settings(_Frozen):
             if ports is not None and len(ports) < self.workers:
                 raise _invalid_at(key, f"{len(ports)} ports cannot be shared among {self.workers} workers")
         return self
+
+
+def _check_scaleout(settings: Settings) -> None:
+    if settings.upstream is not None and settings.upstreams:
+        raise _invalid_at("upstreams", "give either upstream or upstreams, not both")
+    if settings.mode == "transparent" and settings.upstreams:
+        raise _invalid_at("upstreams", "not allowed in transparent mode, where each original destination is used")
+    labels = [server.label for server in settings.upstreams]
+    if len(set(labels)) != len(labels):
+        raise _invalid_at("upstreams", f"two upstreams share a name: {sorted(labels)}; give each a unique name")
+    for user, name in settings.upstream_users.items():
+        if name not in labels:
+            raise _invalid_at("upstream_users", f"user {user!r}: no upstream named {name!r}; known: {labels}")
+    if settings.upstream_policy == "per_user" and not settings.upstream_users:
+        raise _invalid_at("upstream_users", "required by upstream_policy per_user: map USER names to upstreams")
+    if settings.upstream_policy == "per_user" and settings.tls.client.mode != "refuse":
+        # The route reads USER before the session begins; a TLS client sends it only inside TLS.
+        raise _invalid_at("upstream_policy", "per_user cannot be combined with tls.client (USER is inside TLS)")
+    offset = settings.announced_port_offset
+    if not 1 <= settings.passive_ports.first + offset <= settings.passive_ports.last + offset <= 65535:
+        raise _invalid_at("announced_port_offset", f"{offset} moves passive_ports outside 1-65535")
 
 
 def _invalid_at(key: str, message: str) -> PydanticCustomError:
@@ -382,6 +510,7 @@ _OVERRIDABLE: dict[str, tuple[str, ...]] = {
     "passive_target": ("passive_target",),
     "data_path": ("data_path",),
     "metrics_listen": ("metrics_listen",),
+    "admin_listen": ("admin", "listen"),
     "workers": ("workers",),
     "log_level": ("log", "level"),
     "log_format": ("log", "format"),

@@ -1,4 +1,5 @@
-"""The metrics and health listener: GET /metrics, /healthz and /readyz on one small asyncio HTTP server.
+"""The metrics and health listener: GET /metrics, /healthz and /readyz on one small asyncio HTTP server; and, on
+the listener configured for them (admin.listen), the admin endpoints /sessions (alg.ops.admin).
 
 Rules: it runs on the gateway's event loop and never blocks it (one short-lived task per connection, bounded
 request head, time limit, connection cap, one request per connection); /readyz and every scrape check that the
@@ -22,6 +23,7 @@ from prometheus_client import generate_latest
 from alg.ftp.addresses import HostPort
 from alg.net.dataplane import peer_ip
 from alg.net.tls import reason_of
+from alg.ops import admin as a
 from alg.ops.logs import printable
 from alg.ops.metrics import Metrics
 
@@ -57,6 +59,7 @@ _FINAL_REPLY = re.compile(rb"([0-9]{3})(?: |\r?\n|$)")
 _STATUS_TEXT = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
     503: "Service Unavailable",
@@ -136,7 +139,13 @@ class Readiness:
             return "shutting down"
         if not gateway.ready.is_set():
             return "not listening yet"
-        upstream: HostPort | None = gateway.settings.upstream
+        checked = getattr(gateway, "upstream_health", None)
+        reason = checked() if checked is not None else "unchecked"
+        if reason != "unchecked":  # several upstreams: health checks decide; ready while one passes them
+            gateway.metrics.upstream_ready.set(1 if reason is None else 0)
+            return reason
+        servers = getattr(gateway.settings, "upstream_servers", ())
+        upstream: HostPort | None = servers[0].address if servers else gateway.settings.upstream
         if upstream is None:  # transparent mode: each session's upstream is its own original destination
             gateway.metrics.upstream_ready.set(1)
             return None
@@ -166,11 +175,22 @@ class _Response:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-class HttpListener:
-    """The running listener; close() stops accepting (what `serve` calls at shutdown)."""
+@dataclass(slots=True)
+class AdminAccess:
+    """The admin endpoints of a listener: the sessions they act on, and the bearer token (None: none asked)."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    sessions: a.SessionsSource
+    token: str | None = None
+
+
+class HttpListener:
+    """The running listener; close() stops accepting (what `serve` calls at shutdown). `metrics`: serves
+    /metrics and /readyz; `admin`: serves /sessions (else a 404 there, as for any unknown path)."""
+
+    def __init__(self, gateway: Gateway, *, metrics: bool = True, admin: AdminAccess | None = None) -> None:
         self.gateway = gateway
+        self.metrics = metrics
+        self.admin = admin
         self.readiness = Readiness(gateway)
         self.addresses: list[HostPort] = []
         self._server: asyncio.Server | None = None
@@ -183,7 +203,10 @@ class HttpListener:
         for sock in self._server.sockets:
             name = sock.getsockname()
             self.addresses.append(HostPort(peer_ip(name), name[1]))
-        log.info("metrics and health on http://%s/metrics", ", ".join(map(str, self.addresses)))
+        what = ["metrics and health"] if self.metrics else ["health"]
+        if self.admin is not None:
+            what.append("admin" + (" (bearer token)" if self.admin.token else " (no token)"))
+        log.info("%s on http://%s/", ", ".join(what), ", ".join(map(str, self.addresses)))
 
     def close(self) -> None:
         if self._server is not None:
@@ -211,20 +234,24 @@ class HttpListener:
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                request_line = await _read_head(reader)
+                request = await _read_head(reader)
         except (TimeoutError, ValueError, asyncio.IncompleteReadError):
             return  # too slow, too long or cut short: nothing worth answering
-        if request_line is None:
+        if request is None:
             response = _Response(400, b"bad request\n")
             method = b"GET"
         else:
-            method, path = request_line
-            response = await self._route(method, path)
+            method, path, authorization = request
+            if self.admin is not None and a.is_admin_path(path):
+                response = self._admin(self.admin, method, path, authorization)
+            else:
+                response = await self._route(method, path)
         _write(writer, response, head_only=method == b"HEAD")
         await writer.drain()
 
     async def _route(self, method: bytes, path: bytes) -> _Response:
-        if path not in (b"/metrics", b"/healthz", b"/readyz", b"/"):
+        served = (b"/metrics", b"/healthz", b"/readyz", b"/") if self.metrics else (b"/healthz", b"/")
+        if path not in served:
             return _Response(404, b"not found\n")
         if method not in (b"GET", b"HEAD"):
             return _Response(405, b"method not allowed\n", headers=(("Allow", "GET, HEAD"),))
@@ -241,25 +268,52 @@ class HttpListener:
             return _Response(200, generate_latest(self.gateway.metrics.registry), METRICS_CONTENT_TYPE)
         return _Response(200, _INDEX)
 
+    def _admin(self, admin: AdminAccess, method: bytes, path: bytes, authorization: bytes | None) -> _Response:
+        # The token is checked before anything else, so a caller without it learns nothing, not even a 404.
+        if not a.authorized(authorization, admin.token):
+            self.gateway.metrics.admin_unauthorized.inc()
+            log.warning("admin request refused: %s bearer token", "wrong" if authorization else "no")
+            return _Response(401, b"unauthorized\n", headers=(("WWW-Authenticate", 'Bearer realm="ftp-alg"'),))
+        if path == b"/sessions":
+            if method not in (b"GET", b"HEAD"):
+                return _Response(405, b"method not allowed\n", headers=(("Allow", "GET, HEAD"),))
+            return _Response(200, a.sessions_json(admin.sessions.snapshot()), "application/json")
+        target = a.session_number(path)
+        if target is None:
+            return _Response(404, b"not found\n")
+        number, end_path = target
+        if (method, end_path) not in ((b"DELETE", False), (b"POST", True)):
+            allow = "POST" if end_path else "DELETE"
+            return _Response(405, b"method not allowed\n", headers=(("Allow", allow),))
+        if not admin.sessions.end(number):
+            return _Response(404, f"no session {number}\n".encode())
+        log.info("session ended by the administrator session=%d", number)
+        return _Response(200, f"session {number} ended\n".encode())
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
-    """(method, path without query) of the request, after reading its head; None when it is not HTTP."""
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, bytes, bytes | None] | None:
+    """(method, path without query, Authorization value or None) of the request, after reading its head;
+    None when it is not HTTP."""
     first = await reader.readline()
     if not first.endswith(b"\n"):
         raise asyncio.IncompleteReadError(first, None)
+    authorization = None
     for _ in range(MAX_HEAD_LINES):
         line = await reader.readline()
         if not line.endswith(b"\n"):
             raise asyncio.IncompleteReadError(line, None)
         if line in (b"\r\n", b"\n"):
             break
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"authorization":
+            authorization = value.strip()
     else:
         return None
     parts = first.split()
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
         return None
     method, target = parts[0], parts[1]
-    return method, target.split(b"?", 1)[0]
+    return method, target.split(b"?", 1)[0], authorization
 
 
 def _write(writer: asyncio.StreamWriter, response: _Response, *, head_only: bool) -> None:
@@ -277,8 +331,32 @@ def _write(writer: asyncio.StreamWriter, response: _Response, *, head_only: bool
         writer.write(response.body)
 
 
-async def start_http(address: HostPort, gateway: Gateway) -> HttpListener:
-    """Serve /metrics, /healthz and /readyz for `gateway` on `address` until close()."""
-    listener = HttpListener(gateway)
+async def start_http(
+    address: HostPort, gateway: Gateway, *, metrics: bool = True, admin: AdminAccess | None = None
+) -> HttpListener:
+    """Serve /metrics, /healthz and /readyz (and /sessions when `admin` is given) on `address` until close()."""
+    listener = HttpListener(gateway, metrics=metrics, admin=admin)
     await listener.start(address)
     return listener
+
+
+async def start_http_listeners(settings: Any, gateway: Gateway, sessions: a.SessionsSource) -> list[HttpListener]:
+    """The listeners the settings ask for: metrics_listen, and admin.listen (one listener when both are equal).
+    ConfigError when the admin token file cannot be read."""
+    metrics_at: HostPort | None = getattr(settings, "metrics_listen", None)
+    admin_settings = getattr(settings, "admin", None)
+    admin_at: HostPort | None = getattr(admin_settings, "listen", None)
+    admin = None
+    if admin_at is not None:
+        admin = AdminAccess(sessions, a.read_token(getattr(admin_settings, "token_file", None)))
+    listeners: list[HttpListener] = []
+    try:
+        if metrics_at is not None:
+            listeners.append(await start_http(metrics_at, gateway, admin=admin if admin_at == metrics_at else None))
+        if admin_at is not None and admin_at != metrics_at:
+            listeners.append(await start_http(admin_at, gateway, metrics=False, admin=admin))
+    except BaseException:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners

@@ -1,7 +1,8 @@
 """Every metric ftp-alg exports, declared once over one registry.
 
-Rules: names carry the ftp_alg_ prefix and base units; labels take values from fixed sets only (never an
-address, a user or a path); every labelled series exists at zero from start-up.
+Rules: names carry the ftp_alg_ prefix and base units; labels take values from fixed sets only (never a
+client's address, a user or a path; an `upstream` label is a name from the settings); every labelled series
+exists at zero from start-up.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ SESSION_OUTCOMES = (
     "protocol_error",
     "tls_failed",  # a TLS handshake with the client or the server failed (or timed out)
     "shutdown",
+    "ended_by_admin",  # DELETE /sessions/ID (`ftp-alg sessions --end ID`)
     "error",
 )
 # Verbs counted by name; anything else is "other", so a client cannot grow the label set.
@@ -85,6 +87,7 @@ TLS_CHANNELS = ("control", "data")
 TLS_OUTCOMES = ("ok", "failed", "timeout")
 PROTECTIONS = ("clear", "tls")
 BYTE_DIRECTIONS = ("download", "upload")
+PROXY_REFUSAL_REASONS = ("untrusted", "missing", "malformed", "oversized", "timeout")
 POOLS = ("public", "internal")
 
 _SETUP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -237,6 +240,11 @@ class Metrics:
             "When the client-facing TLS certificate in use expires (Unix time; 0: no certificate).",
             registry=r,
         )
+        self.admin_unauthorized = Counter(
+            "ftp_alg_admin_unauthorized",
+            "Requests to the admin endpoints (/sessions) refused with 401: no or a wrong bearer token.",
+            registry=r,
+        )
         self.build_info = Info("ftp_alg_build", "Version of ftp-alg.", registry=r)
         self.build_info.info({"version": __version__})
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... (Linux /proc only)
@@ -267,6 +275,53 @@ class Metrics:
             self.pool_size.labels(pool)
             self.pool_in_use.labels(pool)
         self._known_verbs = frozenset(KNOWN_VERBS)
+        self._declare_scaleout(r)
+
+    def _declare_scaleout(self, r: CollectorRegistry) -> None:
+        """PROXY protocol and upstream pool metrics; the per-upstream series appear in declare_upstreams()."""
+        self.proxy_protocol_headers = Counter(
+            "ftp_alg_proxy_protocol_headers", "PROXY protocol headers accepted, by version.", ["version"], registry=r
+        )
+        self.proxy_protocol_refusals = Counter(
+            "ftp_alg_proxy_protocol_refusals",
+            "Connections refused over PROXY protocol, by reason (untrusted: a header from an address not trusted; "
+            "missing: a trusted balancer sent none; malformed, oversized, timeout).",
+            ["reason"],
+            registry=r,
+        )
+        for version in ("1", "2"):
+            self.proxy_protocol_headers.labels(version)
+        for reason in PROXY_REFUSAL_REASONS:
+            self.proxy_protocol_refusals.labels(reason)
+        labels = ["upstream"]  # the upstream's configured name: a fixed set from the settings
+        self.upstream_sessions = Counter(
+            "ftp_alg_upstream_sessions", "Sessions connected to each upstream.", labels, registry=r
+        )
+        self.upstream_sessions_active = Gauge(
+            "ftp_alg_upstream_sessions_active", "Sessions connected to each upstream now.", labels, registry=r
+        )
+        self.upstream_healthy = Gauge(
+            "ftp_alg_upstream_healthy", "1 while the upstream passes its health checks, else 0.", labels, registry=r
+        )
+        self.upstream_connect_failures = Counter(
+            "ftp_alg_upstream_connect_failures",
+            "Connects to an upstream that failed before its 220 banner (the session then tries the next).",
+            labels,
+            registry=r,
+        )
+
+    def declare_upstreams(self, names: list[str]) -> None:
+        for name in names:
+            for metric in (
+                self.upstream_sessions,
+                self.upstream_sessions_active,
+                self.upstream_healthy,
+                self.upstream_connect_failures,
+            ):
+                metric.labels(name)
+
+    def proxy_refused(self, reason: str) -> None:
+        self.proxy_protocol_refusals.labels(reason if reason in PROXY_REFUSAL_REASONS else "malformed").inc()
 
     def add_bytes(self, download: int, upload: int) -> None:
         self.data_bytes.add(download, upload)

@@ -27,6 +27,7 @@ from alg.ops.metrics import (
     KNOWN_VERBS,
     POOLS,
     PROTECTIONS,
+    PROXY_REFUSAL_REASONS,
     REFUSAL_REASONS,
     REWRITE_KINDS,
     SESSION_OUTCOMES,
@@ -206,6 +207,9 @@ def test_no_label_ever_carries_an_address_a_user_or_a_path() -> None:
         *BYTE_DIRECTIONS,
         *REFUSAL_REASONS,
         *POOLS,
+        *PROXY_REFUSAL_REASONS,
+        "1",  # PROXY protocol versions
+        "2",
         __version__,
     }
     seen = {

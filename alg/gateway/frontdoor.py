@@ -1,0 +1,147 @@
+"""What happens on a new control connection before its session: the PROXY protocol header from a trusted
+balancer (who the client really is), and for per_user routing our own greeting up to the client's USER.
+
+Rules: a trusted peer must send a valid header within its timeout and an untrusted one must not send any;
+either mistake refuses the connection, with one log line and a count (ftp_alg_proxy_protocol_refusals_total).
+The header is read to its last byte and no further: what follows belongs to the FTP session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from alg.ftp.addresses import HostPort, IPAddress
+from alg.ftp.wire import parse_command, reply
+from alg.net import proxyproto
+from alg.net.dataplane import peer_ip
+from alg.ops.logs import printable
+from alg.ops.metrics import Metrics
+
+log = logging.getLogger("ftp_alg.frontdoor")
+
+MAX_LOGIN_LINES = 20  # commands a client may send before USER when we greet for per_user routing
+MAX_LOGIN_LINE_BYTES = 2048
+UNTRUSTED_TEXT = "PROXY protocol is accepted only from trusted balancers."
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who a control connection is from, as rules, PORT checks, logs and metrics must see it."""
+
+    client: HostPort  # the client (from the PROXY header when a balancer sent one)
+    dialled: HostPort  # the address the client connected to
+    data_peer: IPAddress  # where its passive data connections come from: the client, or the balancer
+    balancer: IPAddress | None = None  # the peer that sent the header
+
+
+class ProxyRefused(Exception):
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _ends(writer: asyncio.StreamWriter) -> tuple[HostPort, HostPort]:
+    peer, ours = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+    return HostPort(peer_ip(peer), peer[1]), HostPort(peer_ip(ours), ours[1])
+
+
+async def receive_origin(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, settings: Any, metrics: Metrics
+) -> tuple[Origin, asyncio.StreamReader]:
+    """The connection's Origin and the reader the session should use; ProxyRefused when the PROXY protocol
+    rules refuse it. `settings` is alg.ops.config.ProxyProtocolIn or None (no PROXY protocol)."""
+    peer, ours = _ends(writer)
+    direct = Origin(peer, ours, peer.ip)
+    if settings is None or not _applies(settings.listeners, ours):
+        return direct, reader
+    if not any(peer.ip in network for network in settings.trusted if network.version == peer.ip.version):
+        return direct, _GuardedReader(reader, writer, metrics, peer.ip)  # type: ignore[return-value]
+    data = b""
+    try:
+        async with asyncio.timeout(settings.header_timeout_s):
+            while not isinstance(result := proxyproto.parse_header(data), proxyproto.ProxyHeader):
+                data += await reader.readexactly(result)  # never past the header's end
+    except proxyproto.ProxyHeaderError as error:
+        raise ProxyRefused(f"from balancer {peer.ip}: {error}", reason=error.reason) from None
+    except TimeoutError:
+        raise ProxyRefused(f"no PROXY header from balancer {peer.ip} in time", reason="timeout") from None
+    except asyncio.IncompleteReadError:
+        raise ProxyRefused(f"balancer {peer.ip} closed inside the PROXY header", reason="malformed") from None
+    metrics.proxy_protocol_headers.labels(str(result.version)).inc()
+    client = result.client or peer  # LOCAL / UNKNOWN: the balancer's own connection
+    dialled = result.destination or ours
+    data_peer = client.ip if settings.data_from == "client" else peer.ip
+    return Origin(client, dialled, data_peer, balancer=peer.ip), reader
+
+
+def _applies(listeners: Any, ours: HostPort) -> bool:
+    # A listener on 0.0.0.0:21 takes connections to every local address: it matches by port.
+    return not listeners or any(
+        listener.port == ours.port and (listener.ip.is_unspecified or listener.ip == ours.ip) for listener in listeners
+    )
+
+
+class _GuardedReader:
+    """An untrusted peer's stream: if its first bytes are a PROXY header, it gets a 421 and end of stream."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, metrics: Metrics, peer: IPAddress
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._metrics = metrics
+        self._peer = peer
+        self._first = True
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await self._reader.read(n)
+        return self._checked(data)
+
+    async def readline(self) -> bytes:
+        return self._checked(await self._reader.readline())
+
+    def _checked(self, data: bytes) -> bytes:
+        if self._first and data:
+            self._first = False
+            if proxyproto.looks_like_header(data):
+                self._metrics.proxy_refused("untrusted")
+                log.warning("proxy protocol refused reason=untrusted peer=%s", self._peer)
+                if not self._writer.transport.is_closing():
+                    self._writer.write(reply(421, UNTRUSTED_TEXT))
+                return b""
+        return data
+
+
+async def read_user(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float
+) -> tuple[str, bytes] | None:
+    """per_user routing: greet the client ourselves and read up to its USER command: (name, the line to replay
+    on the upstream), or None when the client quit, closed or took too long."""
+    writer.write(reply(220, "FTP gateway ready; log in to be connected to your server."))
+    try:
+        async with asyncio.timeout(timeout_s):
+            for _ in range(MAX_LOGIN_LINES):
+                line = await reader.readline()
+                if not line.endswith(b"\n"):
+                    return None
+                if len(line) > MAX_LOGIN_LINE_BYTES:
+                    writer.write(reply(500, "Line too long."))
+                    continue
+                command = parse_command(line)
+                if command is not None and command.verb == "USER" and command.argument.strip():
+                    name = command.argument.strip().decode("utf-8", "replace")
+                    return name, line
+                if command is not None and command.verb == "QUIT":
+                    writer.write(reply(221, "Goodbye."))
+                    return None
+                verb = command.verb if command is not None else "?"
+                log.debug("before login verb=%s", printable(verb))
+                writer.write(reply(530, "Please log in with USER first."))
+                await writer.drain()
+            writer.write(reply(421, "Too many commands before USER."))
+    except (TimeoutError, ConnectionError, OSError, ValueError):
+        pass
+    return None
