@@ -138,11 +138,8 @@ async def start_upstream_tls(
 ) -> None:
     assert runtime.upstream_context is not None
     try:
-        await writer.start_tls(
-            runtime.upstream_context,
-            server_hostname=upstream_name(runtime, upstream),
-            ssl_handshake_timeout=runtime.handshake_timeout_s,
-        )
+        async with asyncio.timeout(runtime.handshake_timeout_s):  # a TimeoutError: see start_client_tls
+            await writer.start_tls(runtime.upstream_context, server_hostname=upstream_name(runtime, upstream))
     except (ssl.SSLError, OSError, TimeoutError) as error:
         metrics.tls_handshake("server", "control", "timeout" if isinstance(error, TimeoutError) else "failed")
         raise UpstreamTlsFailed(reason_of(error)) from error
@@ -165,7 +162,10 @@ async def start_client_tls(
     """Switch the client's control connection to TLS after our 234; returns plaintext bytes dropped."""
     await writer.drain()
     dropped = discard_buffered(reader)
-    await writer.start_tls(context, ssl_handshake_timeout=runtime.handshake_timeout_s)
+    # asyncio.timeout, not ssl_handshake_timeout: that one ends in ConnectionAbortedError, which the metrics
+    # would count as a failure, never as a timeout.
+    async with asyncio.timeout(runtime.handshake_timeout_s):
+        await writer.start_tls(context)
     return dropped
 
 

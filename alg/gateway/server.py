@@ -221,12 +221,9 @@ class Gateway:
         reader = asyncio.StreamReader(limit=64 * 1024)
         protocol = asyncio.StreamReaderProtocol(reader)
         try:
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol,
-                conn,
-                ssl=certificate.context,
-                ssl_handshake_timeout=self.tls.handshake_timeout_s,
-            )
+            # asyncio.timeout: ssl_handshake_timeout ends in ConnectionAbortedError, counted as "failed".
+            async with asyncio.timeout(self.tls.handshake_timeout_s):
+                transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, ssl=certificate.context)
         except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
             outcome = "timeout" if isinstance(error, TimeoutError) else "failed"
             self.metrics.tls_handshake("client", "control", outcome)

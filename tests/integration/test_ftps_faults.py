@@ -286,6 +286,7 @@ def first_replies(world: FtpsWorld, target: FtpTarget) -> list[Reply]:
 def test_a_bad_upstream_certificate_gets_421_naming_the_reason(world: FtpsWorld, name: str, reason: str) -> None:
     replies = first_replies(world, setup(world, name))
     refusal = [r for r in replies if r.code == 421]
+    print(f"{name}: {refusal[0] if refusal else replies}")
     assert refusal, [str(r) for r in replies]
     assert re.search(reason, refusal[0].text, re.I), refusal[0]
     assert "certificate" in refusal[0].text.lower(), refusal[0]

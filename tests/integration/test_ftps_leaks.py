@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from hostile import scrape, start_gateway, wait_until
+from hostile import metric, scrape, start_gateway, wait_until
 from netns import Topology
 from pki import Pki
 from servers import FtpServer
@@ -282,6 +282,22 @@ def test_tls_sessions_aborted_in_every_way_leave_nothing_behind(
     samples = scrape(topo)
     outcomes = {dict(k)["outcome"]: v for (n, k), v in samples.items() if n == "ftp_alg_sessions_total" and v}
     assert sum(outcomes.values()) == SESSIONS + len(SCENARIOS), outcomes
+    handshakes = {
+        tuple(dict(k)[n] for n in ("side", "channel", "outcome")): v
+        for (n, k), v in samples.items()
+        if n == "ftp_alg_tls_handshakes_total"
+    }
+    print(f"tls leak test: handshakes {handshakes}")
+    runs = {s.__name__: 1 + len(range(SCENARIOS.index(s), SESSIONS, len(SCENARIOS))) for s in SCENARIOS}
+    # Each stalled ClientHello is one handshake timeout; each garbage or reset one a failure.
+    assert handshakes[("client", "control", "timeout")] == runs["half_hello_stall"], handshakes
+    assert handshakes[("client", "control", "failed")] >= runs["garbage_after_auth"], handshakes
+    assert handshakes[("client", "data", "ok")] >= runs["retr_complete"] + runs["retr_abor"], handshakes
+    assert handshakes[("server", "data", "ok")] >= runs["retr_complete"], handshakes
+    assert handshakes[("client", "data", "failed")] >= runs["data_handshake_reset"], handshakes
+    protected = metric(samples, "ftp_alg_data_channels_protection_total", client_leg="tls", server_leg="tls")
+    assert protected >= runs["retr_complete"] + runs["retr_abor"], protected
+    assert metric(samples, "ftp_alg_tls_certificate_expiry_timestamp_seconds") > time.time() + 365 * 86400
     errors = [line for line in gateway.log().splitlines() if "level=error" in line or "Traceback" in line]
     assert not errors, errors[:3]
     assert after["sessions"] == after["data_channels"] == after["public_ports"] == after["internal_ports"] == 0

@@ -245,7 +245,8 @@ def test_227_replies_that_are_unsolicited_multiline_or_name_a_third_party_are_no
     with RawFtp.open(topo.client, topo.public_addr) as client:
         client.login()
         unsolicited = client.line()
-        assert unsolicited.startswith(b"227 ")  # passed on as text, acted on never
+        # Acted on never, and not passed on with the address it names either (it may be an internal one).
+        assert unsolicited.startswith(b"425 ") and b"198,51,100" not in unsolicited, unsolicited
         assert metric(scrape(topo), "ftp_alg_port_pool_in_use", pool="public") == 0
         assert client.cmd("PASV").code == 425  # the multi-line 227 is not used
         assert metric(scrape(topo), "ftp_alg_port_pool_in_use", pool="public") == 0
