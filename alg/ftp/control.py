@@ -686,7 +686,9 @@ class ControlChannel:
             self._held_reply = line
             self._server.waiting_for = ticket
             return []
-        if not record.connected:
+        if not record.connected or any(entry.verb == "ABOR" for entry in self._pending):
+            # Aborted: the gateway ends the data connection on both legs. proftpd sends the ABOR's 226 only once
+            # its data peer has closed, and tnftp closes only after that 226: directly they wait ~10 s.
             del self._tickets[ticket]
             return [CloseDataEndpoint(ticket), SendToClient(line)]
         return [SendToClient(line)]

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from alg.ftp.addresses import HostPort
 from alg.ftp.control import (
     Action,
+    CloseDataEndpoint,
     ControlChannel,
     ListenForClient,
     ListenForServer,
@@ -202,6 +203,17 @@ def test_abor_during_a_transfer_goes_with_the_telnet_synch_whatever_the_client_s
         actions = ch.client_data(sent)
         assert [a for a in actions if isinstance(a, SendToServer)] == SYNCH, sent
         assert to_client(ch.server_data(b"426 aborted\r\n226 abort ok\r\n")) == b"426 aborted\r\n226 abort ok\r\n"
+
+
+def test_a_426_with_an_abor_pending_closes_the_data_connection() -> None:
+    ch, ticket = transferring()
+    ch.client_data(b"ABOR\r\n")
+    actions = ch.server_data(b"426 aborted\r\n")
+    assert CloseDataEndpoint(ticket) in actions and to_client(actions) == b"426 aborted\r\n"
+    assert ticket not in ch.open_tickets
+    # Without an ABOR, a 426 leaves the data connection to end by itself (a server-side failure mid-stream).
+    other, kept = transferring()
+    assert CloseDataEndpoint(kept) not in other.server_data(b"426 broken\r\n")
 
 
 def test_abor_with_no_transfer_running_is_plain() -> None:
