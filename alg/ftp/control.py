@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 from alg.errors import FtpProtocolError, PolicyDenied
-from alg.ftp import addresses, tls, wire
+from alg.ftp import tls, wire
 from alg.ftp.actions import (
     Action,
     CloseDataEndpoint,
@@ -32,6 +32,8 @@ from alg.ftp.actions import (
     Translated,
 )
 from alg.ftp.addresses import HostPort
+from alg.ftp.channelstate import PROBING, TRANSFER_VERBS, Pending, Side, Ticket
+from alg.ftp.datanegotiation import DataNegotiation
 from alg.ftp.families import ServerFeatures
 from alg.ftp.tls import TlsPolicy
 from alg.ftp.wire import Command, LineFramer, Overlong, TelnetFilter, parse_command, parse_reply_line, reply
@@ -61,7 +63,6 @@ __all__ = [
 
 # ---- settings ----------------------------------------------------------------------------------------------
 
-TRANSFER_VERBS = frozenset(("RETR", "STOR", "STOU", "APPE", "LIST", "NLST", "MLSD"))
 # Commands whose replies would carry addresses we do not translate (RFC 1639 LPRT/LPSV, SPSV, pure-ftpd's P@SW)
 # or that the gateway cannot take part in (RFC 2228 ADAT): refused so clients fall back. AUTH, PBSZ, PROT and
 # CCC are decided by alg.ftp.tls.
@@ -93,45 +94,7 @@ class ChannelSettings:
     tls: TlsPolicy = field(default_factory=TlsPolicy)
 
 
-# A client-side wait that is not a ticket: an EPSV/EPRT whose refusal may still be retried as PASV/PORT.
-_PROBING = 0
-
-# ---- state ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A command forwarded and waiting for its final reply, or a reply of ours waiting for its turn."""
-
-    verb: str
-    ticket: int | None = None
-    local_reply: bytes | None = None
-    argument: bytes = b""
-    start_tls: bool = False  # a local 234: the client's TLS starts once it is sent
-    sent: str = ""  # PASV/EPSV/PORT/EPRT: the verb the server got (families.py may translate it)
-    probe: bool = False  # the client's next lines wait for this reply (a refusal would be retried first)
-
-
-@dataclass(slots=True)
-class _Ticket:
-    passive: bool
-    line: bytes  # the line to rewrite once the endpoint is ready
-    verb: str  # the client's verb: decides the reply it gets
-    sent: str = ""  # passive: the verb the server answered
-    public: HostPort | None = None  # active: the endpoint the server was told of (kept for a retry)
-    connected: bool = False
-    finished: bool = False
-    ready: bool = False
-
-
-@dataclass(slots=True)
-class _Side:
-    framer: LineFramer
-    backlog: deque[bytes | Overlong] = field(default_factory=deque)
-    waiting_for: int | None = None  # ticket whose news must come before this side's lines move on
-
-
-class ControlChannel:
+class ControlChannel(DataNegotiation):
     """One FTP control connection pair, seen from the gateway.
 
     `client` is the control client's address and `server` the upstream's, as the gateway sees them.
@@ -159,14 +122,14 @@ class ControlChannel:
         self.logged_in = False
         self.closed = False
         self.client_lines = 0  # complete lines received: activity that a byte-a-minute client cannot fake
-        self._client = _Side(LineFramer(self.settings.max_line_bytes, telnet=TelnetFilter()))
+        self._client = Side(LineFramer(self.settings.max_line_bytes, telnet=TelnetFilter()))
         self.features = ServerFeatures(server_ipv6=isinstance(server.ip, IPv6Address))
         # Toward the server, ABOR goes with the Telnet synch as urgent data; inside TLS there is no urgent data
         # (the mark would point into a record), so a TLS control leg gets a plain ABOR line.
         self.urgent_abort = not server_secured
-        self._server = _Side(LineFramer(self.settings.max_server_line_bytes))
+        self._server = Side(LineFramer(self.settings.max_server_line_bytes))
         # The banner is the reply to connecting.
-        self._pending: deque[_Pending] = deque([_Pending("<connect>")])
+        self._pending: deque[Pending] = deque([Pending("<connect>")])
         self._multiline: int | None = None  # code of the multi-line reply in progress
         self._suppress_multiline = False
         self._kept: list[bytes] | None = None  # lines of a transfer's multi-line final reply, kept together
@@ -174,7 +137,7 @@ class ControlChannel:
         self._feat: list[bytes] | None = None  # a multi-line FEAT reply, rewritten once complete
         self._held_reply: bytes | None = None  # a transfer's final reply waiting for its data to drain
         self._failed: dict[int, bytes] = {}  # ticket -> our 426, for a transfer whose data connection broke
-        self._tickets: dict[int, _Ticket] = {}
+        self._tickets: dict[int, Ticket] = {}
         self._next_ticket = 1
         self._armed: int | None = None  # the ticket the next transfer command will use
         self._epsv_all = False
@@ -217,85 +180,6 @@ class ControlChannel:
         self.tls.tls_started()
         return self._run()
 
-    def data_endpoint_ready(self, ticket: int, public: HostPort) -> list[Action]:
-        record = self._tickets.get(ticket)
-        if record is None or record.ready or self.closed:
-            return []
-        record.ready = True
-        out: list[Action] = []
-        if record.passive:
-            if record.verb == "PASV" and not isinstance(public.ip, IPv4Address):
-                # Not expressible in a 227: refused in its place, never a wrong address.
-                record.ready = False
-                return [CloseDataEndpoint(ticket), *self.data_endpoint_failed(ticket, f"{public.ip} is not IPv4")]
-            if record.verb == "PASV":
-                same = record.sent == "PASV"
-                after = addresses.rewrite_227(record.line, public) if same else addresses.format_227(public)
-                out.append(Rewrote("pasv", record.line, after))
-            else:
-                same = record.sent == "EPSV"
-                after = addresses.rewrite_229(record.line, public.port) if same else addresses.format_229(public.port)
-                out.append(Rewrote("epsv", record.line, after))
-            out.append(SendToClient(after))
-            self._armed = ticket
-            self._server.waiting_for = None
-        else:
-            record.public = public
-            verb = self.features.verb_for_server(record.verb)
-            if verb == "PORT" and not isinstance(public.ip, IPv4Address):
-                verb = "EPRT"
-            after = self._active_line(verb, public)
-            out.append(Rewrote(verb.lower(), record.line, after))
-            if verb != record.verb:
-                out.append(Translated(record.verb, verb))
-            out.append(SendToServer(after))
-            probe = self.features.may_refuse(verb)
-            self._pending.append(_Pending(record.verb, ticket=ticket, sent=verb, probe=probe))
-            self._armed = ticket
-            self._client.waiting_for = _PROBING if probe else None
-        return out + self._run()
-
-    def data_endpoint_failed(self, ticket: int, reason: str) -> list[Action]:
-        record = self._tickets.pop(ticket, None)
-        if record is None or self.closed:
-            return []
-        if record.ready:
-            # Already announced, maybe in use: a transfer whose data connection broke is not reported as
-            # complete, whatever the server says (it may have written everything into the gateway's buffers).
-            if self._armed == ticket:
-                self._armed = None
-            aborted = reply(426, f"Connection closed; transfer aborted: {reason}.")
-            if self._server.waiting_for == ticket and self._held_reply is not None:
-                self._held_reply = aborted
-            elif any(entry.ticket == ticket and entry.verb in TRANSFER_VERBS for entry in self._pending):
-                self._failed[ticket] = aborted  # bounded: one per transfer command still owed a reply
-            return self._finished(ticket)
-        refusal = reply(425, f"Can't open data connection: {reason}.")
-        out: list[Action] = [Refused("data-endpoint", record.verb, 425, reason)]
-        if record.passive:
-            # The server's 227/229 is replaced by our refusal, in its place in the reply order.
-            out.append(SendToClient(refusal))
-            self._server.waiting_for = None
-        else:
-            self._client.waiting_for = None
-            out.extend(self._answer_locally(refusal))
-        return out + self._run()
-
-    def data_connected(self, ticket: int) -> list[Action]:
-        record = self._tickets.get(ticket)
-        if record is not None:
-            record.connected = True
-        return []
-
-    def data_finished(self, ticket: int) -> list[Action]:
-        """The data connection ended, or at least one direction delivered its end of file."""
-        record = self._tickets.pop(ticket, None)
-        if record is None or self.closed:
-            return []
-        if self._armed == ticket:
-            self._armed = None
-        return self._finished(ticket)
-
     @property
     def wants_client_data(self) -> bool:
         """False while client lines are held: the session stops reading, which bounds the backlog."""
@@ -304,15 +188,6 @@ class ControlChannel:
     @property
     def wants_server_data(self) -> bool:
         return not self._server.backlog and not self.closed
-
-    @property
-    def open_tickets(self) -> frozenset[int]:
-        return frozenset(self._tickets)
-
-    @staticmethod
-    def _active_line(verb: str, public: HostPort) -> bytes:
-        argument = addresses.format_port(public) if verb == "PORT" else addresses.format_eprt(public)
-        return verb.encode() + b" " + argument + b"\r\n"
 
     @property
     def at_rest(self) -> bool:
@@ -328,7 +203,7 @@ class ControlChannel:
         while progressed and not self.closed:
             progressed = False
             while self._server.backlog and self._server.waiting_for is None and not self.closed:
-                probing = self._client.waiting_for == _PROBING
+                probing = self._client.waiting_for == PROBING
                 out.extend(self._server_line(self._server.backlog.popleft()))
                 if self._server.waiting_for is None:
                     out.extend(self._flush_local_replies())  # ours come before the next server reply
@@ -357,31 +232,11 @@ class ControlChannel:
         out.append(CloseSession(reason))
         return out
 
-    def _finished(self, ticket: int) -> list[Action]:
-        if self._server.waiting_for == ticket and self._held_reply is not None:
-            held, self._held_reply = self._held_reply, None
-            self._server.waiting_for = None
-            return [SendToClient(held), *self._run()]
-        return []
-
-    def _new_ticket(self, passive: bool, line: bytes, verb: str) -> tuple[int, list[Action]]:
-        out: list[Action] = []
-        # A new PASV/PORT replaces an endpoint that no transfer has used.
-        for number, record in list(self._tickets.items()):
-            if not record.connected and number == self._armed:
-                del self._tickets[number]
-                out.append(CloseDataEndpoint(number))
-                self._armed = None
-        ticket = self._next_ticket
-        self._next_ticket += 1
-        self._tickets[ticket] = _Ticket(passive=passive, line=line, verb=verb)
-        return ticket, out
-
     def _answer_locally(self, line: bytes, *, start_tls: bool = False) -> list[Action]:
         """Our own reply, queued behind the replies still owed for earlier commands."""
         if not self._pending and self._server.waiting_for is None:
             return [SendToClient(line), *(self._order_client_tls() if start_tls else [])]
-        self._pending.append(_Pending("<local>", local_reply=line, start_tls=start_tls))
+        self._pending.append(Pending("<local>", local_reply=line, start_tls=start_tls))
         return []
 
     def _flush_local_replies(self) -> list[Action]:
@@ -453,14 +308,14 @@ class ControlChannel:
                 entry.verb in TRANSFER_VERBS and (entry.ticket is None or entry.ticket in self._tickets)
                 for entry in self._pending
             )
-            self._pending.append(_Pending(verb))
+            self._pending.append(Pending(verb))
             return self._abort(running)
         out: list[Action] = []
         ticket = None
         if verb in TRANSFER_VERBS:
             ticket = self._armed
             out.append(TransferRequested(ticket, verb, command.argument))
-        self._pending.append(_Pending(verb, ticket=ticket, argument=command.argument))
+        self._pending.append(Pending(verb, ticket=ticket, argument=command.argument))
         out.append(SendToServer(command.raw))
         return out
 
@@ -477,70 +332,6 @@ class ControlChannel:
             SendToServer(wire.ABORT_URGENT, urgent=True),
             SendToServer(wire.ABORT_COMMAND),
         ]
-
-    def _check_data_limit(self) -> None:
-        if len(self._tickets) >= self.settings.max_data_channels:
-            limit = self.settings.max_data_channels
-            raise PolicyDenied(f"Too many data connections open (limit {limit})", rule="limit", reply_code=425)
-
-    def _active(self, command: Command) -> list[Action]:
-        if self._epsv_all:
-            raise PolicyDenied("After EPSV ALL only EPSV may open data connections", rule="syntax", reply_code=503)
-        if command.verb == "PORT":
-            target = addresses.parse_port(command.argument)
-        else:
-            target = addresses.parse_eprt(command.argument)
-        if target.ip != self.client.ip and self.settings.port_address_mismatch == "rewrite":
-            target = HostPort(self.client.ip, target.port)
-        if target.ip != self.client.ip:
-            raise PolicyDenied(
-                f"{command.verb} refused: it names {target.ip}, but your connection comes from {self.client.ip}"
-                " (the client announced a LAN or third-party address; use passive mode)",
-                rule="bounce",
-                reply_code=504,
-            )
-        if target.port < self.settings.min_active_port:
-            raise PolicyDenied(
-                f"{command.verb} refused: port {target.port} is privileged (below {self.settings.min_active_port})",
-                rule="bounce",
-                reply_code=504,
-            )
-        self._check_data_limit()
-        ticket, out = self._new_ticket(passive=False, line=command.raw, verb=command.verb)
-        self._client.waiting_for = ticket
-        out.append(ListenForServer(ticket, target, self.tls.client_private, self.tls.server_private))
-        return out
-
-    def _passive(self, command: Command) -> list[Action]:
-        argument = command.argument.strip().upper()
-        if command.verb == "EPSV" and argument == b"ALL":
-            # RFC 2428 section 4: from now on only EPSV; the server enforces it too.
-            self._epsv_all = True
-            self._pending.append(_Pending("EPSV ALL"))
-            return [SendToServer(command.raw)]
-        if command.verb == "PASV" and self._epsv_all:
-            raise PolicyDenied("After EPSV ALL only EPSV may open data connections", rule="syntax", reply_code=503)
-        raw = command.raw
-        if command.verb == "EPSV" and argument:
-            family = b"2" if isinstance(self.client.ip, IPv6Address) else b"1"
-            if argument != family:
-                raise PolicyDenied(
-                    f"Network protocol not supported, use ({family.decode()})", rule="syntax", reply_code=522
-                )
-            raw = b"EPSV\r\n"  # the server side has its own family; let the server pick
-        if command.verb == "PASV" and isinstance(self.client.ip, IPv6Address):
-            raise PolicyDenied("PASV cannot carry an IPv6 address; use EPSV", rule="syntax", reply_code=425)
-        self._check_data_limit()
-        sent = self.features.verb_for_server(command.verb)
-        out: list[Action] = []
-        if sent != command.verb:
-            raw = sent.encode() + b"\r\n"
-            out.append(Translated(command.verb, sent))
-        probe = self.features.may_refuse(sent)
-        self._pending.append(_Pending(command.verb, sent=sent, probe=probe))
-        if probe:
-            self._client.waiting_for = _PROBING
-        return [*out, SendToServer(raw)]
 
     # ---- server lines ------------------------------------------------------------------------------------------
 
@@ -624,7 +415,7 @@ class ControlChannel:
         verb = entry.verb
         self._said_goodbye = code in (221, 421)
         if entry.sent:
-            if entry.probe and self._client.waiting_for == _PROBING:
+            if entry.probe and self._client.waiting_for == PROBING:
                 self._client.waiting_for = None  # the probe's answer is in (one probe at a time)
             retry = self.features.learn_refusal(entry.sent, code)
             if retry is not None:
@@ -650,77 +441,4 @@ class ControlChannel:
             if entry.ticket is not None:
                 return out + self._transfer_reply(entry.ticket, code, line)
         out.append(SendToClient(line))
-        return out
-
-    def _retry(self, entry: _Pending, verb: str) -> list[Action]:
-        """The server does not know EPSV/EPRT: the same request in the RFC 959 form, in the same place."""
-        if entry.verb in ("PORT", "EPRT"):
-            record = self._tickets.get(entry.ticket) if entry.ticket is not None else None
-            if record is None or record.public is None or not isinstance(record.public.ip, IPv4Address):
-                detail = "Can't open data connection: the FTP server knows neither EPRT nor an IPv4 PORT for us"
-                return [Refused("unsupported", entry.verb, 425, detail), SendToClient(reply(425, detail))]
-            line = self._active_line(verb, record.public)
-        else:
-            line = verb.encode() + b"\r\n"
-        self._pending.appendleft(
-            _Pending(entry.verb, ticket=entry.ticket, argument=entry.argument, sent=verb, probe=True)
-        )
-        self._client.waiting_for = _PROBING  # still: the retry's reply comes before the client's next lines
-        out: list[Action] = [SendToServer(line)]
-        if verb != entry.verb:
-            out.insert(0, Translated(entry.verb, verb))
-        return out
-
-    def _transfer_reply(self, ticket: int, code: int, line: bytes) -> list[Action]:
-        if self._armed == ticket:
-            self._armed = None  # one transfer per PASV/PORT
-        failed = self._failed.pop(ticket, None)
-        if failed is not None and code < 300:
-            return [SendToClient(failed)]
-        record = self._tickets.get(ticket)
-        if record is None:
-            return [SendToClient(line)]
-        if code < 300:
-            # Success means the data moved; the server may report it before we accepted or relayed the data
-            # connection, so the 226 waits until our relay has delivered it (bounded by the data timeouts).
-            self._held_reply = line
-            self._server.waiting_for = ticket
-            return []
-        if not record.connected or any(entry.verb == "ABOR" for entry in self._pending):
-            # Aborted: the gateway ends the data connection on both legs. proftpd sends the ABOR's 226 only once
-            # its data peer has closed, and tnftp closes only after that 226: directly they wait ~10 s.
-            del self._tickets[ticket]
-            return [CloseDataEndpoint(ticket), SendToClient(line)]
-        return [SendToClient(line)]
-
-    def _passive_reply(self, verb: str, code: int, line: bytes, single_line: bool, *, client_verb: str) -> list[Action]:
-        """`verb` is what the server got, `client_verb` what the client sent (and the form of its reply)."""
-        unusable = reply(425, "Can't open data connection: the FTP server's passive reply was not understood.")
-        if not single_line or (verb, code) not in (("PASV", 227), ("EPSV", 229)):
-            return [Refused("server-reply", verb, 425, "unusable passive reply"), SendToClient(unusable)]
-        try:
-            if code == 227:
-                announced, _, _ = addresses.find_227(line)
-            else:
-                port, _, _ = addresses.find_229(line)
-                announced = HostPort(self.server.ip, port)
-        except FtpProtocolError as error:
-            return [Refused("server-reply", verb, 425, str(error)), SendToClient(unusable)]
-        target = announced
-        out: list[Action] = []
-        if self.settings.passive_target == "upstream":
-            # The server's idea of its own address is often private (NAT): use the host we reached it at.
-            target = HostPort(self.server.ip, announced.port)
-        elif announced.ip != self.server.ip:
-            check = self.settings.allow_data_peer
-            if check is None or not check(announced.ip, self.server.ip):
-                # RFC 2577: a reply naming a third party is not followed; the upstream host is used instead.
-                target = HostPort(self.server.ip, announced.port)
-                detail = f"the server announced third-party address {announced.ip}; using {self.server.ip}"
-                out.append(Refused("bounce", verb, 0, detail))
-        ticket, closed = self._new_ticket(passive=True, line=line, verb=client_verb)
-        self._tickets[ticket].sent = verb
-        out.extend(closed)
-        self._server.waiting_for = ticket
-        out.append(ListenForClient(ticket, target, self.tls.client_private, self.tls.server_private))
         return out

@@ -1,0 +1,313 @@
+"""The data-channel half of the control channel: PASV/EPSV and PORT/EPRT negotiated, tickets for the data
+endpoints the session opens, the translated verb retried once (RFC 6384), a transfer's final reply held until
+its data has drained.
+
+Rules: pure, as the rest of ControlChannel (a mixin sharing its state); a 227/229 is acted on only as the
+single-line final reply to an outstanding PASV/EPSV; an address that a reply cannot carry is refused, never
+written wrong.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from ipaddress import IPv4Address, IPv6Address
+from typing import TYPE_CHECKING
+
+from alg.errors import FtpProtocolError, PolicyDenied
+from alg.ftp import addresses
+from alg.ftp.actions import (
+    Action,
+    CloseDataEndpoint,
+    ListenForClient,
+    ListenForServer,
+    Refused,
+    Rewrote,
+    SendToClient,
+    SendToServer,
+    Translated,
+)
+from alg.ftp.addresses import HostPort
+from alg.ftp.channelstate import PROBING, TRANSFER_VERBS, Pending, Side, Ticket
+from alg.ftp.families import ServerFeatures
+from alg.ftp.wire import Command, reply
+
+if TYPE_CHECKING:
+    from alg.ftp import tls
+    from alg.ftp.control import ChannelSettings
+
+
+class DataNegotiation:
+    """ControlChannel's data-connection half (a mixin: the state is the channel's)."""
+
+    settings: ChannelSettings
+    tls: tls.ClientTls
+    features: ServerFeatures
+    client: HostPort
+    server: HostPort
+    closed: bool
+    _client: Side
+    _server: Side
+    _pending: deque[Pending]
+    _tickets: dict[int, Ticket]
+    _next_ticket: int
+    _armed: int | None
+    _held_reply: bytes | None
+    _failed: dict[int, bytes]
+    _epsv_all: bool
+
+    def _run(self) -> list[Action]:
+        raise NotImplementedError
+
+    def _answer_locally(self, line: bytes, *, start_tls: bool = False) -> list[Action]:
+        raise NotImplementedError
+
+    # ---- facts from the session ----------------------------------------------------------------------------
+
+    def data_endpoint_ready(self, ticket: int, public: HostPort) -> list[Action]:
+        record = self._tickets.get(ticket)
+        if record is None or record.ready or self.closed:
+            return []
+        record.ready = True
+        out: list[Action] = []
+        if record.passive:
+            if record.verb == "PASV" and not isinstance(public.ip, IPv4Address):
+                # Not expressible in a 227: refused in its place, never a wrong address.
+                record.ready = False
+                return [CloseDataEndpoint(ticket), *self.data_endpoint_failed(ticket, f"{public.ip} is not IPv4")]
+            if record.verb == "PASV":
+                same = record.sent == "PASV"
+                after = addresses.rewrite_227(record.line, public) if same else addresses.format_227(public)
+                out.append(Rewrote("pasv", record.line, after))
+            else:
+                same = record.sent == "EPSV"
+                after = addresses.rewrite_229(record.line, public.port) if same else addresses.format_229(public.port)
+                out.append(Rewrote("epsv", record.line, after))
+            out.append(SendToClient(after))
+            self._armed = ticket
+            self._server.waiting_for = None
+        else:
+            record.public = public
+            verb = self.features.verb_for_server(record.verb)
+            if verb == "PORT" and not isinstance(public.ip, IPv4Address):
+                verb = "EPRT"
+            after = self._active_line(verb, public)
+            out.append(Rewrote(verb.lower(), record.line, after))
+            if verb != record.verb:
+                out.append(Translated(record.verb, verb))
+            out.append(SendToServer(after))
+            probe = self.features.may_refuse(verb)
+            self._pending.append(Pending(record.verb, ticket=ticket, sent=verb, probe=probe))
+            self._armed = ticket
+            self._client.waiting_for = PROBING if probe else None
+        return out + self._run()
+
+    def data_endpoint_failed(self, ticket: int, reason: str) -> list[Action]:
+        record = self._tickets.pop(ticket, None)
+        if record is None or self.closed:
+            return []
+        if record.ready:
+            # Already announced, maybe in use: a transfer whose data connection broke is not reported as
+            # complete, whatever the server says (it may have written everything into the gateway's buffers).
+            if self._armed == ticket:
+                self._armed = None
+            aborted = reply(426, f"Connection closed; transfer aborted: {reason}.")
+            if self._server.waiting_for == ticket and self._held_reply is not None:
+                self._held_reply = aborted
+            elif any(entry.ticket == ticket and entry.verb in TRANSFER_VERBS for entry in self._pending):
+                self._failed[ticket] = aborted  # bounded: one per transfer command still owed a reply
+            return self._finished(ticket)
+        refusal = reply(425, f"Can't open data connection: {reason}.")
+        out: list[Action] = [Refused("data-endpoint", record.verb, 425, reason)]
+        if record.passive:
+            # The server's 227/229 is replaced by our refusal, in its place in the reply order.
+            out.append(SendToClient(refusal))
+            self._server.waiting_for = None
+        else:
+            self._client.waiting_for = None
+            out.extend(self._answer_locally(refusal))
+        return out + self._run()
+
+    def data_connected(self, ticket: int) -> list[Action]:
+        record = self._tickets.get(ticket)
+        if record is not None:
+            record.connected = True
+        return []
+
+    def data_finished(self, ticket: int) -> list[Action]:
+        """The data connection ended, or at least one direction delivered its end of file."""
+        record = self._tickets.pop(ticket, None)
+        if record is None or self.closed:
+            return []
+        if self._armed == ticket:
+            self._armed = None
+        return self._finished(ticket)
+
+    @property
+    def open_tickets(self) -> frozenset[int]:
+        return frozenset(self._tickets)
+
+    @staticmethod
+    def _active_line(verb: str, public: HostPort) -> bytes:
+        argument = addresses.format_port(public) if verb == "PORT" else addresses.format_eprt(public)
+        return verb.encode() + b" " + argument + b"\r\n"
+
+    def _finished(self, ticket: int) -> list[Action]:
+        if self._server.waiting_for == ticket and self._held_reply is not None:
+            held, self._held_reply = self._held_reply, None
+            self._server.waiting_for = None
+            return [SendToClient(held), *self._run()]
+        return []
+
+    def _new_ticket(self, passive: bool, line: bytes, verb: str) -> tuple[int, list[Action]]:
+        out: list[Action] = []
+        # A new PASV/PORT replaces an endpoint that no transfer has used.
+        for number, record in list(self._tickets.items()):
+            if not record.connected and number == self._armed:
+                del self._tickets[number]
+                out.append(CloseDataEndpoint(number))
+                self._armed = None
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        self._tickets[ticket] = Ticket(passive=passive, line=line, verb=verb)
+        return ticket, out
+
+    # ---- client commands ---------------------------------------------------------------------------------------
+
+    def _check_data_limit(self) -> None:
+        if len(self._tickets) >= self.settings.max_data_channels:
+            limit = self.settings.max_data_channels
+            raise PolicyDenied(f"Too many data connections open (limit {limit})", rule="limit", reply_code=425)
+
+    def _active(self, command: Command) -> list[Action]:
+        if self._epsv_all:
+            raise PolicyDenied("After EPSV ALL only EPSV may open data connections", rule="syntax", reply_code=503)
+        if command.verb == "PORT":
+            target = addresses.parse_port(command.argument)
+        else:
+            target = addresses.parse_eprt(command.argument)
+        if target.ip != self.client.ip and self.settings.port_address_mismatch == "rewrite":
+            target = HostPort(self.client.ip, target.port)
+        if target.ip != self.client.ip:
+            raise PolicyDenied(
+                f"{command.verb} refused: it names {target.ip}, but your connection comes from {self.client.ip}"
+                " (the client announced a LAN or third-party address; use passive mode)",
+                rule="bounce",
+                reply_code=504,
+            )
+        if target.port < self.settings.min_active_port:
+            raise PolicyDenied(
+                f"{command.verb} refused: port {target.port} is privileged (below {self.settings.min_active_port})",
+                rule="bounce",
+                reply_code=504,
+            )
+        self._check_data_limit()
+        ticket, out = self._new_ticket(passive=False, line=command.raw, verb=command.verb)
+        self._client.waiting_for = ticket
+        out.append(ListenForServer(ticket, target, self.tls.client_private, self.tls.server_private))
+        return out
+
+    def _passive(self, command: Command) -> list[Action]:
+        argument = command.argument.strip().upper()
+        if command.verb == "EPSV" and argument == b"ALL":
+            # RFC 2428 section 4: from now on only EPSV; the server enforces it too.
+            self._epsv_all = True
+            self._pending.append(Pending("EPSV ALL"))
+            return [SendToServer(command.raw)]
+        if command.verb == "PASV" and self._epsv_all:
+            raise PolicyDenied("After EPSV ALL only EPSV may open data connections", rule="syntax", reply_code=503)
+        raw = command.raw
+        if command.verb == "EPSV" and argument:
+            family = b"2" if isinstance(self.client.ip, IPv6Address) else b"1"
+            if argument != family:
+                raise PolicyDenied(
+                    f"Network protocol not supported, use ({family.decode()})", rule="syntax", reply_code=522
+                )
+            raw = b"EPSV\r\n"  # the server side has its own family; let the server pick
+        if command.verb == "PASV" and isinstance(self.client.ip, IPv6Address):
+            raise PolicyDenied("PASV cannot carry an IPv6 address; use EPSV", rule="syntax", reply_code=425)
+        self._check_data_limit()
+        sent = self.features.verb_for_server(command.verb)
+        out: list[Action] = []
+        if sent != command.verb:
+            raw = sent.encode() + b"\r\n"
+            out.append(Translated(command.verb, sent))
+        probe = self.features.may_refuse(sent)
+        self._pending.append(Pending(command.verb, sent=sent, probe=probe))
+        if probe:
+            self._client.waiting_for = PROBING
+        return [*out, SendToServer(raw)]
+
+    # ---- server replies ----------------------------------------------------------------------------------------
+
+    def _retry(self, entry: Pending, verb: str) -> list[Action]:
+        """The server does not know EPSV/EPRT: the same request in the RFC 959 form, in the same place."""
+        if entry.verb in ("PORT", "EPRT"):
+            record = self._tickets.get(entry.ticket) if entry.ticket is not None else None
+            if record is None or record.public is None or not isinstance(record.public.ip, IPv4Address):
+                detail = "Can't open data connection: the FTP server knows neither EPRT nor an IPv4 PORT for us"
+                return [Refused("unsupported", entry.verb, 425, detail), SendToClient(reply(425, detail))]
+            line = self._active_line(verb, record.public)
+        else:
+            line = verb.encode() + b"\r\n"
+        self._pending.appendleft(
+            Pending(entry.verb, ticket=entry.ticket, argument=entry.argument, sent=verb, probe=True)
+        )
+        self._client.waiting_for = PROBING  # still: the retry's reply comes before the client's next lines
+        out: list[Action] = [SendToServer(line)]
+        if verb != entry.verb:
+            out.insert(0, Translated(entry.verb, verb))
+        return out
+
+    def _transfer_reply(self, ticket: int, code: int, line: bytes) -> list[Action]:
+        if self._armed == ticket:
+            self._armed = None  # one transfer per PASV/PORT
+        failed = self._failed.pop(ticket, None)
+        if failed is not None and code < 300:
+            return [SendToClient(failed)]
+        record = self._tickets.get(ticket)
+        if record is None:
+            return [SendToClient(line)]
+        if code < 300:
+            # Success means the data moved; the server may report it before we accepted or relayed the data
+            # connection, so the 226 waits until our relay has delivered it (bounded by the data timeouts).
+            self._held_reply = line
+            self._server.waiting_for = ticket
+            return []
+        if not record.connected or any(entry.verb == "ABOR" for entry in self._pending):
+            # Aborted: the gateway ends the data connection on both legs. proftpd sends the ABOR's 226 only once
+            # its data peer has closed, and tnftp closes only after that 226: directly they wait ~10 s.
+            del self._tickets[ticket]
+            return [CloseDataEndpoint(ticket), SendToClient(line)]
+        return [SendToClient(line)]
+
+    def _passive_reply(self, verb: str, code: int, line: bytes, single_line: bool, *, client_verb: str) -> list[Action]:
+        """`verb` is what the server got, `client_verb` what the client sent (and the form of its reply)."""
+        unusable = reply(425, "Can't open data connection: the FTP server's passive reply was not understood.")
+        if not single_line or (verb, code) not in (("PASV", 227), ("EPSV", 229)):
+            return [Refused("server-reply", verb, 425, "unusable passive reply"), SendToClient(unusable)]
+        try:
+            if code == 227:
+                announced, _, _ = addresses.find_227(line)
+            else:
+                port, _, _ = addresses.find_229(line)
+                announced = HostPort(self.server.ip, port)
+        except FtpProtocolError as error:
+            return [Refused("server-reply", verb, 425, str(error)), SendToClient(unusable)]
+        target = announced
+        out: list[Action] = []
+        if self.settings.passive_target == "upstream":
+            # The server's idea of its own address is often private (NAT): use the host we reached it at.
+            target = HostPort(self.server.ip, announced.port)
+        elif announced.ip != self.server.ip:
+            check = self.settings.allow_data_peer
+            if check is None or not check(announced.ip, self.server.ip):
+                # RFC 2577: a reply naming a third party is not followed; the upstream host is used instead.
+                target = HostPort(self.server.ip, announced.port)
+                detail = f"the server announced third-party address {announced.ip}; using {self.server.ip}"
+                out.append(Refused("bounce", verb, 0, detail))
+        ticket, closed = self._new_ticket(passive=True, line=line, verb=client_verb)
+        self._tickets[ticket].sent = verb
+        out.extend(closed)
+        self._server.waiting_for = ticket
+        out.append(ListenForClient(ticket, target, self.tls.client_private, self.tls.server_private))
+        return out
