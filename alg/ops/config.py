@@ -9,381 +9,67 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from collections.abc import Mapping
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
-    PlainValidator,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import ErrorDetails
 
 from alg.errors import ConfigError
-from alg.ftp.addresses import HostPort, IPAddress
+from alg.ftp.addresses import HostPort
+from alg.ops.config_sections import (
+    AdminSettings,
+    AdvertiseRule,
+    HealthCheck,
+    Limits,
+    LogSettings,
+    ProxyProtocolIn,
+    Timeouts,
+    TlsSettings,
+    UpstreamServer,
+)
+from alg.ops.config_values import (
+    DATA_PORT_MIN,
+    ConfigPath,
+    Count,
+    DataPorts,
+    Frozen,
+    ListenAddress,
+    PortRange,
+    PublicAddress,
+    UpstreamAddress,
+    invalid_at,
+    show_value,
+)
 
-# Ports below 1024 need privileges and belong to well-known services; data channels stay above them.
-DATA_PORT_MIN = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class PortRange:
-    """An inclusive range of TCP ports, written FIRST-LAST."""
-
-    first: int
-    last: int
-
-    def __post_init__(self) -> None:
-        if not 0 < self.first <= self.last <= 65535:
-            raise ValueError(f"not a port range: {self.first}-{self.last}")
-
-    def __len__(self) -> int:
-        return self.last - self.first + 1
-
-    def __contains__(self, port: object) -> bool:
-        return isinstance(port, int) and self.first <= port <= self.last
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.first, self.last + 1))
-
-    def __str__(self) -> str:
-        return f"{self.first}-{self.last}"
-
-
-# --- value parsers: text (or an already parsed value) in, typed value out, PydanticCustomError otherwise ---
-
-
-def _invalid(message: str) -> PydanticCustomError:
-    # No context: the template is used verbatim, so braces in the user's input cannot be misread.
-    return PydanticCustomError("config", message)
-
-
-def _show(value: object) -> str:
-    """A value as the admin wrote it, short and on one line."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
-    if isinstance(value, int | float | HostPort | PortRange | IPv4Address | IPv6Address | Path):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    return type(value).__name__
-
-
-_BRACKETED = re.compile(r"\[([^\[\]]*)\](?::([0-9]{1,5}))?")
-_PLAIN = re.compile(r"([^\[\]:]*)(?::([0-9]{1,5}))?")
-_HOSTNAME = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\.?")
-
-
-def _ip(text: str) -> IPAddress:
-    try:
-        return ip_address(text)
-    except ValueError:
-        pass
-    if _HOSTNAME.fullmatch(text):
-        raise _invalid(f"{text!r} is a hostname; give an IP address")
-    raise _invalid(f"{text!r} is not an IP address")
-
-
-def _host_port(value: object, *, default_port: int | None, min_port: int) -> HostPort:
-    want = "ADDRESS:PORT" if default_port is None else "ADDRESS[:PORT]"
-    if isinstance(value, HostPort):
-        ip, port = value.ip, value.port
-    elif isinstance(value, str):
-        text = value.strip()
-        match = _BRACKETED.fullmatch(text) or _PLAIN.fullmatch(text)
-        if match is None:
-            if ":" in text and text.count(":") > 1:
-                raise _invalid(f"expected {want}, got {_show(value)}: write IPv6 as [2001:db8::1]:21")
-            raise _invalid(f"expected {want}, got {_show(value)}")
-        host, port_text = match.groups()
-        if not host:
-            raise _invalid(f"expected {want}, got {_show(value)}")
-        if port_text is None:
-            if default_port is None:
-                raise _invalid(f"expected {want}, got {_show(value)}")
-            port_text = str(default_port)
-        ip, port = _ip(host), int(port_text)
-    else:
-        raise _invalid(f"expected {want}, got {_show(value)}")
-    if not min_port <= port <= 65535:
-        raise _invalid(f"port {port} is out of range {min_port}-65535")
-    return HostPort(ip, port)
-
-
-def _listen_address(value: object) -> HostPort:
-    # Port 0 lets the kernel pick, which tests use to run on free ports.
-    return _host_port(value, default_port=None, min_port=0)
-
-
-def _upstream_address(value: object) -> HostPort:
-    # RFC 959: the FTP control connection defaults to port 21.
-    address = _host_port(value, default_port=21, min_port=1)
-    if address.ip.is_unspecified:
-        raise _invalid(f"cannot connect to {address.ip}; give the FTP server's address")
-    return address
-
-
-def _public_address(value: object) -> IPAddress:
-    if isinstance(value, IPv4Address | IPv6Address):
-        ip = value
-    elif isinstance(value, str):
-        text = value.strip()
-        ip = _ip(text[1:-1] if text.startswith("[") and text.endswith("]") else text)
-    else:
-        raise _invalid(f"expected an IP address, got {_show(value)}")
-    if ip.is_unspecified:
-        raise _invalid(f"{ip} cannot be advertised to clients; give the address they reach")
-    return ip
-
-
-_RANGE = re.compile(r"([0-9]{1,5})\s*-\s*([0-9]{1,5})")
-
-
-def _port_range(value: object) -> PortRange:
-    if isinstance(value, PortRange):
-        first, last = value.first, value.last
-    elif isinstance(value, str) and (match := _RANGE.fullmatch(value.strip())):
-        first, last = int(match[1]), int(match[2])
-    elif isinstance(value, Mapping):
-        if set(value) != {"first", "last"}:
-            raise _invalid(f"expected a mapping with keys first and last, got keys {sorted(map(str, value))}")
-        first, last = value["first"], value["last"]
-        if not all(type(port) is int for port in (first, last)):
-            raise _invalid(f"expected whole numbers for first and last, got {_show(first)}, {_show(last)}")
-    else:
-        raise _invalid(f"expected FIRST-LAST, got {_show(value)}")
-    if not DATA_PORT_MIN <= first <= 65535 or not DATA_PORT_MIN <= last <= 65535:
-        raise _invalid(f"ports must be within {DATA_PORT_MIN}-65535, got {first}-{last}")
-    if first > last:
-        raise _invalid(f"FIRST must not exceed LAST, got {first}-{last}")
-    return PortRange(first, last)
-
-
-def _config_path(value: object, info: ValidationInfo) -> Path:
-    if not isinstance(value, str | Path) or not str(value).strip():
-        raise _invalid(f"expected a file path, got {_show(value)}")
-    path = Path(value).expanduser()
-    base_dir = (info.context or {}).get("base_dir")
-    # Paths in a file are relative to that file, so the config works from any working directory.
-    return base_dir / path if isinstance(base_dir, Path) and not path.is_absolute() else path
-
-
-ListenAddress = Annotated[HostPort, PlainValidator(_listen_address)]
-UpstreamAddress = Annotated[HostPort, PlainValidator(_upstream_address)]
-PublicAddress = Annotated[IPAddress, PlainValidator(_public_address)]
-DataPorts = Annotated[PortRange, PlainValidator(_port_range)]
-ConfigPath = Annotated[Path, PlainValidator(_config_path)]
-# strict: YAML's `true` must not pass as 1, nor "5" as 5.
-Seconds = Annotated[float, Field(strict=True, gt=0)]
-Count = Annotated[int, Field(strict=True, ge=1)]
-
+# Names the rest of the package imports from here.
+__all__ = [
+    "DATA_PORT_MIN",
+    "HealthCheck",
+    "Limits",
+    "LogSettings",
+    "PortRange",
+    "Settings",
+    "Timeouts",
+    "apply_overrides",
+    "load_config",
+    "load_yaml_model",
+    "settings_from_mapping",
+]
 
 # --- the settings ---
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Timeouts(_Frozen):
-    # A LAN server answers in milliseconds; 10 s still covers two lost SYNs.
-    upstream_connect_s: Seconds = 10.0
-    # Time for a person to type a password; bounds connections that never log in.
-    login_s: Seconds = 60.0
-    # Longer than common servers' own idle limits (300-600 s), so the server decides.
-    idle_s: Seconds = 900.0
-    # Clients open the data connection at once after 227/PORT; 30 s forgives slow firewalls.
-    data_connect_s: Seconds = 30.0
-    # A transfer that moves no byte for 5 minutes is stuck, not slow.
-    data_idle_s: Seconds = 300.0
-    # Lets transfers in flight finish, well inside systemd's 90 s stop timeout.
-    shutdown_grace_s: Seconds = 30.0
-
-
-class Limits(_Frozen):
-    # About 4 descriptors each (control pair plus a data pair): fits a 65536 LimitNOFILE.
-    max_sessions: Count = 5000
-    # Room for a NAT full of users or parallel transfers; no single host can take the pool.
-    max_sessions_per_client: Count = 50
-    # A command with a PATH_MAX (4096) argument still fits; below 512 ordinary long paths break.
-    max_line_bytes: Annotated[int, Field(strict=True, ge=512)] = 4096
-    # Clients pipeline a few commands (TYPE, PASV, RETR); 32 bounds the queue per session.
-    max_pipelined_commands: Count = 32
-    # FTP uses one at a time; a few more cover ABOR overlapping the next transfer.
-    max_data_channels_per_session: Count = 4
-
-
-class LogSettings(_Frozen):
-    # info: one line per session and transfer; debug adds every command.
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    # kv reads well for people and grep; json is for log shippers.
-    format: Literal["kv", "json"] = "kv"
-    # null: transfers are logged only in the main log.
-    transfer_log: ConfigPath | None = None
-
-
-TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
-
-
-class TlsClient(_Frozen):
-    """TLS toward the clients (the gateway is the FTPS server)."""
-
-    # refuse: AUTH TLS gets 502 (nothing to offer without a certificate); allow: FTPS and plain FTP;
-    # require: no login before AUTH TLS.
-    mode: Literal["refuse", "allow", "require"] = "refuse"
-    # PEM: the certificate chain (leaf first) and its private key; reloaded on SIGHUP.
-    cert: ConfigPath | None = None
-    key: ConfigPath | None = None
-    # TLS 1.0 and 1.1 are deprecated (RFC 8996).
-    min_version: TlsVersion = "TLSv1.2"
-    # follow: the client's PROT decides; require: PROT C is refused and transfers need PROT P.
-    data: Literal["follow", "require"] = "follow"
-    # true: a client data connection must resume its control connection's TLS session (vsftpd's
-    # require_ssl_reuse), which binds the data connection to the logged-in client.
-    require_session_reuse: bool = False
-    # Implicit FTPS (TLS from the first byte, port 990 by convention); empty: none.
-    implicit_listen: tuple[ListenAddress, ...] = ()
-    # A handshake that has not finished in 10 s is a stuck or hostile client.
-    handshake_timeout_s: Seconds = 10.0
-
-    @field_validator("implicit_listen", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: object) -> object:
-        return [value] if isinstance(value, str | HostPort) else value
-
-    @model_validator(mode="after")
-    def _has_files(self) -> TlsClient:
-        if (self.mode != "refuse" or self.implicit_listen) and (self.cert is None or self.key is None):
-            missing = "cert" if self.cert is None else "key"
-            raise _invalid_at(missing, "required when client TLS is on: give a PEM file")
-        if self.mode == "refuse" and self.implicit_listen:
-            raise _invalid_at("mode", "implicit_listen needs mode allow or require")
-        return self
-
-
-class TlsUpstream(_Frozen):
-    """TLS toward the FTP server (the gateway is the FTPS client)."""
-
-    # off: plain FTP; auto: AUTH TLS when the server's FEAT lists it; require: AUTH TLS or 421;
-    # implicit: TLS from the first byte.
-    mode: Literal["off", "auto", "require", "implicit"] = "off"
-    # null: the system's trusted CAs.
-    ca_file: ConfigPath | None = None
-    # null: the upstream's address is the name checked in its certificate.
-    server_name: Annotated[str, Field(strict=True, min_length=1)] | None = None
-    # false only for testing: anyone in the path could read and change the session.
-    verify: bool = True
-    # private: always PROT P (servers that speak TLS mostly require it for data: vsftpd's force_*_data_ssl,
-    # proftpd's TLSRequired, and a plain client can then reach them); follow: the client's PROT; clear: PROT C.
-    data: Literal["follow", "private", "clear"] = "private"
-    min_version: TlsVersion = "TLSv1.2"
-
-
-class TlsSettings(_Frozen):
-    client: TlsClient = TlsClient()
-    upstream: TlsUpstream = TlsUpstream()
-
-
-class AdminSettings(_Frozen):
-    # null: GET /sessions and DELETE /sessions/ID are served nowhere. Give a loopback or management address;
-    # it may equal metrics_listen, and then one listener serves both.
-    listen: ListenAddress | None = None
-    # null: the token comes from $FTP_ALG_ADMIN_TOKEN when that is set, else no token is asked for.
-    token_file: ConfigPath | None = None
-
-
-# --- scale-out: PROXY protocol from balancers, advertised addresses, several upstreams ---
-
-IPNetwork = IPv4Network | IPv6Network
-ANY_CLIENT: tuple[IPNetwork, ...] = (IPv4Network("0.0.0.0/0"), IPv6Network("::/0"))
-
-
-def _networks(value: object) -> tuple[IPNetwork, ...]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list | tuple) or not items:
-        raise _invalid(f"expected ADDRESS/PREFIX or a list of them, got {_show(value)}")
-    networks = []
-    for item in items:
-        if not isinstance(item, str):
-            raise _invalid(f"expected ADDRESS/PREFIX, got {_show(item)}")
-        try:
-            networks.append(ip_network(item.strip(), strict=True))
-        except ValueError:
-            raise _invalid(f"{item!r} is not an address or ADDRESS/PREFIX (CIDR), e.g. 198.51.100.0/24") from None
-    return tuple(networks)
-
-
-def _advertised(value: object) -> IPAddress | Literal["local"]:
-    return "local" if value == "local" else _public_address(value)
-
-
-Networks = Annotated[tuple[IPNetwork, ...], PlainValidator(_networks)]
-
-
-class ProxyProtocolIn(_Frozen):
-    # Only the balancers named here may speak for clients: anyone else sending a header is refused, and so is
-    # one of these not sending it.
-    trusted: Networks
-    # client: data connections come straight from the client (each gateway has its own public address);
-    # balancer: they come through the balancer, from the address its control connection came from.
-    data_from: Literal["client", "balancer"] = "client"
-    # A balancer sends the header with its first bytes; 5 s forgives a slow one.
-    header_timeout_s: Seconds = 5.0
-    # Only connections to these listen addresses; empty: every listener.
-    listeners: tuple[ListenAddress, ...] = ()
-
-
-class AdvertiseRule(_Frozen):
-    # Clients this rule is for (their address after PROXY protocol); first matching rule wins.
-    clients: Networks = ANY_CLIENT
-    # Only connections to this listen address; null: any listener.
-    listener: ListenAddress | None = None
-    # The address written into 227 replies; local: the address the client connected to.
-    address: Annotated[IPAddress | Literal["local"], PlainValidator(_advertised)]
-
-
-class UpstreamServer(_Frozen):
-    address: UpstreamAddress
-    # Names the upstream in metrics, logs and upstream_users; null: its address.
-    name: Annotated[str, Field(strict=True, min_length=1, max_length=64)] | None = None
-    # Share of new sessions under round_robin (of least_sessions ties).
-    weight: Annotated[int, Field(strict=True, ge=1, le=1000)] = 1
-    # null: plain FTP. v1/v2: send a PROXY header first, for servers that read it (proftpd mod_proxy_protocol)
-    # and then log the real client.
-    proxy_protocol: Literal["v1", "v2"] | None = None
-
-    @property
-    def label(self) -> str:
-        return self.name or str(self.address)
-
-
-class HealthCheck(_Frozen):
-    # How often each upstream is dialled and must greet with 220.
-    interval_s: Seconds = 5.0
-    # A LAN server greets in milliseconds.
-    timeout_s: Seconds = 2.0
-    # Good checks in a row before a dead upstream gets sessions again (as HAProxy's rise 2).
-    rise: Count = 2
-    # Failed checks in a row before an upstream is skipped (as HAProxy's fall 3).
-    fall: Count = 3
-
-
-class Settings(_Frozen):
+class Settings(Frozen):
     # The common deployment: one public front for internal FTP servers.
     mode: Literal["reverse", "transparent"] = "reverse"
     # The standard FTP control port on every IPv4 address.
@@ -453,46 +139,41 @@ class Settings(_Frozen):
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.mode == "reverse" and self.upstream is None and not self.upstreams:
-            raise _invalid_at("upstream", "required in reverse mode: give the FTP server's ADDRESS[:PORT]")
+            raise invalid_at("upstream", "required in reverse mode: give the FTP server's ADDRESS[:PORT]")
         _check_scaleout(self)
         if self.mode == "transparent" and self.upstream is not None:
-            raise _invalid_at(
+            raise invalid_at(
                 "upstream",
                 "not allowed in transparent mode, where each client's original destination is used",
             )
         if self.public_address6 is not None and self.public_address6.version != 6:
-            raise _invalid_at("public_address6", f"expected an IPv6 address, got {self.public_address6}")
+            raise invalid_at("public_address6", f"expected an IPv6 address, got {self.public_address6}")
         for key, ports in (("passive_ports", self.passive_ports), ("active_ports", self.active_ports)):
             # Each worker owns a slice of every data port range.
             if ports is not None and len(ports) < self.workers:
-                raise _invalid_at(key, f"{len(ports)} ports cannot be shared among {self.workers} workers")
+                raise invalid_at(key, f"{len(ports)} ports cannot be shared among {self.workers} workers")
         return self
 
 
 def _check_scaleout(settings: Settings) -> None:
     if settings.upstream is not None and settings.upstreams:
-        raise _invalid_at("upstreams", "give either upstream or upstreams, not both")
+        raise invalid_at("upstreams", "give either upstream or upstreams, not both")
     if settings.mode == "transparent" and settings.upstreams:
-        raise _invalid_at("upstreams", "not allowed in transparent mode, where each original destination is used")
+        raise invalid_at("upstreams", "not allowed in transparent mode, where each original destination is used")
     labels = [server.label for server in settings.upstreams]
     if len(set(labels)) != len(labels):
-        raise _invalid_at("upstreams", f"two upstreams share a name: {sorted(labels)}; give each a unique name")
+        raise invalid_at("upstreams", f"two upstreams share a name: {sorted(labels)}; give each a unique name")
     for user, name in settings.upstream_users.items():
         if name not in labels:
-            raise _invalid_at("upstream_users", f"user {user!r}: no upstream named {name!r}; known: {labels}")
+            raise invalid_at("upstream_users", f"user {user!r}: no upstream named {name!r}; known: {labels}")
     if settings.upstream_policy == "per_user" and not settings.upstream_users:
-        raise _invalid_at("upstream_users", "required by upstream_policy per_user: map USER names to upstreams")
+        raise invalid_at("upstream_users", "required by upstream_policy per_user: map USER names to upstreams")
     if settings.upstream_policy == "per_user" and settings.tls.client.mode != "refuse":
         # The route reads USER before the session begins; a TLS client sends it only inside TLS.
-        raise _invalid_at("upstream_policy", "per_user cannot be combined with tls.client (USER is inside TLS)")
+        raise invalid_at("upstream_policy", "per_user cannot be combined with tls.client (USER is inside TLS)")
     offset = settings.announced_port_offset
     if not 1 <= settings.passive_ports.first + offset <= settings.passive_ports.last + offset <= 65535:
-        raise _invalid_at("announced_port_offset", f"{offset} moves passive_ports outside 1-65535")
-
-
-def _invalid_at(key: str, message: str) -> PydanticCustomError:
-    # The context carries the key, as a model-level error has no location of its own.
-    return PydanticCustomError("config_at", message, {"at": key})
+        raise invalid_at("announced_port_offset", f"{offset} moves passive_ports outside 1-65535")
 
 
 # --- loading ---
@@ -546,7 +227,7 @@ def load_config(path: str | os.PathLike[str] | None, **flag_values: object) -> S
 def settings_from_mapping(data: Mapping[str, Any], *, source: str | None = None, **flag_values: object) -> Settings:
     """Settings from an already parsed mapping (no line numbers), then flag values on top."""
     if not isinstance(data, Mapping):
-        raise _error(f"expected a mapping of settings, got {_show(data)}", source=source)
+        raise _error(f"expected a mapping of settings, got {show_value(data)}", source=source)
     return _validate(data, source=source, root=None, base_dir=None, flags=flag_values)
 
 
@@ -591,7 +272,7 @@ def _parse_yaml(raw: bytes, source: str, what: str = "settings") -> tuple[yaml.N
     if root is None:
         raise _error(f"the file is empty; expected a mapping of {what}", source=source)
     if not isinstance(root, yaml.MappingNode) or not isinstance(data, Mapping):
-        message = f"expected a mapping of {what} at the top level, got {_show(data)}"
+        message = f"expected a mapping of {what} at the top level, got {show_value(data)}"
         raise _error(message, source=source, line=root.start_mark.line + 1)
     _reject_duplicate_keys(root, (), source)
     return root, data
@@ -694,7 +375,7 @@ def _yaml_hint(node: yaml.Node | None, value: object) -> str:
     if node.tag.endswith((":int", ":float")) and ":" in node.value:
         return f": YAML 1.1 reads {node.value} as a base-60 number; quote it"
     if node.tag.endswith(":bool") and node.value.lower() not in ("true", "false"):
-        return f": YAML 1.1 reads {node.value} as {_show(value)}; quote it"
+        return f": YAML 1.1 reads {node.value} as {show_value(value)}; quote it"
     return ""
 
 
@@ -713,7 +394,7 @@ def _model_at(loc: tuple[str | int, ...], model: type[BaseModel] = Settings) -> 
 
 def _describe(error: ErrorDetails, loc: tuple[str | int, ...], model: type[BaseModel] = Settings) -> str:
     kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
-    got = f"got {_show(value)}"
+    got = f"got {show_value(value)}"
     if kind in ("config", "config_at"):
         return error["msg"]
     if kind == "extra_forbidden":
