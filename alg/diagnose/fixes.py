@@ -176,6 +176,11 @@ def _gateway_transparent(problems: Problems) -> Fix:
             " CA the LAN's clients trust (a local CA installed on them); --tls-upstream-ca-file when the server's"
             " certificate is not from a CA this box's system trusts."
         )
+        if name:
+            note += (
+                " --tls-upstream-server-name applies to every server this box relays: drop it if"
+                f" {host} is not the only one."
+            )
     return Fix("ftp-alg", "ftp-alg on the client's NAT box (transparent mode)", tuple(lines), note, command)
 
 

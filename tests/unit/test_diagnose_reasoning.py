@@ -417,6 +417,7 @@ def test_ftps_client_behind_nat_gets_transparent_mode_with_tls() -> None:
     )
     assert gateway.lines[0] == gateway.command
     assert "a certificate for ftp.example.test" in gateway.note and "LAN's clients trust" in gateway.note
+    assert "applies to every server this box relays" in gateway.note
 
 
 def test_plain_works_tls_does_not_names_the_blind_helper() -> None:
