@@ -8,6 +8,7 @@ started as printed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ipaddress import ip_address
 from typing import Literal
 
 from alg.diagnose.observations import Control, HostPort, IPAddress
@@ -15,8 +16,8 @@ from alg.diagnose.observations import Control, HostPort, IPAddress
 # The range every fix suggests, on the server and for ftp-alg alike: ftp-alg's own default.
 PASSIVE_RANGE = (50000, 50999)
 TRANSPARENT_PORT = 2121  # ftp-alg's control port on a NAT box (ALG_PORT in ftp-alg-transparent.nft)
-# ftp-alg answers AUTH with 502 today: it cannot rewrite encrypted control traffic, so it is no fix for FTPS.
-GATEWAY_TERMINATES_TLS = False
+# The files an FTPS fix needs and only the user has: named placeholders, explained in the fix's note.
+TLS_CERT, TLS_KEY, SERVER_CA, SERVER_NAME = "CERT.pem", "KEY.pem", "SERVER_CA.pem", "SERVER_NAME"
 
 FixKind = Literal["client", "server", "firewall", "kernel helper", "ftp-alg"]
 
@@ -49,10 +50,6 @@ class Problems:
 
     def notes(self) -> list[str]:
         notes: list[str] = []
-        if self.tls and not GATEWAY_TERMINATES_TLS and (self.server_side or self.client_side):
-            notes.append(
-                "ftp-alg is no fix for FTPS yet: it cannot rewrite encrypted control traffic and answers AUTH with 502."
-            )
         if self.tls and (self.server_side or self.client_side):
             notes.append(
                 "The kernel FTP helper (nf_conntrack_ftp, nf_nat_ftp) is no fix under TLS: it cannot read the"
@@ -65,8 +62,7 @@ def ranked_fixes(problems: Problems) -> list[Fix]:
     fixes: list[Fix] = []
     if problems.server_side:
         fixes.append(_server_settings(problems))
-        if not problems.tls or GATEWAY_TERMINATES_TLS:
-            fixes.append(_gateway_reverse(problems))
+        fixes.append(_gateway_reverse(problems))
         if not problems.tls:
             fixes.append(_kernel_helper(problems, where="on the NAT box or firewall in front of the server"))
     if problems.client_side:
@@ -82,8 +78,7 @@ def ranked_fixes(problems: Problems) -> list[Fix]:
                     ),
                 )
             )
-        if not problems.tls or GATEWAY_TERMINATES_TLS:
-            fixes.append(_gateway_transparent(problems))
+        fixes.append(_gateway_transparent(problems))
         if not problems.tls:
             fixes.append(_kernel_helper(problems, where="on this client's NAT box or firewall"))
     return fixes
@@ -140,6 +135,20 @@ def _gateway_reverse(problems: Problems) -> Fix:
         f" port-{control.port} forward; accept {_range('-')} in its input chain. Nothing changes on the server or"
         " the clients; active mode and other control ports work too."
     )
+    if problems.tls:
+        name = control.host if _is_name(control.host) else SERVER_NAME
+        command += (
+            f" --tls-client allow --tls-cert {TLS_CERT} --tls-key {TLS_KEY}"
+            f" --tls-upstream auto --tls-upstream-ca-file {SERVER_CA} --tls-upstream-server-name {name}"
+        )
+        note += (
+            " ftp-alg terminates TLS, so it can rewrite the 227 inside it: it is the TLS server toward the clients"
+            " and a TLS client toward the server. To provide:"
+            f" {TLS_CERT} and {TLS_KEY}, a certificate for {control.host} that the clients trust, and its key (the"
+            f" server's own will do); {SERVER_CA}, the CA that signed the server's certificate (drop the flag if"
+            " this host's system CAs trust it)"
+        )
+        note += "." if name != SERVER_NAME else f"; {SERVER_NAME}, the name in the server's certificate."
     if internal is None:
         note += " INTERNAL_ADDRESS: the server's own address behind that host (--internal-address fills it in)."
     return Fix("ftp-alg", "ftp-alg in front of the server (reverse mode)", (command,), note, command)
@@ -156,7 +165,32 @@ def _gateway_transparent(problems: Problems) -> Fix:
     )
     if port != 21:
         note += f" The server's port is {port}: add a redirect line for tcp dport {port} in that file."
+    if problems.tls:
+        host = problems.control.host
+        name = f" --tls-upstream-server-name {host}" if _is_name(host) else ""
+        command += f" --tls-client allow --tls-cert {TLS_CERT} --tls-key {TLS_KEY} --tls-upstream auto{name}"
+        lines[0] = command
+        note += (
+            " ftp-alg terminates TLS, so it can rewrite PORT/EPRT inside it: toward the LAN it answers in the"
+            f" server's place. To provide: {TLS_CERT} and {TLS_KEY}, a certificate for {host} and its key, from a"
+            " CA the LAN's clients trust (a local CA installed on them); --tls-upstream-ca-file when the server's"
+            " certificate is not from a CA this box's system trusts."
+        )
+        if name:
+            note += (
+                " --tls-upstream-server-name applies to every server this box relays: drop it if"
+                f" {host} is not the only one."
+            )
     return Fix("ftp-alg", "ftp-alg on the client's NAT box (transparent mode)", tuple(lines), note, command)
+
+
+def _is_name(host: str) -> bool:
+    """A host name (what a certificate names), not an address literal."""
+    try:
+        ip_address(host)
+    except ValueError:
+        return True
+    return False
 
 
 def helper_table(port: int) -> tuple[str, ...]:

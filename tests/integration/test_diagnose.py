@@ -11,16 +11,15 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import require_netns
 from gateway import start_reverse_gateway, wait_listening
 from netns import REPO_ROOT, Host, Topology
+from pki import UPSTREAM_NAME, Pki
 from servers import FtpServer
 
 from alg.diagnose.fixes import PASSIVE_RANGE, TRANSPARENT_PORT, helper_table
@@ -254,37 +253,23 @@ def load_shipped_ruleset(topo: Topology) -> None:
     topo.gw.nft(text)
 
 
-def self_signed(workdir: Path) -> tuple[Path, Path]:
-    cert, key = workdir / "ftp.crt", workdir / "ftp.key"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ftp.test"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
-
-
-def test_kernel_helper_works_for_plain_ftp_and_not_under_tls(
-    topo_factory: Callable[..., Topology], ftp_server_factory: Callable[..., FtpServer]
+def test_kernel_helper_works_for_plain_ftp_and_not_under_tls_and_ftp_alg_does(
+    topo_factory: Callable[..., Topology], ftp_server_factory: Callable[..., FtpServer], pki: Pki
 ) -> None:
     # The NAT box forwards only 21 and attaches the kernel helper (nf_conntrack_ftp + nf_nat_ftp) with the
-    # very lines diagnose prints: it rewrites the plain 227 and opens each data port. Under TLS it is blind.
+    # very lines diagnose prints: it rewrites the plain 227 and opens each data port. Under TLS it is blind;
+    # ftp-alg, which terminates TLS, started as diagnose prints it, is not.
     topo = topo_factory("kernel-helper", nat_box)
     forward_ports(topo.gw, "21")
     topo.gw.nft("\n".join(helper_table(21)) + "\n")
-    cert, key = self_signed(topo.workdir)
     vsftpd(
         ftp_server_factory,
         topo.server,
         ssl_enable="YES",
         allow_anon_ssl="YES",
         ssl_ciphers="HIGH",
-        rsa_cert_file=str(cert),
-        rsa_private_key_file=str(key),
+        rsa_cert_file=str(pki.upstream.cert),
+        rsa_private_key_file=str(pki.upstream.key),
     )
     url = "ftp://203.0.113.1/"
     status, plain = diagnose(topo.client, url)
@@ -293,7 +278,7 @@ def test_kernel_helper_works_for_plain_ftp_and_not_under_tls(
     # The helper did it: vsftpd wrote 198.51.100.10 into its 227, the client read the NAT box's address.
     assert plain["modes"][0]["address"].startswith("203.0.113.1:"), plain["modes"][0]
     assert plain["findings"] == [] and plain["fixes"] == []
-    # FEAT lists AUTH TLS; the certificate is self-signed, so the TLS check is skipped, and says why.
+    # FEAT lists AUTH TLS; the test CA is not in the system's store, so the TLS check is skipped, and says why.
     assert any("not trusted" in row["detail"] for row in plain["checks"] if row["check"] == "TLS"), plain
 
     status, tls = diagnose(topo.client, url, "--tls", "--insecure")
@@ -302,8 +287,14 @@ def test_kernel_helper_works_for_plain_ftp_and_not_under_tls(
     assert statuses(tls) == {"TLS PASV": "failed", "TLS EPSV": "failed", "TLS PORT": "ok", "TLS EPRT": "ok"}
     assert scenarios(tls) == {1, 2}
     assert "198.51.100.10" in tls["modes"][0]["address"]
-    assert [fix["kind"] for fix in tls["fixes"]] == ["server"]  # no helper and no ftp-alg for FTPS today
+    assert [fix["kind"] for fix in tls["fixes"]] == ["server", "ftp-alg"]  # the helper is blind under TLS
     assert any("no fix under TLS" in note for note in tls["notes"]), tls["notes"]
+    command = printed_gateway_command(tls)
+    assert command == (
+        "ftp-alg run --listen 203.0.113.1:21 --upstream 198.51.100.10:21 --public-address 203.0.113.1"
+        " --passive-ports 50000-50999 --tls-client allow --tls-cert CERT.pem --tls-key KEY.pem"
+        " --tls-upstream auto --tls-upstream-ca-file SERVER_CA.pem --tls-upstream-server-name SERVER_NAME"
+    )
 
     status, both = diagnose(topo.client, url, "--insecure")
     assert status == 1, both
@@ -316,6 +307,22 @@ def test_kernel_helper_works_for_plain_ftp_and_not_under_tls(
         "TLS EPSV": "failed",
     }
     assert any(f["title"] == "FTPS behind NAT: the helper cannot read TLS" for f in both["findings"]), both
+
+    # The printed line with the files the note asks for, in place of the port-21 forward.
+    files = {
+        "CERT.pem": str(pki.gateway.cert),
+        "KEY.pem": str(pki.gateway.key),
+        "SERVER_CA.pem": str(pki.ca_file),
+        "SERVER_NAME": UPSTREAM_NAME,
+    }
+    for placeholder, value in files.items():
+        command = command.replace(f" {placeholder}", f" {value}")
+    topo.gw.run(["nft", "delete", "table", "ip", "nat_box"], check=True)
+    start_printed(topo, command)
+    after = assert_all_pass_now(topo.client, url, tls, "--tls", "--insecure")
+    assert set(statuses(after).values()) == {"ok"}, statuses(after)
+    # The 227 the client read under TLS names the gateway's address: ftp-alg rewrote it inside TLS.
+    assert after["modes"][0]["address"].startswith("203.0.113.1:5"), after["modes"][0]
 
 
 def test_through_ftp_alg_every_mode_works(

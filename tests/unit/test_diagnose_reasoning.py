@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
@@ -21,7 +22,6 @@ from hypothesis import strategies as st
 from alg.cli import main
 from alg.diagnose.command import UsageError, byte_size, hide_password, target_from
 from alg.diagnose.findings import announced_words, mode_status
-from alg.diagnose.fixes import GATEWAY_TERMINATES_TLS
 from alg.diagnose.observations import (
     Control,
     DataPath,
@@ -373,10 +373,51 @@ def test_ftps_behind_a_nat_helper() -> None:
     assert diagnosis.failing == ("PASV (TLS)", "EPSV (TLS)")
     assert {f.scenario for f in diagnosis.findings} == {1, 2}
     assert any("no NAT helper can read or rewrite it" in f.text for f in diagnosis.findings)
-    kinds = [fix.kind for fix in diagnosis.fixes]
-    assert "kernel helper" not in kinds
-    assert ("ftp-alg" in kinds) == GATEWAY_TERMINATES_TLS
+    # The kernel helper is blind under TLS; ftp-alg terminates TLS, so it can rewrite the 227 inside it.
+    assert [fix.kind for fix in diagnosis.fixes] == ["server", "ftp-alg"]
     assert any("no fix under TLS" in note for note in diagnosis.notes)
+    assert not any("ftp-alg" in note for note in diagnosis.notes)
+    gateway = diagnosis.fixes[1]
+    assert gateway.command == (
+        "ftp-alg run --listen 203.0.113.1:21 --upstream 198.51.100.10:21 --public-address 203.0.113.1"
+        " --passive-ports 50000-50999 --tls-client allow --tls-cert CERT.pem --tls-key KEY.pem"
+        " --tls-upstream auto --tls-upstream-ca-file SERVER_CA.pem --tls-upstream-server-name SERVER_NAME"
+    )
+    assert gateway.lines == (gateway.command,)
+    for placeholder in ("CERT.pem", "KEY.pem", "SERVER_CA.pem", "SERVER_NAME"):
+        assert placeholder in gateway.note
+    assert "rewrite the 227 inside it" in gateway.note and "clients trust" in gateway.note
+
+
+def test_ftps_fix_names_the_host_the_user_dialled_in_the_certificate_check() -> None:
+    ftps = CASES["ftps-helper"]
+    obs = observations(replace(ftps.control, host="ftp.example.test"), ftps.modes)
+    gateway = next(fix for fix in diagnose(obs).fixes if fix.kind == "ftp-alg")
+    assert gateway.command.endswith(" --tls-upstream-server-name ftp.example.test"), gateway.command
+    assert "SERVER_NAME" not in gateway.note and "a certificate for ftp.example.test" in gateway.note
+
+
+def test_ftps_client_behind_nat_gets_transparent_mode_with_tls() -> None:
+    obs = observations(
+        control(tls=True, host="ftp.example.test"),
+        (
+            pasv(tls=True),
+            epsv(tls=True),
+            active("PORT", "no_connection", tls=True, final="425 Failed to establish connection."),
+            active("EPRT", "no_connection", tls=True, final="425 Failed to establish connection."),
+        ),
+        default_gateway=IPv4Address("198.18.0.1"),
+    )
+    diagnosis = diagnose(obs)
+    assert [fix.kind for fix in diagnosis.fixes] == ["client", "ftp-alg"]
+    gateway = diagnosis.fixes[1]
+    assert gateway.command == (
+        "ftp-alg run --mode transparent --listen 198.18.0.1:2121 --passive-ports 50000-50999 --tls-client allow"
+        " --tls-cert CERT.pem --tls-key KEY.pem --tls-upstream auto --tls-upstream-server-name ftp.example.test"
+    )
+    assert gateway.lines[0] == gateway.command
+    assert "a certificate for ftp.example.test" in gateway.note and "LAN's clients trust" in gateway.note
+    assert "applies to every server this box relays" in gateway.note
 
 
 def test_plain_works_tls_does_not_names_the_blind_helper() -> None:
