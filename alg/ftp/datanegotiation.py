@@ -267,15 +267,17 @@ class DataNegotiation:
         record = self._tickets.get(ticket)
         if record is None:
             return [SendToClient(line)]
-        if code < 300:
+        aborted = any(entry.verb == "ABOR" for entry in self._pending)
+        if code < 300 and not aborted:
             # Success means the data moved; the server may report it before we accepted or relayed the data
             # connection, so the 226 waits until our relay has delivered it (bounded by the data timeouts).
             self._held_reply = line
             self._server.waiting_for = ticket
             return []
-        if not record.connected or any(entry.verb == "ABOR" for entry in self._pending):
-            # Aborted: the gateway ends the data connection on both legs. proftpd sends the ABOR's 226 only once
-            # its data peer has closed, and tnftp closes only after that 226: directly they wait ~10 s.
+        if not record.connected or aborted:
+            # Aborted (a 426, or a 226 that crossed the ABOR: the client reads no more data either way): the
+            # gateway ends the data connection on both legs. proftpd sends the ABOR's 226 only once its data peer
+            # has closed, and tnftp closes only after that 226: directly they wait ~10 s.
             del self._tickets[ticket]
             return [CloseDataEndpoint(ticket), SendToClient(line)]
         return [SendToClient(line)]
