@@ -9,14 +9,17 @@ kernel's counters stop moving.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING
 
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.net.dataplane import Listener
-from alg.net.kernelpath import Carried, carry, stop_listening
+from alg.net.kernelpath import Carried, KernelPath, KernelPathUnavailable, carry, stop_listening
 from alg.net.nft import NftError
-from alg.net.nftrules import Mapping
+from alg.net.nftrules import Mapping, table_name
+
+log = logging.getLogger("ftp_alg.server")  # said at start, with the other start-up lines
 
 if TYPE_CHECKING:
     from alg.gateway.datachannels import Transfer as _Transfer
@@ -137,3 +140,18 @@ async def _carried(
                 session._report(channel.data_finished(ticket))
         if session._draining and not session._transfers:
             session.drain()
+
+
+def open_path(worker: int, workers: int, user: str | None = None) -> KernelPath | None:
+    """The kernel data path, or None (said at start) when this host or these privileges do not allow it."""
+    try:
+        if user is not None:
+            # Every mapping is a netlink request, checked against the process's capabilities at that moment.
+            raise KernelPathUnavailable(
+                f"`user: {user}` drops the CAP_NET_ADMIN every mapping needs; run as that user with the"
+                " capability instead (deploy/systemd/ftp-alg.service)"
+            )
+        return KernelPath.open(table_name(worker, workers))
+    except KernelPathUnavailable as why:
+        log.warning("data_path kernel is not available: %s; data connections use the relay", why)
+        return None

@@ -19,6 +19,7 @@ from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.control import ChannelSettings
 from alg.ftp.wire import reply
+from alg.gateway import kerneldata
 from alg.gateway.advertise import Advertiser
 from alg.gateway.frontdoor import ProxyRefused, read_user, receive_origin
 from alg.gateway.health import HealthChecker
@@ -27,9 +28,8 @@ from alg.gateway.session import GatewayContext, Session, Timeouts
 from alg.gateway.upstreams import Route, UpstreamPool
 from alg.gateway.workers import port_slice
 from alg.net.dataplane import PortPool, peer_ip
-from alg.net.kernelpath import SETTLE_MAX_S, KernelPath, KernelPathUnavailable
-from alg.net.listeners import dual_stack_socket
-from alg.net.nftrules import table_name
+from alg.net.kernelpath import SETTLE_MAX_S
+from alg.net.listeners import listening_socket
 from alg.net.relay import relay_mode
 from alg.net.tls import reason_of
 from alg.net.transparent import original_destination
@@ -142,10 +142,10 @@ class Gateway:
 
     async def start(self) -> None:
         if getattr(self.settings, "data_path", "relay") == "kernel":
-            self.context.kernel_path = open_kernel_path(self.worker, self.settings.workers, self.settings.user)
+            self.context.kernel_path = kerneldata.open_path(self.worker, self.settings.workers, self.settings.user)
         for address in self.settings.listen:
             if getattr(self.settings, "dual_stack", False) and address.ip.version == 6:
-                sock = dual_stack_socket(address, reuse_port=self.settings.workers > 1)
+                sock = listening_socket(address, reuse_port=self.settings.workers > 1, dual_stack=True)
                 server = await asyncio.start_server(self._accept, sock=sock, limit=64 * 1024)
             else:
                 server = await asyncio.start_server(
@@ -163,7 +163,7 @@ class Gateway:
                 self.addresses.append(HostPort(peer_ip(name), name[1]))
         tls_settings = getattr(self.settings, "tls", None)
         for address in tls_settings.client.implicit_listen if tls_settings is not None else ():
-            listener = implicit_listener(address, reuse_port=self.settings.workers > 1)
+            listener = listening_socket(address, reuse_port=self.settings.workers > 1)
             self._implicit.append(listener)
             name = listener.getsockname()
             self.implicit_addresses.append(HostPort(peer_ip(name), name[1]))
@@ -407,37 +407,6 @@ class Gateway:
         if self.context.kernel_path is not None:
             self.context.kernel_path.close()
             self.context.kernel_path = None
-
-
-def open_kernel_path(worker: int, workers: int, user: str | None = None) -> KernelPath | None:
-    """The kernel data path, or None (said at start) when this host or these privileges do not allow it."""
-    try:
-        if user is not None:
-            # Every mapping is a netlink request, checked against the process's capabilities at that moment.
-            raise KernelPathUnavailable(
-                f"`user: {user}` drops the CAP_NET_ADMIN every mapping needs; run as that user with the"
-                " capability instead (deploy/systemd/ftp-alg.service)"
-            )
-        return KernelPath.open(table_name(worker, workers))
-    except KernelPathUnavailable as why:
-        log.warning("data_path kernel is not available: %s; data connections use the relay", why)
-        return None
-
-
-def implicit_listener(address: HostPort, *, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if address.ip.version == 6 else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        listener.bind((str(address.ip), address.port))
-        listener.listen(1024)
-        listener.setblocking(False)
-    except BaseException:
-        listener.close()
-        raise
-    return listener
 
 
 def drop_privileges(user: str) -> None:
