@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import test_leaks as leaks
 from hostile import metric, scrape, start_gateway, wait_until
 from netns import Topology
 from pki import Pki
@@ -195,28 +196,7 @@ SCENARIOS: list[Callable[[Ftp], Awaitable[None]]] = [
 
 
 async def drive(count: int) -> dict[str, collections.Counter[str]]:
-    tally: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    gate = asyncio.Semaphore(CONCURRENCY)
-
-    async def one(index: int) -> None:
-        scenario = SCENARIOS[index % len(SCENARIOS)]
-        async with gate:
-            ftp = None
-            try:
-                async with asyncio.timeout(SESSION_TIMEOUT_S):
-                    ftp = await Ftp.open()
-                    await scenario(ftp)
-                tally[scenario.__name__]["ok"] += 1
-            except TimeoutError:
-                tally[scenario.__name__]["timeout"] += 1
-            except Exception as error:
-                tally[scenario.__name__][f"{type(error).__name__}: {error}"[:120]] += 1
-            finally:
-                if ftp is not None:
-                    ftp.writer.transport.abort()
-
-    await asyncio.gather(*(one(index) for index in range(count)))
-    return tally
+    return await leaks.drive(count, SCENARIOS, CONCURRENCY)
 
 
 @pytest.fixture

@@ -302,13 +302,20 @@ SCENARIOS: list[Callable[[Ftp], Awaitable[None]]] = [
 ]
 
 
-async def drive(count: int) -> dict[str, collections.Counter[str]]:
-    """Run `count` sessions, CONCURRENCY at a time, cycling through SCENARIOS; tally outcomes by scenario."""
+Scenario = Callable[["Ftp"], Awaitable[None]]
+
+
+async def drive(
+    count: int, scenarios: list[Scenario] | None = None, concurrency: int = CONCURRENCY
+) -> dict[str, collections.Counter[str]]:
+    """Run `count` sessions, `concurrency` at a time, cycling through `scenarios` (this module's SCENARIOS by
+    default); tally outcomes by scenario."""
+    scenarios = scenarios or SCENARIOS
     tally: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    gate = asyncio.Semaphore(CONCURRENCY)
+    gate = asyncio.Semaphore(concurrency)
 
     async def one(index: int) -> None:
-        scenario = SCENARIOS[index % len(SCENARIOS)]
+        scenario = scenarios[index % len(scenarios)]
         async with gate:
             ftp = None
             try:
