@@ -10,20 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from alg.ftp.addresses import HostPort
-from alg.net import proxyproto
+from alg.ops import banner
 from alg.ops.logs import printable
 
 log = logging.getLogger("ftp_alg.health")
-
-MAX_BANNER_LINES = 100
-MAX_BANNER_LINE_BYTES = 8 * 1024
-# RFC 959 4.2: the last line of a reply is the code followed by a space (or by nothing at all).
-_FINAL_REPLY = re.compile(rb"([0-9]{3})(?: |\r?\n|$)")
 
 
 @dataclass(slots=True)
@@ -45,58 +39,6 @@ class HealthState:
             self.healthy, self.streak = ok, 0
             return True
         return False
-
-
-class BannerError(Exception):
-    """The upstream did not greet with 220: the text says what it did instead."""
-
-
-async def read_banner(reader: asyncio.StreamReader) -> bytes:
-    """The upstream's whole greeting (multi-line included) when it is a 220; BannerError otherwise."""
-    seen = b""
-    for _ in range(MAX_BANNER_LINES):
-        try:
-            line = await reader.readline()
-        except ValueError:  # StreamReader.readline past its limit
-            raise BannerError("an overlong banner line") from None
-        if not line.endswith(b"\n"):
-            raise BannerError("closed the connection before its 220 banner")
-        seen += line
-        match = _FINAL_REPLY.match(line)
-        if match is None:
-            continue  # a line inside a multi-line reply (220-...)
-        code = int(match.group(1))
-        if code == 120:  # RFC 959: "service ready in nnn minutes"; 220 follows
-            continue
-        if code != 220:
-            raise BannerError(f"answered {printable(line.rstrip(), 120)}")
-        return seen
-    raise BannerError("a banner that does not end")
-
-
-async def probe(address: HostPort, timeout_s: float, proxy_version: int | None = None) -> str | None:
-    """None when `address` greets with 220 within `timeout_s` (then we say QUIT); else why not."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(str(address.ip), address.port, limit=MAX_BANNER_LINE_BYTES)
-            try:
-                if proxy_version is not None:
-                    writer.write(proxyproto.encode(proxy_version, None, None))  # LOCAL: our own connection
-                await read_banner(reader)
-                writer.write(b"QUIT\r\n")
-                with contextlib.suppress(OSError):
-                    await writer.drain()
-                return None
-            finally:
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
-    except TimeoutError:
-        return f"no 220 banner from {address} within {timeout_s:g} s"
-    except OSError as error:
-        return f"cannot connect to {address}: {error.strerror or error}"
-    except BannerError as error:
-        return f"{address} {error}"
 
 
 @dataclass(slots=True)
@@ -151,7 +93,7 @@ class HealthChecker:
 
     async def _check(self, checked: Checked) -> None:
         try:
-            reason = await probe(checked.address, self.timeout_s, checked.proxy_version)
+            reason = await banner.probe(checked.address, self.timeout_s, proxy_version=checked.proxy_version)
         except Exception as error:  # a bug here must not end every later check: it counts as a failed one
             log.exception("health check failed upstream=%s", checked.label)
             reason = f"check failed: {error!r}"

@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from alg.ftp.addresses import HostPort
-from alg.gateway.health import BannerError, Checked, HealthState, read_banner
+from alg.gateway.health import Checked, HealthState
 from alg.net import proxyproto
+from alg.ops.banner import BannerError, read_banner
 from alg.ops.logs import printable
 from alg.ops.metrics import Metrics
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -22,9 +21,8 @@ from prometheus_client import generate_latest
 
 from alg.ftp.addresses import HostPort
 from alg.net.dataplane import peer_ip
-from alg.net.tls import reason_of
 from alg.ops import admin as a
-from alg.ops.logs import printable
+from alg.ops import banner
 from alg.ops.metrics import Metrics
 
 
@@ -48,13 +46,9 @@ REQUEST_TIMEOUT_S = 5.0  # the whole request head must arrive within this
 MAX_HEAD_LINE_BYTES = 8 * 1024
 MAX_HEAD_LINES = 100
 MAX_CONNECTIONS = 64
-MAX_BANNER_LINES = 100
 # The text format generate_latest writes; named here, as newer prometheus_client's CONTENT_TYPE_LATEST says
 # version=1.0.0, which Prometheus 2 does not know.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-# RFC 959 4.2: the last line of a reply is the code followed by a space (or by nothing at all).
-_FINAL_REPLY = re.compile(rb"([0-9]{3})(?: |\r?\n|$)")
 
 _STATUS_TEXT = {
     200: "OK",
@@ -74,51 +68,8 @@ async def probe_upstream(
     tls: ssl.SSLContext | None = None,
     server_name: str | None = None,
 ) -> str | None:
-    """None when `upstream` greets with 220 within `timeout_s` (then we say QUIT); else why it is not ready.
-    `tls`: implicit FTPS, the banner comes inside TLS (a certificate the gateway would refuse is a reason)."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(
-                str(upstream.ip),
-                upstream.port,
-                limit=MAX_HEAD_LINE_BYTES,
-                ssl=tls,
-                server_hostname=(server_name or str(upstream.ip)) if tls is not None else None,
-            )
-            try:
-                return await _read_banner(reader, writer)
-            finally:
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
-    except TimeoutError:
-        return f"no 220 banner from {upstream} within {timeout_s:g} s"
-    except ssl.SSLError as error:
-        return f"TLS to {upstream} failed: {reason_of(error)}"
-    except OSError as error:
-        return f"cannot connect to {upstream}: {error.strerror or error}"
-    except ValueError:  # StreamReader.readline past its limit
-        return f"{upstream} sent an overlong banner line"
-
-
-async def _read_banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str | None:
-    for _ in range(MAX_BANNER_LINES):
-        line = await reader.readline()
-        if not line:
-            return "the upstream closed the connection before its 220 banner"
-        match = _FINAL_REPLY.match(line)
-        if match is None:
-            continue  # a line inside a multi-line reply (220-...)
-        code = int(match.group(1))
-        if code == 120:  # RFC 959: "service ready in nnn minutes"; 220 follows
-            continue
-        if code != 220:
-            return f"the upstream answered {printable(line.rstrip(), 120)}"
-        writer.write(b"QUIT\r\n")
-        with contextlib.suppress(OSError):
-            await writer.drain()
-        return None
-    return "the upstream's banner does not end"
+    """None when `upstream` greets with 220 within `timeout_s`; else why it is not ready (alg.ops.banner)."""
+    return await banner.probe(upstream, timeout_s, tls=tls, server_name=server_name)
 
 
 class Readiness:

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from alg.ftp.addresses import HostPort
-from alg.ops import http
+from alg.ops import banner, http
 from alg.ops.metrics import Metrics
 
 UPSTREAM = HostPort(ip_address("198.51.100.10"), 21)
@@ -132,26 +132,31 @@ async def test_not_ready_while_stopping_or_before_listening() -> None:
     assert (await ask(http.HttpListener(gateway(stopping=True)), b"GET /healthz HTTP/1.1\r\n\r\n"))[0] == 200
 
 
-# ---- the upstream's banner ----------------------------------------------------------------------------------
+# ---- the upstream's banner (alg.ops.banner, shared with the health checks) ---------------------------------
 
 
 @pytest.mark.parametrize(
-    ("banner", "reason"),
+    ("greeting", "reason"),
     [
         (b"220 (vsFTPd 3.0.3)\r\n", None),
         (b"220-Welcome\r\n to the server\r\n220 ready\r\n", None),
         (b"120 ready in 1 minute\r\n220 ready\r\n", None),
         (b"220\r\n", None),
-        (b"421 Too many users\r\n", "the upstream answered 421 Too many users"),
-        (b"220-never ends\r\n", "the upstream closed the connection before its 220 banner"),
-        (b"", "the upstream closed the connection before its 220 banner"),
-        (b"530 \x1b[31m\r\n", "the upstream answered 530 \\x1b[31m"),
+        (b"421 Too many users\r\n", "answered 421 Too many users"),
+        (b"220-never ends\r\n", "closed the connection before its 220 banner"),
+        (b"", "closed the connection before its 220 banner"),
+        (b"530 \x1b[31m\r\n", "answered 530 \\x1b[31m"),
+        (b"220-" + b"x" * (banner.MAX_BANNER_LINE_BYTES + 10) + b"\r\n", "sent an overlong banner line"),
+        (b"220-more\r\n" * (banner.MAX_BANNER_LINES + 1), "sent a banner that does not end"),
     ],
 )
 @_sync
-async def test_banner(banner: bytes, reason: str | None) -> None:
+async def test_banner(greeting: bytes, reason: str | None) -> None:
     writer = FakeWriter()
-    assert await http._read_banner(fed(banner), writer) == reason  # type: ignore[arg-type]
+    reader = asyncio.StreamReader(limit=banner.MAX_BANNER_LINE_BYTES)
+    reader.feed_data(greeting)
+    reader.feed_eof()
+    assert await banner.check_greeting(reader, writer) == reason
     assert bytes(writer.data) == (b"QUIT\r\n" if reason is None else b"")
 
 
