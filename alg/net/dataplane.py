@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -127,8 +128,33 @@ async def connect_from(source: IPAddress | None, target: HostPort) -> socket.soc
         if source is not None and _family(source) == _family(target.ip):
             # vsftpd and others refuse data from another address than the control peer's.
             sock.bind((str(source), 0))
-        await loop.sock_connect(sock, (str(target.ip), target.port))
+        await _connect(loop, sock, (str(target.ip), target.port))
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, address: tuple[str, int]) -> None:
+    """loop.sock_connect for a numeric address. uvloop's resolves every address in its thread pool, even
+    numeric ones: a thread hop and one more event loop turn per data connection, before the 227 can go out."""
+    try:
+        sock.connect(address)
+        return
+    except (BlockingIOError, InterruptedError):
+        pass  # EINPROGRESS: wait until the socket is writable, then read the outcome
+    ready = loop.create_future()
+    fd = sock.fileno()
+    loop.add_writer(fd, _resolve, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_writer(fd)
+    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))  # OSError picks the subclass: ConnectionRefusedError, ...
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
