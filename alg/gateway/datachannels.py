@@ -139,7 +139,7 @@ class DataChannels:
         metrics = self.context.metrics
         for name, pool in (("public", self.context.public_pool), ("internal", self.context.internal_pool)):
             if pool is not None:
-                metrics.pool_in_use.labels(name).set(pool.in_use)
+                metrics.pool_used(name, pool.in_use)
 
     async def _data_connection(
         self,

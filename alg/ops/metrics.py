@@ -251,15 +251,16 @@ class Metrics:
         ProcessCollector(registry=r)
         for outcome in SESSION_OUTCOMES:
             self.sessions.labels(outcome)
-        for verb in (*KNOWN_VERBS, "other"):
-            self.commands.labels(verb)
-        for kind in REWRITE_KINDS:
-            self.rewrites.labels(kind)
+        # The series counted per command or per transfer, looked up once: labels() validates and locks.
+        self._command_series = {verb: self.commands.labels(verb) for verb in (*KNOWN_VERBS, "other")}
+        self._rewrite_series = {kind: self.rewrites.labels(kind) for kind in REWRITE_KINDS}
         for client_verb, server_verb in VERB_TRANSLATIONS:
             self.verb_translations.labels(client_verb, server_verb)
-        for mode in DATA_MODES:
-            for direction in DATA_DIRECTIONS:
-                self.data_opened.labels(mode, direction)
+        self._opened_series = {
+            (mode, direction): self.data_opened.labels(mode, direction)
+            for mode in DATA_MODES
+            for direction in DATA_DIRECTIONS
+        }
         for reason in DATA_FAILURES:
             self.data_failed.labels(reason)
         for reason in REFUSAL_REASONS:
@@ -268,13 +269,14 @@ class Metrics:
             for channel in TLS_CHANNELS:
                 for outcome in TLS_OUTCOMES:
                     self.tls_handshakes.labels(side, channel, outcome)
-        for client_leg in PROTECTIONS:
-            for server_leg in PROTECTIONS:
-                self.data_protection.labels(client_leg, server_leg)
+        self._protection_series = {
+            (client_leg == "tls", server_leg == "tls"): self.data_protection.labels(client_leg, server_leg)
+            for client_leg in PROTECTIONS
+            for server_leg in PROTECTIONS
+        }
         for pool in POOLS:
             self.pool_size.labels(pool)
-            self.pool_in_use.labels(pool)
-        self._known_verbs = frozenset(KNOWN_VERBS)
+        self._pool_in_use_series = {pool: self.pool_in_use.labels(pool) for pool in POOLS}
         self._declare_scaleout(r)
 
     def _declare_scaleout(self, r: CollectorRegistry) -> None:
@@ -335,7 +337,7 @@ class Metrics:
         return self.data_bytes.finish(token)
 
     def data_channel_opened(self, mode: str, verb: str | None) -> None:
-        self.data_opened.labels(mode if mode in DATA_MODES else "passive", direction_of(verb)).inc()
+        self._opened_series[(mode if mode in DATA_MODES else "passive", direction_of(verb))].inc()
 
     def tls_handshake(self, side: str, channel: str, outcome: str) -> None:
         side = side if side in TLS_SIDES else "client"
@@ -343,10 +345,17 @@ class Metrics:
         self.tls_handshakes.labels(side, channel, outcome if outcome in TLS_OUTCOMES else "failed").inc()
 
     def data_protected(self, client_tls: bool, server_tls: bool) -> None:
-        self.data_protection.labels("tls" if client_tls else "clear", "tls" if server_tls else "clear").inc()
+        self._protection_series[(bool(client_tls), bool(server_tls))].inc()
 
     def command(self, verb: str) -> None:
-        self.commands.labels(verb if verb in self._known_verbs else "other").inc()
+        (self._command_series.get(verb) or self._command_series["other"]).inc()
+
+    def rewrote(self, kind: str) -> None:
+        series = self._rewrite_series.get(kind)
+        (series if series is not None else self.rewrites.labels(kind)).inc()
+
+    def pool_used(self, pool: str, in_use: int) -> None:
+        self._pool_in_use_series[pool].set(in_use)
 
     def refused(self, reason: str) -> None:
         reason = reason.replace("-", "_")
