@@ -27,7 +27,8 @@ from alg.ops.metrics import ByteCounts
 
 if TYPE_CHECKING:
     from alg.gateway.frontdoor import Origin
-    from alg.gateway.session import GatewayContext, Session, _Peer
+    from alg.gateway.peers import Peer
+    from alg.gateway.session import GatewayContext, Session
 
 transfer_log = logging.getLogger("ftp_alg.transfer")
 
@@ -61,8 +62,8 @@ class DataChannels:
 
     id: int
     context: GatewayContext
-    client: _Peer
-    server: _Peer | None
+    client: Peer
+    server: Peer | None
     channel: c.ControlChannel | None
     upstream: HostPort
     origin: Origin

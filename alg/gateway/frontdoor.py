@@ -15,8 +15,8 @@ from typing import Any
 
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.wire import parse_command, reply
+from alg.gateway.peers import ends
 from alg.net import proxyproto
-from alg.net.dataplane import peer_ip
 from alg.ops.logs import printable
 from alg.ops.metrics import Metrics
 
@@ -43,17 +43,12 @@ class ProxyRefused(Exception):
         self.reason = reason
 
 
-def _ends(writer: asyncio.StreamWriter) -> tuple[HostPort, HostPort]:
-    peer, ours = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
-    return HostPort(peer_ip(peer), peer[1]), HostPort(peer_ip(ours), ours[1])
-
-
 async def receive_origin(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, settings: Any, metrics: Metrics
 ) -> tuple[Origin, asyncio.StreamReader]:
     """The connection's Origin and the reader the session should use; ProxyRefused when the PROXY protocol
     rules refuse it. `settings` is alg.ops.config.ProxyProtocolIn or None (no PROXY protocol)."""
-    peer, ours = _ends(writer)
+    peer, ours = ends(writer)
     direct = Origin(peer, ours, peer.ip)
     if settings is None or not _applies(settings.listeners, ours):
         return direct, reader

@@ -20,12 +20,13 @@ from alg.ftp import control as c
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.tls import StartClientTls
 from alg.ftp.wire import reply
-from alg.gateway import secure
+from alg.gateway import peers, secure
 from alg.gateway.advertise import Advertiser
 from alg.gateway.datachannels import DataChannels, Transfer
 from alg.gateway.frontdoor import Origin
+from alg.gateway.upstreamleg import UpstreamLeg
 from alg.gateway.upstreams import Route
-from alg.net.dataplane import PortPool, peer_ip
+from alg.net.dataplane import PortPool
 from alg.net.kernelpath import KernelPath
 from alg.net.tls import describe, reason_of
 from alg.ops.logs import printable, redact
@@ -33,8 +34,6 @@ from alg.ops.metrics import Metrics
 
 log = logging.getLogger("ftp_alg.session")
 transfer_log = logging.getLogger("ftp_alg.transfer")
-
-READ_BYTES = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -63,22 +62,7 @@ class GatewayContext:
     advertiser: Advertiser | None = None  # split horizon and port offset; None: public_address alone
 
 
-@dataclass(slots=True)
-class _Peer:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    address: HostPort  # the other end
-    ours: HostPort  # our end of this connection
-    can_read: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def _ends(writer: asyncio.StreamWriter) -> tuple[HostPort, HostPort]:
-    peer = writer.get_extra_info("peername")
-    ours = writer.get_extra_info("sockname")
-    return HostPort(peer_ip(peer), peer[1]), HostPort(peer_ip(ours), ours[1])
-
-
-class Session(DataChannels):
+class Session(UpstreamLeg, DataChannels):
     def __init__(
         self,
         number: int,
@@ -97,12 +81,12 @@ class Session(DataChannels):
         self.context = context
         self.upstream = upstream
         self.route = route  # several upstreams: tried in order; None: `upstream` alone
-        address, ours = _ends(writer)
+        address, ours = peers.ends(writer)
         # Behind a balancer (PROXY protocol) the client is the header's; our own end stays the socket's.
         self.origin = origin or Origin(address, ours, address.ip)
         address = self.origin.client
-        self.client = _Peer(reader, writer, address, ours)
-        self.server: _Peer | None = None
+        self.client = peers.Peer(reader, writer, address, ours)
+        self.server: peers.Peer | None = None
         self.channel: c.ControlChannel | None = None
         self.outcome = "error"
         self._closed = asyncio.Event()
@@ -122,7 +106,7 @@ class Session(DataChannels):
             self._client_context = ssl_object.context
             self.tls_client = describe(ssl_object)
         self.log = logging.LoggerAdapter(log, {"session": number})
-        _tune(writer, oob_inline=True)
+        peers.tune(writer, oob_inline=True)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -146,86 +130,6 @@ class Session(DataChannels):
                 "session end outcome=%s tls_client=%s tls_server=%s", self.outcome, self.tls_client, self.tls_server
             )
         return self.outcome
-
-    async def _connect_upstream(self) -> bool:
-        started = time.monotonic()
-        tls = self.context.tls
-        implicit = tls.upstream_mode == "implicit"
-        banner = b""
-        try:
-            if self.route is not None:  # each try bounded by upstream_connect_s, failing over to the next
-                connect = self.route.connect(
-                    self.client.address,
-                    self.origin.dialled,
-                    self.context.timeouts.upstream_connect_s,
-                    greet=tls.upstream_mode == "off",  # under TLS the banner is read by the negotiation
-                )
-                reader, writer, banner = await connect
-                self.upstream = self.route.chosen.address if self.route.chosen else self.upstream
-            else:
-                async with asyncio.timeout(self.context.timeouts.upstream_connect_s):
-                    reader, writer = await asyncio.open_connection(
-                        str(self.upstream.ip), self.upstream.port, limit=READ_BYTES
-                    )
-            if implicit:
-                await secure.start_upstream_tls(writer, tls, self.upstream, self.context.metrics)
-        except secure.UpstreamTlsFailed as error:
-            return await self._upstream_tls_failed(str(error))
-        except (OSError, TimeoutError) as error:
-            why = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
-            self.log.warning("upstream unreachable upstream=%s error=%s", self.upstream, printable(why))
-            text = f"Service not available: the FTP server {self.upstream} cannot be reached ({why})."
-            _write(self.client.writer, reply(421, text))
-            with contextlib.suppress(OSError, ConnectionError):
-                await self.client.writer.drain()
-            self.outcome = "upstream_unreachable"
-            return False
-        self.context.metrics.upstream_connect_seconds.observe(time.monotonic() - started)
-        _tune(writer, oob_inline=False)
-        address, ours = _ends(writer)
-        self.server = _Peer(reader, writer, address, ours)
-        ready = None
-        if tls.upstream_mode != "off":
-            try:
-                ready = await secure.negotiate_upstream(
-                    reader, writer, tls, self.upstream, self.context.metrics, self.context.timeouts.upstream_connect_s
-                )
-            except (secure.UpstreamTlsFailed, OSError, TimeoutError) as error:
-                why = str(error) if isinstance(error, secure.UpstreamTlsFailed) else reason_of(error)
-                return await self._upstream_tls_failed(why)
-            if ready.secured:
-                self.tls_server = describe(writer.get_extra_info("ssl_object"))
-                self.log.info("tls upstream %s", self.tls_server)
-        self.channel = c.ControlChannel(
-            self.client.address,
-            address,
-            self.context.channel_settings,
-            client_secured=self.implicit_tls,
-            server_secured=ready is not None and ready.secured,
-            server_private=ready is not None and ready.private,
-        )
-        if ready is not None:
-            banner = ready.banner
-        if banner:  # read by the route (to know the upstream is alive) or by the TLS negotiation
-            self._greeted(banner)
-        return True
-
-    def _greeted(self, banner: bytes) -> None:
-        """The upstream's banner, already read: to the client, or (per_user) held while the USER is replayed."""
-        assert self.channel is not None
-        actions = self.channel.server_data(banner)
-        if self.route is not None and self.route.replay is not None:
-            # The client had our own greeting and sent USER; the upstream's greeting goes no further.
-            actions = self.channel.client_data(self.route.replay)
-        self.execute(actions)
-
-    async def _upstream_tls_failed(self, why: str) -> bool:
-        self.log.warning("upstream tls failed upstream=%s reason=%s", self.upstream, printable(why))
-        _write(self.client.writer, reply(421, f"Service not available: TLS to the FTP server failed ({why})."))
-        with contextlib.suppress(OSError, ConnectionError):
-            await self.client.writer.drain()
-        self.outcome = "tls_failed"
-        return False
 
     async def _start_client_tls(self) -> bool:
         """The client's control connection becomes TLS: at once (implicit), or after our 234 (AUTH TLS)."""
@@ -301,13 +205,13 @@ class Session(DataChannels):
         self._draining = True
         at_rest = self.channel is None or self.channel.at_rest
         if not self._transfers and at_rest and not self._closed.is_set():
-            _write(self.client.writer, reply(421, "Service shutting down."))
+            peers.write(self.client.writer, reply(421, "Service shutting down."))
             self.close("shutdown")
 
     def end(self) -> None:
         """Ended by an administrator: a 421 to the client, then close (transfers in flight are cut)."""
         if not self._closed.is_set():
-            _write(self.client.writer, reply(421, "Session ended by the administrator."))
+            peers.write(self.client.writer, reply(421, "Session ended by the administrator."))
             self.close("ended_by_admin")
 
     @property
@@ -326,7 +230,7 @@ class Session(DataChannels):
 
     # ---- control pumps ---------------------------------------------------------------------------------------
 
-    async def _pump(self, peer: _Peer, *, from_client: bool) -> None:
+    async def _pump(self, peer: peers.Peer, *, from_client: bool) -> None:
         channel = self.channel
         assert channel is not None and self.server is not None
         other = self.server if from_client else self.client
@@ -334,7 +238,7 @@ class Session(DataChannels):
         try:
             while not self._closed.is_set():
                 await peer.can_read.wait()
-                data = await peer.reader.read(READ_BYTES)
+                data = await peer.reader.read(peers.READ_BYTES)
                 lines = channel.client_lines
                 self.execute(feed(data))
                 if channel.client_lines != lines:
@@ -370,7 +274,7 @@ class Session(DataChannels):
     def _timeout(self, text: str) -> None:
         self.log.info("timeout %s", text)
         self.context.metrics.refused("timeout")
-        _write(self.client.writer, reply(421, text))
+        peers.write(self.client.writer, reply(421, text))
         self.close("timeout")
 
     # ---- actions ---------------------------------------------------------------------------------------------
@@ -398,7 +302,7 @@ class Session(DataChannels):
                     if urgent and self.server.writer.get_extra_info("ssl_object") is None:
                         self._send_urgent(data)
                     else:
-                        _write(self.server.writer, data)
+                        peers.write(self.server.writer, data)
                 case c.ListenForClient() | c.ListenForServer():
                     queue.extend(self._open_data_endpoint(action))
                 case StartClientTls():
@@ -456,7 +360,7 @@ class Session(DataChannels):
 
     def _write_client(self, parts: list[bytes]) -> None:
         if parts:
-            _write(self.client.writer, parts[0] if len(parts) == 1 else b"".join(parts))
+            peers.write(self.client.writer, parts[0] if len(parts) == 1 else b"".join(parts))
             parts.clear()
 
     def _send_urgent(self, data: bytes) -> None:
@@ -465,7 +369,7 @@ class Session(DataChannels):
         transport = self.server.writer.transport
         sock = self.server.writer.get_extra_info("socket")
         if sock is None or transport.get_write_buffer_size() > 0:
-            _write(self.server.writer, data)  # the urgent mark cannot overtake queued bytes: send it plainly
+            peers.write(self.server.writer, data)  # the urgent mark cannot overtake queued bytes: send it plainly
             return
         # The transport owns the socket; a duplicate descriptor lets us pass a flag it has no API for.
         try:
@@ -474,7 +378,7 @@ class Session(DataChannels):
         except OSError:
             sent = 0
         if sent < len(data):
-            _write(self.server.writer, data[sent:])
+            peers.write(self.server.writer, data[sent:])
         self.log.debug("sent urgent bytes=%d of %d", sent, len(data))
 
     def _report(self, actions: list[c.Action]) -> None:
@@ -484,20 +388,3 @@ class Session(DataChannels):
 
 # Actions with effects beyond bookkeeping: the client's replies queued before them are written first.
 _WRITE_FIRST = frozenset({c.ListenForClient, c.ListenForServer, StartClientTls, c.CloseDataEndpoint, c.CloseSession})
-
-
-def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
-    """Queue bytes for a peer; a peer already gone takes none (uvloop raises RuntimeError where asyncio drops them)."""
-    if not writer.transport.is_closing():
-        writer.write(data)
-
-
-def _tune(writer: asyncio.StreamWriter, *, oob_inline: bool) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if oob_inline:
-            # Clients send ABOR's Telnet sync as TCP urgent data (RFC 959 4.1.3); keep it in the stream.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
