@@ -380,6 +380,9 @@ class ControlChannel(DataNegotiation):
             line = tls.rewrite_feat([line], offer_tls=self.tls.offers_tls)
         return self._final_reply(parsed.code, line, single_line=True)
 
+    def _owed_after_abor(self) -> bool:
+        return any(entry.local_reply is None for entry in list(self._pending)[1:])
+
     def _continuation(self, line: bytes) -> list[Action]:
         if self._suppress_multiline:
             return []
@@ -401,6 +404,12 @@ class ControlChannel(DataNegotiation):
 
     def _final_reply(self, code: int, line: bytes, *, single_line: bool) -> list[Action]:
         front = self._pending[0] if self._pending and self._pending[0].local_reply is None else None
+        if front is not None and front.verb == "ABOR" and _not_for_abor(code) and self._owed_after_abor():
+            # RFC 959 answers ABOR with 225/226 (or an error); a 2xx/3xx of another kind is the next command's.
+            # The server answered the transfer and ABOR with one reply (pure-ftpd's single 226): the client
+            # has had it, as it would directly, and the pairing moves on instead of shifting by one.
+            self._pending.popleft()
+            return [*self._flush_local_replies(), *self._final_reply(code, line, single_line=single_line)]
         if code in (227, 229) and (front is None or front.verb not in ("PASV", "EPSV")):
             # Out of turn (a server's extra reply after ABOR shifts the pairing): it may name the internal
             # address, so it is never passed on as it is.
@@ -442,3 +451,8 @@ class ControlChannel(DataNegotiation):
                 return out + self._transfer_reply(entry.ticket, code, line)
         out.append(SendToClient(line))
         return out
+
+
+def _not_for_abor(code: int) -> bool:
+    """A final reply ABOR never gets (RFC 959 5.4: 225, 226, 421, 500, 501, 502; servers add 4xx/5xx)."""
+    return 200 <= code < 400 and code not in (225, 226)
