@@ -61,6 +61,8 @@ __all__ = [
     "Translated",
 ]
 
+DOWNLOAD_VERBS = frozenset(("RETR", "LIST", "NLST", "MLSD"))
+
 # ---- settings ----------------------------------------------------------------------------------------------
 
 # Commands whose replies would carry addresses we do not translate (RFC 1639 LPRT/LPSV, SPSV, pure-ftpd's P@SW)
@@ -327,11 +329,32 @@ class ControlChannel(DataNegotiation):
         commands as usual, and a plain ABOR is what it answers: pure-ftpd answers a synch when idle with nothing."""
         if not self.urgent_abort or not running:
             return [SendToServer(wire.ABORT_COMMAND)]
+        # One urgent send for the whole synch (its last byte, DM, marked), ABOR straight behind it in the same
+        # segment (alg.gateway.session): a server that looks for the command on the urgent signal finds it.
         return [
-            SendToServer(wire.ABORT_BEFORE_URGENT),
-            SendToServer(wire.ABORT_URGENT, urgent=True),
+            SendToServer(wire.ABORT_BEFORE_URGENT + wire.ABORT_URGENT, urgent=True),
             SendToServer(wire.ABORT_COMMAND),
         ]
+
+    def abort_overdue(self) -> list[Action]:
+        """The session's timer: an ABOR sent during a transfer is still unanswered. The server may have written
+        the whole rest of the file into the buffers between it and the client and now waits for its data peer
+        to close before it replies (proftpd); the gateway ends the data connection, as the ABOR asked."""
+        if self.closed or not any(entry.verb == "ABOR" for entry in self._pending):
+            return []
+        out: list[Action] = []
+        for entry in self._pending:
+            if entry.verb == "ABOR":
+                break
+            # Even a ticket already reported finished (the server's end of file): the relay may still be
+            # delivering the buffered rest to the client, and the server waits for that connection to close.
+            # Downloads only: an upload's data connection closed by us would read as its complete end.
+            if entry.verb in DOWNLOAD_VERBS and entry.ticket is not None:
+                self._tickets.pop(entry.ticket, None)
+                if self._armed == entry.ticket:
+                    self._armed = None
+                out.append(CloseDataEndpoint(entry.ticket))
+        return out
 
     # ---- server lines ------------------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ipaddress import ip_address
 
 from alg.ftp.addresses import HostPort
-from alg.ftp.control import Action, ControlChannel, ListenForClient, Refused, SendToClient
+from alg.ftp.control import Action, CloseDataEndpoint, ControlChannel, ListenForClient, Refused, SendToClient
 
 CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
 SERVER = HostPort(ip_address("198.51.100.10"), 21)
@@ -98,3 +98,43 @@ def test_a_local_reply_queued_behind_abor_keeps_its_place() -> None:
     assert out.startswith(PURE_ONE_226) and out.endswith(b"200 Zzz...\r\n")
     assert out[len(PURE_ONE_226) : -len(b"200 Zzz...\r\n")].startswith(b"502 ")
     pasv_works(ch)
+
+
+def test_an_abor_left_unanswered_ends_the_data_connection_when_the_session_says_so() -> None:
+    # proftpd, its whole file already in the buffers between it and the client, waits for its data peer to close
+    # before it answers RETR and ABOR; the session's timer reports the ABOR overdue and the gateway closes it.
+    ch = retr_under_way()
+    assert ch.abort_overdue() == []  # no ABOR: nothing to end
+    (ticket,) = ch.open_tickets
+    ch.client_data(b"ABOR\r\n")
+    assert ch.abort_overdue() == [CloseDataEndpoint(ticket)]
+    assert ch.open_tickets == frozenset()
+    replies = b"226 Transfer complete\r\n226 Abort successful\r\n"
+    assert to_client(ch.server_data(replies)) == replies
+    pasv_works(ch)
+
+
+def test_an_overdue_abor_closes_a_relay_still_delivering_and_nothing_once_answered() -> None:
+    ch = retr_under_way()
+    (ticket,) = ch.open_tickets
+    ch.client_data(b"ABOR\r\n")
+    ch.data_finished(ticket)  # the server's end of file came through; the relay may still be delivering
+    assert ch.abort_overdue() == [CloseDataEndpoint(ticket)]
+    ch = retr_under_way()
+    ch.client_data(b"ABOR\r\n")
+    ch.server_data(b"426 aborted\r\n226 abort ok\r\n")
+    assert ch.abort_overdue() == []
+
+
+def test_an_overdue_abor_leaves_an_upload_to_the_server() -> None:
+    # Closed by the gateway, an upload's data connection would read as its end: the server would keep the file.
+    ch = ControlChannel(CLIENT, SERVER)
+    ch.server_data(b"220 hi\r\n")
+    ch.client_data(b"PASV\r\n")
+    listen = next(a for a in ch.server_data(b"227 ok (198,51,100,10,195,80)\r\n") if isinstance(a, ListenForClient))
+    ch.data_endpoint_ready(listen.ticket, PUBLIC)
+    ch.data_connected(listen.ticket)
+    ch.client_data(b"STOR up.bin\r\n")
+    ch.server_data(b"150 go\r\n")
+    ch.client_data(b"ABOR\r\n")
+    assert ch.abort_overdue() == []
