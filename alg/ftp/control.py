@@ -61,6 +61,8 @@ __all__ = [
     "Translated",
 ]
 
+DOWNLOAD_VERBS = frozenset(("RETR", "LIST", "NLST", "MLSD"))
+
 # ---- settings ----------------------------------------------------------------------------------------------
 
 # Commands whose replies would carry addresses we do not translate (RFC 1639 LPRT/LPSV, SPSV, pure-ftpd's P@SW)
@@ -327,11 +329,32 @@ class ControlChannel(DataNegotiation):
         commands as usual, and a plain ABOR is what it answers: pure-ftpd answers a synch when idle with nothing."""
         if not self.urgent_abort or not running:
             return [SendToServer(wire.ABORT_COMMAND)]
+        # One urgent send for the whole synch (its last byte, DM, marked), ABOR straight behind it in the same
+        # segment (alg.gateway.session): a server that looks for the command on the urgent signal finds it.
         return [
-            SendToServer(wire.ABORT_BEFORE_URGENT),
-            SendToServer(wire.ABORT_URGENT, urgent=True),
+            SendToServer(wire.ABORT_BEFORE_URGENT + wire.ABORT_URGENT, urgent=True),
             SendToServer(wire.ABORT_COMMAND),
         ]
+
+    def abort_overdue(self) -> list[Action]:
+        """The session's timer: an ABOR sent during a transfer is still unanswered. The server may have written
+        the whole rest of the file into the buffers between it and the client and now waits for its data peer
+        to close before it replies (proftpd); the gateway ends the data connection, as the ABOR asked."""
+        if self.closed or not any(entry.verb == "ABOR" for entry in self._pending):
+            return []
+        out: list[Action] = []
+        for entry in self._pending:
+            if entry.verb == "ABOR":
+                break
+            # Even a ticket already reported finished (the server's end of file): the relay may still be
+            # delivering the buffered rest to the client, and the server waits for that connection to close.
+            # Downloads only: an upload's data connection closed by us would read as its complete end.
+            if entry.verb in DOWNLOAD_VERBS and entry.ticket is not None:
+                self._tickets.pop(entry.ticket, None)
+                if self._armed == entry.ticket:
+                    self._armed = None
+                out.append(CloseDataEndpoint(entry.ticket))
+        return out
 
     # ---- server lines ------------------------------------------------------------------------------------------
 
@@ -380,6 +403,9 @@ class ControlChannel(DataNegotiation):
             line = tls.rewrite_feat([line], offer_tls=self.tls.offers_tls)
         return self._final_reply(parsed.code, line, single_line=True)
 
+    def _owed_after_abor(self) -> bool:
+        return any(entry.local_reply is None for entry in list(self._pending)[1:])
+
     def _continuation(self, line: bytes) -> list[Action]:
         if self._suppress_multiline:
             return []
@@ -401,6 +427,12 @@ class ControlChannel(DataNegotiation):
 
     def _final_reply(self, code: int, line: bytes, *, single_line: bool) -> list[Action]:
         front = self._pending[0] if self._pending and self._pending[0].local_reply is None else None
+        if front is not None and front.verb == "ABOR" and _not_for_abor(code) and self._owed_after_abor():
+            # RFC 959 answers ABOR with 225/226 (or an error); a 2xx/3xx of another kind is the next command's.
+            # The server answered the transfer and ABOR with one reply (pure-ftpd's single 226): the client
+            # has had it, as it would directly, and the pairing moves on instead of shifting by one.
+            self._pending.popleft()
+            return [*self._flush_local_replies(), *self._final_reply(code, line, single_line=single_line)]
         if code in (227, 229) and (front is None or front.verb not in ("PASV", "EPSV")):
             # Out of turn (a server's extra reply after ABOR shifts the pairing): it may name the internal
             # address, so it is never passed on as it is.
@@ -442,3 +474,8 @@ class ControlChannel(DataNegotiation):
                 return out + self._transfer_reply(entry.ticket, code, line)
         out.append(SendToClient(line))
         return out
+
+
+def _not_for_abor(code: int) -> bool:
+    """A final reply ABOR never gets (RFC 959 5.4: 225, 226, 421, 500, 501, 502; servers add 4xx/5xx)."""
+    return 200 <= code < 400 and code not in (225, 226)

@@ -35,6 +35,9 @@ from alg.ops.metrics import Metrics
 log = logging.getLogger("ftp_alg.session")
 transfer_log = logging.getLogger("ftp_alg.transfer")
 
+# An ABOR during a transfer still unanswered after this long: the gateway closes the data connection itself.
+ABORT_GRACE_S = 1.0
+
 
 @dataclass(slots=True)
 class Timeouts:
@@ -99,6 +102,7 @@ class Session(UpstreamLeg, DataChannels):
         certificate = context.tls.certificate
         self._client_context = certificate.context if certificate is not None else None
         self._tls_task: asyncio.Task[None] | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
         self.tls_client = "-"  # negotiated version/cipher, for the session's log line
         self.tls_server = "-"
         if implicit_tls:  # the listener did the handshake (alg.gateway.server)
@@ -177,6 +181,8 @@ class Session(UpstreamLeg, DataChannels):
                 task.cancel()
 
     async def _teardown(self) -> None:
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
         if self._tls_task is not None:
             self._tls_task.cancel()
             await asyncio.gather(self._tls_task, return_exceptions=True)
@@ -300,7 +306,13 @@ class Session(UpstreamLeg, DataChannels):
                 case c.SendToServer(data, urgent):
                     # Over TLS an urgent byte would land inside a TLS record: ABOR goes as a plain line.
                     if urgent and self.server.writer.get_extra_info("ssl_object") is None:
-                        self._send_urgent(data)
+                        then = b""  # the ABOR line behind the synch goes in the same segment
+                        if queue and isinstance(queue[0], c.SendToServer) and not queue[0].urgent:
+                            then = queue.popleft().data  # type: ignore[union-attr]
+                        self._send_urgent(data, then)
+                        self._abort_timer = asyncio.get_running_loop().call_later(
+                            ABORT_GRACE_S, lambda: self._report(channel.abort_overdue())
+                        )
                     else:
                         peers.write(self.server.writer, data)
                 case c.ListenForClient() | c.ListenForServer():
@@ -363,23 +375,33 @@ class Session(UpstreamLeg, DataChannels):
             peers.write(self.client.writer, parts[0] if len(parts) == 1 else b"".join(parts))
             parts.clear()
 
-    def _send_urgent(self, data: bytes) -> None:
-        """Write `data` with its last byte marked urgent (MSG_OOB), as ftplib and BSD ftp send ABOR."""
+    def _send_urgent(self, data: bytes, then: bytes = b"") -> None:
+        """Write `data` with its last byte marked urgent (MSG_OOB), then `then` in the same TCP segment.
+
+        BSD ftp sends IAC IP IAC, then DM alone as urgent data, then ABOR: three segments. Held back with
+        MSG_MORE, the synch and the command arrive together, urgent pointer on DM, so a server that looks for
+        the command when the urgent signal comes finds it there."""
         assert self.server is not None
         transport = self.server.writer.transport
         sock = self.server.writer.get_extra_info("socket")
         if sock is None or transport.get_write_buffer_size() > 0:
-            peers.write(self.server.writer, data)  # the urgent mark cannot overtake queued bytes: send it plainly
+            peers.write(
+                self.server.writer, data + then
+            )  # the urgent mark cannot overtake queued bytes: send it plainly
             return
-        # The transport owns the socket; a duplicate descriptor lets us pass a flag it has no API for.
+        # The transport owns the socket; a duplicate descriptor lets us pass flags it has no API for.
+        sent = sent_then = 0
         try:
             with socket.socket(fileno=os.dup(sock.fileno())) as raw:
-                sent = raw.send(data, socket.MSG_OOB)
+                sent = raw.send(data, socket.MSG_OOB | (socket.MSG_MORE if then else 0))
+                if sent == len(data) and then:
+                    sent_then = raw.send(then, socket.MSG_DONTWAIT)
         except OSError:
-            sent = 0
-        if sent < len(data):
-            peers.write(self.server.writer, data[sent:])
-        self.log.debug("sent urgent bytes=%d of %d", sent, len(data))
+            pass
+        rest = data[sent:] + then[sent_then:]
+        if rest:
+            peers.write(self.server.writer, rest)
+        self.log.debug("sent urgent bytes=%d of %d, then %d of %d", sent, len(data), sent_then, len(then))
 
     def _report(self, actions: list[c.Action]) -> None:
         if actions and not self._closed.is_set():

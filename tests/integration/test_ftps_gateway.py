@@ -185,11 +185,10 @@ def test_lftp_ssl_force_protect_data_ls_get_put_reget(world: FtpsWorld, kind: st
 # Known gateway faults (the same client and ABOR pass directly: test_ftps_direct), kept visible as xfail:
 # proftpd: about one run in four its mod_tls gets EPIPE on the data connection the gateway closed under the
 # running RETR ("panic: SSL_ERROR_SYSCALL ... Broken pipe") and ends the whole session (426, 421).
-# pure-ftpd: its ABOR replies (a multi-line 150, then one 226 for RETR and ABOR together) shift the gateway's
-# reply pairing by one; the next PASV's 227 is then "out of turn" and the client gets 425.
+# (pure-ftpd at times answers RETR and ABOR with one 226; the gateway pairs the next reply with the next
+# command, as the client does: test_abor_pairing.)
 ABOR_KNOWN = {
     "proftpd": "at times proftpd's mod_tls gets EPIPE on the data leg the gateway closed and drops the session",
-    "pure-ftpd": "pure-ftpd's ABOR replies shift the gateway's reply pairing; the next PASV gets 425",
 }
 
 

@@ -178,8 +178,7 @@ def test_a_server_that_refuses_both_forms_gets_its_refusal_to_the_client() -> No
 # ---- ABOR ------------------------------------------------------------------------------------------------
 
 SYNCH = [
-    SendToServer(ABORT_BEFORE_URGENT),
-    SendToServer(ABORT_URGENT, urgent=True),
+    SendToServer(ABORT_BEFORE_URGENT + ABORT_URGENT, urgent=True),
     SendToServer(ABORT_COMMAND),
 ]
 

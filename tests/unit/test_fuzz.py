@@ -248,12 +248,9 @@ class Session:
                 else:
                     assert b"198,51,100" not in action.after and b"198,18" not in action.after
             elif isinstance(action, SendToServer):
-                # ABOR goes with its Telnet synch: IAC IP IAC, then DM alone as urgent data, then the ABOR line.
-                if self.synch == 0 and action.data == ABORT_BEFORE_URGENT:
-                    self.synch = 1
-                    continue
-                if self.synch == 1:
-                    assert action == SendToServer(ABORT_URGENT, urgent=True), action
+                # ABOR goes with its Telnet synch: IAC IP IAC DM as urgent data (DM marked), then the ABOR line.
+                if self.synch == 0 and action.data == ABORT_BEFORE_URGENT + ABORT_URGENT:
+                    assert action.urgent, action
                     self.synch = 2
                     continue
                 if self.synch == 2:

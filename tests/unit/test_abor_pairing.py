@@ -1,0 +1,146 @@
+"""Which reply is ABOR's: servers answer an aborted transfer with two replies or one (RFC 959 4.1.3), byte by byte."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+
+from alg.ftp.addresses import HostPort
+from alg.ftp.control import Action, CloseDataEndpoint, ControlChannel, ListenForClient, Refused, SendToClient
+
+CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
+SERVER = HostPort(ip_address("198.51.100.10"), 21)
+PUBLIC = HostPort(ip_address("203.0.113.1"), 50000)
+
+# pure-ftpd over TLS, as recorded through the gateway: RETR, the client drops the data connection, ABOR. The
+# transfer fails on the closed connection and gets no final reply (only its statistics, as 150 lines); the ABOR
+# then finds the server idle and gets one 226. Directly the client sees the same.
+PURE_150 = b"150-Accepted data connection\r\n150 24576.0 kbytes to download\r\n"
+PURE_ONE_226 = (
+    b"150-Warning: client is in ASCII mode - Assuming data is plain text\r\n"
+    b"150 0.003 seconds (measured here), 37.40 Mbytes per second\r\n"
+    b"226 Since you see this ABOR must've succeeded\r\n"
+)
+
+
+def to_client(actions: list[Action]) -> bytes:
+    return b"".join(a.data for a in actions if isinstance(a, SendToClient))
+
+
+def feed(ch: ControlChannel, data: bytes, *, server: bool) -> list[Action]:
+    """One byte at a time, as the worst network would deliver it."""
+    send = ch.server_data if server else ch.client_data
+    return [action for byte in data for action in send(bytes([byte]))]
+
+
+def retr_under_way() -> ControlChannel:
+    ch = ControlChannel(CLIENT, SERVER)
+    ch.urgent_abort = False  # over TLS: a plain ABOR line
+    ch.server_data(b"220 hi\r\n")
+    for line, answer in ((b"USER u\r\n", b"331 p\r\n"), (b"PASS p\r\n", b"230 ok\r\n")):
+        ch.client_data(line)
+        ch.server_data(answer)
+    ch.client_data(b"PASV\r\n")
+    listen = next(a for a in ch.server_data(b"227 ok (198,51,100,10,195,80)\r\n") if isinstance(a, ListenForClient))
+    ch.data_endpoint_ready(listen.ticket, PUBLIC)
+    ch.data_connected(listen.ticket)
+    ch.client_data(b"RETR abor.bin\r\n")
+    assert to_client(feed(ch, PURE_150, server=True)) == PURE_150
+    return ch
+
+
+def pasv_works(ch: ControlChannel) -> None:
+    ch.client_data(b"PASV\r\n")
+    actions = feed(ch, b"227 Entering Passive Mode (198,51,100,10,199,57)\r\n", server=True)
+    assert any(isinstance(a, ListenForClient) for a in actions), actions
+    assert not any(isinstance(a, Refused) for a in actions)
+
+
+def test_one_226_for_retr_and_abor_then_noop_and_pasv_pair_as_sent() -> None:
+    ch = retr_under_way()
+    ch.client_data(b"ABOR\r\n")
+    assert to_client(feed(ch, PURE_ONE_226, server=True)) == PURE_ONE_226
+    ch.client_data(b"NOOP\r\n")
+    assert to_client(feed(ch, b"200 Zzz...\r\n", server=True)) == b"200 Zzz...\r\n"
+    pasv_works(ch)
+
+
+def test_one_226_with_the_next_commands_pipelined_behind_abor() -> None:
+    ch = retr_under_way()
+    ch.client_data(b"ABOR\r\nNOOP\r\nTYPE I\r\n")
+    replies = PURE_ONE_226 + b"200 Zzz...\r\n200 TYPE is now 8-bit binary\r\n"
+    assert to_client(feed(ch, replies, server=True)) == replies
+    pasv_works(ch)
+
+
+def test_the_usual_two_replies_still_pair_426_with_retr_and_226_with_abor() -> None:
+    ch = retr_under_way()
+    ch.client_data(b"ABOR\r\nNOOP\r\n")
+    replies = b"426-Warning\r\n426 ABORT\r\n226-Transfer aborted\r\n226 0.002 seconds\r\n200 Zzz...\r\n"
+    assert to_client(feed(ch, replies, server=True)) == replies
+    pasv_works(ch)
+
+
+def test_an_error_or_225_after_the_transfer_reply_stays_abors() -> None:
+    for answer in (b"225 ABOR ok\r\n", b"500 what\r\n", b"451 aborted upload\r\n"):
+        ch = retr_under_way()
+        ch.client_data(b"ABOR\r\nNOOP\r\n")
+        replies = b"226 done\r\n" + answer + b"200 Zzz...\r\n"
+        assert to_client(feed(ch, replies, server=True)) == replies
+        pasv_works(ch)
+
+
+def test_a_lone_abor_keeps_an_unexpected_reply() -> None:
+    # Nothing sent behind ABOR: a stray 200 is not moved anywhere, and the next command pairs normally.
+    ch = retr_under_way()
+    ch.client_data(b"ABOR\r\n")
+    assert to_client(ch.server_data(PURE_ONE_226 + b"200 odd\r\n")) == PURE_ONE_226 + b"200 odd\r\n"
+    pasv_works(ch)
+
+
+def test_a_local_reply_queued_behind_abor_keeps_its_place() -> None:
+    ch = retr_under_way()
+    ch.client_data(b"ABOR\r\nLPSV\r\nNOOP\r\n")  # LPSV: answered by the gateway (502), in turn
+    out = to_client(ch.server_data(PURE_ONE_226 + b"200 Zzz...\r\n"))
+    assert out.startswith(PURE_ONE_226) and out.endswith(b"200 Zzz...\r\n")
+    assert out[len(PURE_ONE_226) : -len(b"200 Zzz...\r\n")].startswith(b"502 ")
+    pasv_works(ch)
+
+
+def test_an_abor_left_unanswered_ends_the_data_connection_when_the_session_says_so() -> None:
+    # proftpd, its whole file already in the buffers between it and the client, waits for its data peer to close
+    # before it answers RETR and ABOR; the session's timer reports the ABOR overdue and the gateway closes it.
+    ch = retr_under_way()
+    assert ch.abort_overdue() == []  # no ABOR: nothing to end
+    (ticket,) = ch.open_tickets
+    ch.client_data(b"ABOR\r\n")
+    assert ch.abort_overdue() == [CloseDataEndpoint(ticket)]
+    assert ch.open_tickets == frozenset()
+    replies = b"226 Transfer complete\r\n226 Abort successful\r\n"
+    assert to_client(ch.server_data(replies)) == replies
+    pasv_works(ch)
+
+
+def test_an_overdue_abor_closes_a_relay_still_delivering_and_nothing_once_answered() -> None:
+    ch = retr_under_way()
+    (ticket,) = ch.open_tickets
+    ch.client_data(b"ABOR\r\n")
+    ch.data_finished(ticket)  # the server's end of file came through; the relay may still be delivering
+    assert ch.abort_overdue() == [CloseDataEndpoint(ticket)]
+    ch = retr_under_way()
+    ch.client_data(b"ABOR\r\n")
+    ch.server_data(b"426 aborted\r\n226 abort ok\r\n")
+    assert ch.abort_overdue() == []
+
+
+def test_an_overdue_abor_leaves_an_upload_to_the_server() -> None:
+    # Closed by the gateway, an upload's data connection would read as its end: the server would keep the file.
+    ch = ControlChannel(CLIENT, SERVER)
+    ch.server_data(b"220 hi\r\n")
+    ch.client_data(b"PASV\r\n")
+    listen = next(a for a in ch.server_data(b"227 ok (198,51,100,10,195,80)\r\n") if isinstance(a, ListenForClient))
+    ch.data_endpoint_ready(listen.ticket, PUBLIC)
+    ch.data_connected(listen.ticket)
+    ch.client_data(b"STOR up.bin\r\n")
+    ch.server_data(b"150 go\r\n")
+    ch.client_data(b"ABOR\r\n")
+    assert ch.abort_overdue() == []
