@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from alg.ftp.addresses import HostPort
 from alg.ftp.wire import LineFramer, Overlong
 
+DOWNLOAD_VERBS = frozenset(("RETR", "LIST", "NLST", "MLSD"))
 TRANSFER_VERBS = frozenset(("RETR", "STOR", "STOU", "APPE", "LIST", "NLST", "MLSD"))
 
 # A client-side wait that is not a ticket: an EPSV/EPRT whose refusal may still be retried as PASV/PORT.

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 from alg.errors import FtpProtocolError, PolicyDenied
-from alg.ftp import tls, wire
+from alg.ftp import tls
 from alg.ftp.actions import (
     Action,
     CloseDataEndpoint,
@@ -60,8 +60,6 @@ __all__ = [
     "TransferRequested",
     "Translated",
 ]
-
-DOWNLOAD_VERBS = frozenset(("RETR", "LIST", "NLST", "MLSD"))
 
 # ---- settings ----------------------------------------------------------------------------------------------
 
@@ -319,41 +317,6 @@ class ControlChannel(DataNegotiation):
             out.append(TransferRequested(ticket, verb, command.argument))
         self._pending.append(Pending(verb, ticket=ticket, argument=command.argument))
         out.append(SendToServer(command.raw))
-        return out
-
-    def _abort(self, running: bool) -> list[Action]:
-        """ABOR as servers are written for, whatever the client sent (RFC 959 4.1.3, RFC 854): IAC IP, then the
-        synch IAC DM with the urgent mark on DM, then the command. ftplib marks its newline urgent and a plain
-        ABOR marks nothing: vsftpd, proftpd and pure-ftpd answer either with 500 or miss it during a transfer.
-        With no transfer running (none owed a reply with its data connection still open) the server reads
-        commands as usual, and a plain ABOR is what it answers: pure-ftpd answers a synch when idle with nothing."""
-        if not self.urgent_abort or not running:
-            return [SendToServer(wire.ABORT_COMMAND)]
-        # One urgent send for the whole synch (its last byte, DM, marked), ABOR straight behind it in the same
-        # segment (alg.gateway.session): a server that looks for the command on the urgent signal finds it.
-        return [
-            SendToServer(wire.ABORT_BEFORE_URGENT + wire.ABORT_URGENT, urgent=True),
-            SendToServer(wire.ABORT_COMMAND),
-        ]
-
-    def abort_overdue(self) -> list[Action]:
-        """The session's timer: an ABOR sent during a transfer is still unanswered. The server may have written
-        the whole rest of the file into the buffers between it and the client and now waits for its data peer
-        to close before it replies (proftpd); the gateway ends the data connection, as the ABOR asked."""
-        if self.closed or not any(entry.verb == "ABOR" for entry in self._pending):
-            return []
-        out: list[Action] = []
-        for entry in self._pending:
-            if entry.verb == "ABOR":
-                break
-            # Even a ticket already reported finished (the server's end of file): the relay may still be
-            # delivering the buffered rest to the client, and the server waits for that connection to close.
-            # Downloads only: an upload's data connection closed by us would read as its complete end.
-            if entry.verb in DOWNLOAD_VERBS and entry.ticket is not None:
-                self._tickets.pop(entry.ticket, None)
-                if self._armed == entry.ticket:
-                    self._armed = None
-                out.append(CloseDataEndpoint(entry.ticket))
         return out
 
     # ---- server lines ------------------------------------------------------------------------------------------
