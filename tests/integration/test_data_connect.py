@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import socket
 from collections.abc import Callable, Coroutine
@@ -23,7 +24,9 @@ RUNNERS: dict[str, Callable[[Coroutine[Any, Any, Any]], Any]] = {"asyncio": asyn
 
 
 def _open_sockets() -> int:
-    """Sockets this process holds (uvloop keeps a pipe pair for the process once a loop has run: not counted)."""
+    """Sockets this process holds (uvloop keeps a pipe pair for the process once a loop has run: not counted).
+    Garbage from earlier tests is collected first, so a socket closed by the collector mid-test does not count."""
+    gc.collect()
     count = 0
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):  # the descriptor listdir itself used is gone
