@@ -249,15 +249,7 @@ def test_tls_sessions_aborted_in_every_way_leave_nothing_behind(
     problems = {name: dict(counts) for name, counts in tally.items() if set(counts) != {"ok"}}
     assert not problems, f"{problems}\n{gateway.log()[-3000:]}"
 
-    def settled() -> dict[str, float] | None:
-        now = footprint(topo, pid)
-        return now if now == before else None
-
-    try:
-        after = wait_until("the gateway back where it started", settled, timeout_s=20, poll_s=0.5)
-    except AssertionError:
-        fds = sorted(os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir())
-        raise AssertionError(f"before {before}, after {footprint(topo, pid)}; fds: {fds}") from None
+    after = leaks.back_to(topo, pid, before, timeout_s=20)
     print(f"tls leak test: after {after}")
     samples = scrape(topo)
     outcomes = {dict(k)["outcome"]: v for (n, k), v in samples.items() if n == "ftp_alg_sessions_total" and v}

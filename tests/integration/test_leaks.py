@@ -350,6 +350,20 @@ def footprint(topo: Topology, pid: int) -> dict[str, float]:
     }
 
 
+def back_to(topo: Topology, pid: int, before: dict[str, float], *, timeout_s: float) -> dict[str, float]:
+    """Wait until the gateway's footprint is `before` again; on a timeout, fail with its open descriptors."""
+
+    def settled() -> dict[str, float] | None:
+        now = footprint(topo, pid)
+        return now if now == before else None
+
+    try:
+        return wait_until("the gateway back where it started", settled, timeout_s=timeout_s, poll_s=0.5)
+    except AssertionError:
+        fds = sorted(os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir())
+        raise AssertionError(f"before {before}, after {footprint(topo, pid)}; fds: {fds}") from None
+
+
 @pytest.fixture
 def vsftpd(reverse_topo: Topology, ftp_server_factory: Callable[..., FtpServer]) -> FtpServer:
     """vsftpd with room for the sessions that linger on its side after the gateway closed them (its own
@@ -403,15 +417,7 @@ def test_2000_aborted_sessions_leave_no_descriptor_task_port_or_session_behind(
     assert sum(sum(counts.values()) for counts in tally.values()) == SESSIONS
 
     # The last sessions end (and their listeners time out, data_connect_s 2) within a few seconds.
-    def settled() -> dict[str, float] | None:
-        now = footprint(topo, pid)
-        return now if now == before else None
-
-    try:
-        after = wait_until("the gateway back where it started", settled, timeout_s=15, poll_s=0.5)
-    except AssertionError:
-        fds = sorted(os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir())
-        raise AssertionError(f"before {before}, after {footprint(topo, pid)}; fds: {fds}") from None
+    after = back_to(topo, pid, before, timeout_s=15)
     print(f"leak test: after {after}")
     samples = scrape(topo)
     outcomes = {dict(k)["outcome"]: v for (n, k), v in samples.items() if n == "ftp_alg_sessions_total" and v}
