@@ -8,12 +8,12 @@ client 203.0.113.10 ─ gw 203.0.113.1 (ftp :21, http :9121) | 198.51.100.1 ─ 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
 import re
 import shutil
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hostile
 import pytest
 import yaml
 from clients import curl_download, ftplib_run
@@ -69,16 +70,7 @@ def scrape(topo: Topology) -> Samples:
     return parse_samples(text)
 
 
-def wait_until(what: str, check: Callable[[], Any], timeout_s: float = DEADLINE_S) -> Any:
-    """check() until it returns something truthy, within a bounded time; its last answer goes in the error."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(POLL_S)
-    raise AssertionError(f"{what}: not within {timeout_s} s (last: {last!r})")
+wait_until = functools.partial(hostile.wait_until, timeout_s=DEADLINE_S, poll_s=POLL_S)
 
 
 def start_gateway(topo: Topology, server: FtpServer, *extra: str) -> ManagedProcess:

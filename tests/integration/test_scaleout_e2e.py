@@ -19,6 +19,7 @@ Run alone: ./dev test tests/integration/test_scaleout_e2e.py -m scaleout -s  (pr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -29,14 +30,14 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from conftest import skip_or_fail
-from hostile import Samples, metric, parse_samples
+from hostile import Samples, metric, parse_samples, wait_until
 from netns import REPO_ROOT, Host, ManagedProcess, Topology
 from servers import VSFTPD, FtpServer, start_server
 from test_observability import http_get, log_lines
@@ -118,15 +119,7 @@ def haproxy_states(workdir: Path) -> dict[str, str]:
     return states
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(POLL_S)
-    raise AssertionError(f"{what}: not within {timeout_s} s (last: {last!r})")
+wait_for = functools.partial(wait_until, poll_s=POLL_S)
 
 
 def scrape(lb: Host, index: int) -> Samples:
