@@ -29,6 +29,8 @@ class Pending:
     start_tls: bool = False  # a local 234: the client's TLS starts once it is sent
     sent: str = ""  # PASV/EPSV/PORT/EPRT: the verb the server got (families.py may translate it)
     probe: bool = False  # the client's next lines wait for this reply (a refusal would be retried first)
+    fence: bool = False  # ABOR: a NOOP of ours follows it; NOOP: that one, its reply never the client's
+    ended: bool = False  # a download whose data connection the gateway ended as its ABOR went unanswered
 
 
 @dataclass(slots=True)

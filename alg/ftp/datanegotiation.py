@@ -258,22 +258,51 @@ class DataNegotiation:
     def abort_overdue(self) -> list[Action]:
         """The session's timer: an ABOR sent during a transfer is still unanswered. The server may have written
         the whole rest of the file into the buffers between it and the client and now waits for its data peer
-        to close before it replies (proftpd); the gateway ends the data connection, as the ABOR asked."""
-        if self.closed or not any(entry.verb == "ABOR" for entry in self._pending):
+        to close before it replies (proftpd); the gateway ends the data connection, as the ABOR asked. Once
+        the transfer is answered and the ABOR is not, the server may have been idle when the synch came, and
+        pure-ftpd then ignores synch and ABOR alike: a NOOP of ours tells (its 200 first: no answer comes)."""
+        owed = [entry for entry in self._pending if entry.local_reply is None]
+        if self.closed or not any(entry.verb == "ABOR" for entry in owed):
             return []
+        if owed[0].verb == "ABOR":
+            return self._fence_abor()
+        transfer = owed[0]
+        if len(owed) == 2 and transfer.verb in DOWNLOAD_VERBS and (transfer.ticket is None or transfer.ended):
+            # A tick ago the gateway ended the data connection and the server has still answered neither:
+            # pure-ftpd, its data peer gone before it wrote (the kernel data path), answers nothing.
+            return self._fence_abor(unanswered=transfer)
         out: list[Action] = []
-        for entry in self._pending:
+        for entry in owed:
             if entry.verb == "ABOR":
                 break
             # Even a ticket already reported finished (the server's end of file): the relay may still be
             # delivering the buffered rest to the client, and the server waits for that connection to close.
             # Downloads only: an upload's data connection closed by us would read as its complete end.
-            if entry.verb in DOWNLOAD_VERBS and entry.ticket is not None:
+            if entry.verb in DOWNLOAD_VERBS and entry.ticket is not None and not entry.ended:
+                entry.ended = True
                 self._tickets.pop(entry.ticket, None)
                 if self._armed == entry.ticket:
                     self._armed = None
                 out.append(CloseDataEndpoint(entry.ticket))
         return out
+
+    def _fence_abor(self, unanswered: Pending | None = None) -> list[Action]:
+        """The transfer is answered, the ABOR is not, and nothing follows it: a NOOP of ours goes right behind.
+        A server that was idle when the synch came may ignore synch and ABOR alike (pure-ftpd): the NOOP's 200
+        then comes first and the gateway answers the ABOR itself (control.py), at once, while the client still
+        waits for it; a server that answers the ABOR answers our NOOP after it, and that 200 is swallowed."""
+        owed = [entry for entry in self._pending if entry.local_reply is None and entry is not unanswered]
+        if self.closed or len(owed) != 1 or owed[0].verb != "ABOR" or owed[0].fence:
+            return []  # a later command's reply tells already, or the NOOP is on its way
+        owed[0].fence = True
+        self._pending.append(Pending("NOOP", fence=True))
+        return [SendToServer(b"NOOP\r\n")]
+
+    @property
+    def abort_unsettled(self) -> bool:
+        """An ABOR is owed a reply and the gateway has not yet sent its NOOP after it: the timer runs on."""
+        owed = (entry for entry in self._pending if entry.local_reply is None)
+        return not self.closed and any(entry.verb == "ABOR" and not entry.fence for entry in owed)
 
     # ---- server replies ----------------------------------------------------------------------------------------
 

@@ -310,9 +310,7 @@ class Session(UpstreamLeg, DataChannels):
                         if queue and isinstance(queue[0], c.SendToServer) and not queue[0].urgent:
                             then = queue.popleft().data  # type: ignore[union-attr]
                         self._send_urgent(data, then)
-                        self._abort_timer = asyncio.get_running_loop().call_later(
-                            ABORT_GRACE_S, lambda: self._report(channel.abort_overdue())
-                        )
+                        self._arm_abort_timer()
                     else:
                         peers.write(self.server.writer, data)
                 case c.ListenForClient() | c.ListenForServer():
@@ -402,6 +400,23 @@ class Session(UpstreamLeg, DataChannels):
         if rest:
             peers.write(self.server.writer, rest)
         self.log.debug("sent urgent bytes=%d of %d, then %d of %d", sent, len(data), sent_then, len(then))
+
+    def _arm_abort_timer(self) -> None:
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+        self._abort_timer = asyncio.get_running_loop().call_later(ABORT_GRACE_S, self._abort_overdue)
+
+    def _abort_overdue(self) -> None:
+        """Every ABORT_GRACE_S while an ABOR stays unanswered and each tick did something (ended the data
+        connection, then sent the NOOP after the ABOR): at most a few ticks."""
+        self._abort_timer = None
+        channel = self.channel
+        if channel is None or self._closed.is_set():
+            return
+        actions = channel.abort_overdue()
+        self._report(actions)
+        if actions and channel.abort_unsettled and not self._closed.is_set():
+            self._arm_abort_timer()
 
     def _report(self, actions: list[c.Action]) -> None:
         if actions and not self._closed.is_set():

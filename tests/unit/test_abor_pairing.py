@@ -5,7 +5,15 @@ from __future__ import annotations
 from ipaddress import ip_address
 
 from alg.ftp.addresses import HostPort
-from alg.ftp.control import Action, CloseDataEndpoint, ControlChannel, ListenForClient, Refused, SendToClient
+from alg.ftp.control import (
+    Action,
+    CloseDataEndpoint,
+    ControlChannel,
+    ListenForClient,
+    Refused,
+    SendToClient,
+    SendToServer,
+)
 
 CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
 SERVER = HostPort(ip_address("198.51.100.10"), 21)
@@ -13,8 +21,12 @@ PUBLIC = HostPort(ip_address("203.0.113.1"), 50000)
 
 # pure-ftpd over TLS, as recorded through the gateway: RETR, the client drops the data connection, ABOR. The
 # transfer fails on the closed connection and gets no final reply (only its statistics, as 150 lines); the ABOR
-# then finds the server idle and gets one 226. Directly the client sees the same.
+# then finds the server idle and gets one 226. Directly the client sees only that; through the gateway it also gets
+# the ABOR's own reply (RFC 959 4.1.3: the transfer's, then the ABOR's): a NOOP of the gateway's follows the
+# transfer's reply, and its 200 coming first shows that the server will not answer the ABOR.
 PURE_150 = b"150-Accepted data connection\r\n150 24576.0 kbytes to download\r\n"
+OURS = b"226 ABOR done: the transfer had already ended.\r\n"
+NOOP = SendToServer(b"NOOP\r\n")
 PURE_ONE_226 = (
     b"150-Warning: client is in ASCII mode - Assuming data is plain text\r\n"
     b"150 0.003 seconds (measured here), 37.40 Mbytes per second\r\n"
@@ -55,20 +67,24 @@ def pasv_works(ch: ControlChannel) -> None:
     assert not any(isinstance(a, Refused) for a in actions)
 
 
-def test_one_226_for_retr_and_abor_then_noop_and_pasv_pair_as_sent() -> None:
+def test_one_226_for_retr_and_abor_gets_our_226_for_the_abor_then_noop_and_pasv_pair_as_sent() -> None:
     ch = retr_under_way()
     ch.client_data(b"ABOR\r\n")
-    assert to_client(feed(ch, PURE_ONE_226, server=True)) == PURE_ONE_226
+    actions = feed(ch, PURE_ONE_226, server=True)
+    assert to_client(actions) == PURE_ONE_226 and NOOP in actions  # ours, right behind the transfer's reply
+    assert to_client(feed(ch, b"200 Zzz...\r\n", server=True)) == OURS  # our NOOP's 200: the ABOR went unanswered
     ch.client_data(b"NOOP\r\n")
     assert to_client(feed(ch, b"200 Zzz...\r\n", server=True)) == b"200 Zzz...\r\n"
     pasv_works(ch)
 
 
 def test_one_226_with_the_next_commands_pipelined_behind_abor() -> None:
+    # The client sent more behind ABOR before any reply: no NOOP of ours; the replies pass as the server sent them.
     ch = retr_under_way()
     ch.client_data(b"ABOR\r\nNOOP\r\nTYPE I\r\n")
     replies = PURE_ONE_226 + b"200 Zzz...\r\n200 TYPE is now 8-bit binary\r\n"
-    assert to_client(feed(ch, replies, server=True)) == replies
+    actions = feed(ch, replies, server=True)
+    assert to_client(actions) == replies and NOOP not in actions
     pasv_works(ch)
 
 
@@ -89,12 +105,14 @@ def test_an_error_or_225_after_the_transfer_reply_stays_abors() -> None:
         pasv_works(ch)
 
 
-def test_a_lone_abor_keeps_an_unexpected_reply() -> None:
-    # Nothing sent behind ABOR: a stray 200 is not moved anywhere, and the next command pairs normally.
-    ch = retr_under_way()
-    ch.client_data(b"ABOR\r\n")
-    assert to_client(ch.server_data(PURE_ONE_226 + b"200 odd\r\n")) == PURE_ONE_226 + b"200 odd\r\n"
-    pasv_works(ch)
+def test_a_lone_abor_answered_by_the_server_keeps_its_reply_and_our_noops_200_is_swallowed() -> None:
+    for answer in (b"226 Abort successful\r\n", b"225 ABOR ok\r\n", b"500 what\r\n"):
+        ch = retr_under_way()
+        ch.client_data(b"ABOR\r\n")
+        assert NOOP in ch.server_data(b"426 Transfer aborted\r\n")
+        assert to_client(ch.server_data(answer + b"200 Zzz...\r\n")) == answer
+        assert ch.at_rest
+        pasv_works(ch)
 
 
 def test_a_local_reply_queued_behind_abor_keeps_its_place() -> None:
@@ -117,6 +135,7 @@ def test_an_abor_left_unanswered_ends_the_data_connection_when_the_session_says_
     assert ch.open_tickets == frozenset()
     replies = b"226 Transfer complete\r\n226 Abort successful\r\n"
     assert to_client(ch.server_data(replies)) == replies
+    assert to_client(ch.server_data(b"200 Zzz...\r\n")) == b""  # our NOOP's
     pasv_works(ch)
 
 
@@ -130,6 +149,7 @@ def test_an_overdue_abor_closes_a_relay_still_delivering_and_nothing_once_answer
     ch.client_data(b"ABOR\r\n")
     ch.server_data(b"426 aborted\r\n226 abort ok\r\n")
     assert ch.abort_overdue() == []
+    assert not ch.abort_unsettled
 
 
 def test_an_overdue_abor_leaves_an_upload_to_the_server() -> None:
@@ -143,4 +163,89 @@ def test_an_overdue_abor_leaves_an_upload_to_the_server() -> None:
     ch.client_data(b"STOR up.bin\r\n")
     ch.server_data(b"150 go\r\n")
     ch.client_data(b"ABOR\r\n")
+    assert ch.abort_overdue() == []
+
+
+def stor_answered_before_its_abor() -> ControlChannel:
+    """pure-ftpd, plain control: the client closed its upload, then sent ABOR, which overtook the upload's end in
+    the gateway; the server finished the upload first and, idle when the synch came, answers the ABOR with
+    nothing (seen directly as well). The gateway's NOOP goes out with the upload's 226."""
+    ch = retr_under_way()
+    ch.urgent_abort = True
+    (retr,) = ch.open_tickets
+    ch.data_finished(retr)
+    assert to_client(ch.server_data(b"226 Transfer complete\r\n")) == b"226 Transfer complete\r\n"  # RETR's
+    ch.client_data(b"PASV\r\n")
+    listen = next(a for a in ch.server_data(b"227 ok (198,51,100,10,195,81)\r\n") if isinstance(a, ListenForClient))
+    ch.data_endpoint_ready(listen.ticket, PUBLIC)
+    ch.data_connected(listen.ticket)
+    ch.client_data(b"STOR up.bin\r\n")
+    assert to_client(ch.server_data(b"150 Accepted data connection\r\n")) == b"150 Accepted data connection\r\n"
+    sent = [a for a in ch.client_data(b"ABOR\r\n") if isinstance(a, SendToServer)]
+    assert sent[0].urgent and sent[-1].data == b"ABOR\r\n"  # the upload's end still on its way to the server
+    ch.data_finished(listen.ticket)
+    actions = ch.server_data(b"226 0.000 seconds\r\n")
+    assert to_client(actions) == b"226 0.000 seconds\r\n" and actions.count(NOOP) == 1
+    assert not ch.abort_unsettled and ch.abort_overdue() == []  # one NOOP per ABOR
+    return ch
+
+
+def test_an_abor_the_idle_server_ignored_gets_our_226_after_our_noop() -> None:
+    ch = stor_answered_before_its_abor()
+    assert to_client(feed(ch, b"200 Zzz...\r\n", server=True)) == OURS  # the NOOP's 200 is ours
+    assert ch.at_rest
+    pasv_works(ch)
+
+
+def test_an_abor_answered_late_keeps_its_reply_and_our_noop_stays_ours() -> None:
+    ch = stor_answered_before_its_abor()
+    replies = b"226 Since you see this ABOR must've succeeded\r\n200 Zzz...\r\n"
+    assert to_client(feed(ch, replies, server=True)) == replies[: replies.index(b"200")]
+    ch.client_data(b"NOOP\r\n")
+    assert to_client(ch.server_data(b"200 Zzz...\r\n")) == b"200 Zzz...\r\n"
+    pasv_works(ch)
+
+
+def test_a_command_the_client_sends_after_our_noop_pairs_with_its_own_reply() -> None:
+    ch = stor_answered_before_its_abor()
+    ch.client_data(b"TYPE I\r\n")
+    out = to_client(ch.server_data(b"200 Zzz...\r\n200 TYPE is now 8-bit binary\r\n"))
+    assert out == OURS + b"200 TYPE is now 8-bit binary\r\n"
+    pasv_works(ch)
+
+
+def test_a_download_neither_of_whose_replies_comes_gets_both_from_the_gateway() -> None:
+    # pure-ftpd on the kernel data path: the client's reset reached it before it wrote; it answers neither RETR nor
+    # the synch ABOR. First tick: the data connection is ended; second tick: our NOOP; its 200: 426 and 226 from us.
+    ch = retr_under_way()
+    ch.urgent_abort = True
+    (ticket,) = ch.open_tickets
+    ch.client_data(b"ABOR\r\n")
+    assert ch.abort_overdue() == [CloseDataEndpoint(ticket)]
+    assert ch.abort_unsettled
+    assert ch.abort_overdue() == [NOOP]
+    assert not ch.abort_unsettled and ch.abort_overdue() == []
+    out = to_client(ch.server_data(b"200 Zzz...\r\n"))
+    assert out.startswith(b"426 ") and out.endswith(OURS) and out.count(b"\r\n") == 2
+    assert ch.at_rest
+    pasv_works(ch)
+
+
+def test_replies_that_come_after_our_noop_keep_their_places() -> None:
+    ch = retr_under_way()
+    ch.urgent_abort = True
+    ch.client_data(b"ABOR\r\n")
+    ch.abort_overdue()
+    assert ch.abort_overdue() == [NOOP]
+    replies = b"426 Transfer aborted\r\n226 Abort successful\r\n"
+    assert to_client(ch.server_data(replies + b"200 Zzz...\r\n")) == replies
+    pasv_works(ch)
+
+
+def test_no_noop_of_ours_when_the_client_moved_on_before_the_gateway_asked() -> None:
+    ch = retr_under_way()
+    ch.urgent_abort = True
+    ch.client_data(b"ABOR\r\n")
+    ch.abort_overdue()
+    ch.client_data(b"NOOP\r\n")  # the client gave up waiting for the ABOR's replies
     assert ch.abort_overdue() == []
