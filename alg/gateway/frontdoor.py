@@ -3,19 +3,22 @@ balancer (who the client really is), and for per_user routing our own greeting u
 
 Rules: a trusted peer must send a valid header within its timeout and an untrusted one must not send any;
 either mistake refuses the connection, with one log line and a count (ftp_alg_proxy_protocol_refusals_total).
-The header is read to its last byte and no further: what follows belongs to the FTP session.
+The header is read to its last byte and no further: what follows belongs to the FTP session (on an implicit
+FTPS listener, to its TLS handshake: the header comes first, in clear, and is read from the bare socket).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.wire import parse_command, reply
-from alg.gateway.peers import ends
+from alg.gateway.peers import ends, hostport
 from alg.net import proxyproto
 from alg.ops.logs import printable
 from alg.ops.metrics import Metrics
@@ -52,24 +55,88 @@ async def receive_origin(
     direct = Origin(peer, ours, peer.ip)
     if settings is None or not _applies(settings.listeners, ours):
         return direct, reader
-    if not any(peer.ip in network for network in settings.trusted if network.version == peer.ip.version):
+    if not _trusted(settings, peer):
         return direct, _GuardedReader(reader, writer, metrics, peer.ip)  # type: ignore[return-value]
+    header = await _read_header(reader.readexactly, settings, peer)
+    metrics.proxy_protocol_headers.labels(str(header.version)).inc()
+    return _origin(header, peer, ours, settings), reader
+
+
+async def receive_origin_before_tls(conn: socket.socket, settings: Any, metrics: Metrics) -> Origin:
+    """Implicit FTPS: a balancer's header comes in clear before the ClientHello, so it is read from the bare socket
+    (to its last byte and no further: the rest is the TLS handshake's). An untrusted peer whose first bytes look
+    like a header is refused here: inside TLS it would only be a failed handshake."""
+    peer, ours = hostport(conn.getpeername()), hostport(conn.getsockname())
+    direct = Origin(peer, ours, peer.ip)
+    if settings is None or not _applies(settings.listeners, ours):
+        return direct
+    loop = asyncio.get_running_loop()
+    if not _trusted(settings, peer):
+        try:
+            async with asyncio.timeout(settings.header_timeout_s):
+                first = await _peek(loop, conn)
+        except TimeoutError:
+            return direct  # a silent client: the TLS handshake timeout deals with it
+        if proxyproto.looks_like_header(first):
+            raise ProxyRefused(f"a PROXY header from {peer.ip}, which is not a trusted balancer", reason="untrusted")
+        return direct
+
+    async def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = await loop.sock_recv(conn, n - len(data))
+            if not chunk:
+                raise asyncio.IncompleteReadError(data, n)
+            data += chunk
+        return data
+
+    header = await _read_header(exactly, settings, peer)
+    metrics.proxy_protocol_headers.labels(str(header.version)).inc()
+    return _origin(header, peer, ours, settings)
+
+
+def _trusted(settings: Any, peer: HostPort) -> bool:
+    return any(peer.ip in network for network in settings.trusted if network.version == peer.ip.version)
+
+
+async def _read_header(
+    read_exactly: Callable[[int], Awaitable[bytes]], settings: Any, peer: HostPort
+) -> proxyproto.ProxyHeader:
     data = b""
     try:
         async with asyncio.timeout(settings.header_timeout_s):
             while not isinstance(result := proxyproto.parse_header(data), proxyproto.ProxyHeader):
-                data += await reader.readexactly(result)  # never past the header's end
+                data += await read_exactly(result)  # never past the header's end
     except proxyproto.ProxyHeaderError as error:
         raise ProxyRefused(f"from balancer {peer.ip}: {error}", reason=error.reason) from None
     except TimeoutError:
         raise ProxyRefused(f"no PROXY header from balancer {peer.ip} in time", reason="timeout") from None
-    except asyncio.IncompleteReadError:
+    except (asyncio.IncompleteReadError, ConnectionError):
         raise ProxyRefused(f"balancer {peer.ip} closed inside the PROXY header", reason="malformed") from None
-    metrics.proxy_protocol_headers.labels(str(result.version)).inc()
-    client = result.client or peer  # LOCAL / UNKNOWN: the balancer's own connection
-    dialled = result.destination or ours
+    return result
+
+
+def _origin(header: proxyproto.ProxyHeader, peer: HostPort, ours: HostPort, settings: Any) -> Origin:
+    client = header.client or peer  # LOCAL / UNKNOWN: the balancer's own connection
+    dialled = header.destination or ours
     data_peer = client.ip if settings.data_from == "client" else peer.ip
-    return Origin(client, dialled, data_peer, balancer=peer.ip), reader
+    return Origin(client, dialled, data_peer, balancer=peer.ip)
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
+    """The first bytes waiting on a non-blocking socket, left in place for the TLS handshake."""
+    readable: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(conn.fileno(), ready)
+    try:
+        await readable
+    finally:
+        loop.remove_reader(conn.fileno())
+    return conn.recv(16, socket.MSG_PEEK)
 
 
 def _applies(listeners: Any, ours: HostPort) -> bool:

@@ -27,9 +27,12 @@ class Peer:
 
 def ends(writer: asyncio.StreamWriter) -> tuple[HostPort, HostPort]:
     """(the other end, our end) of a connected stream."""
-    peer = writer.get_extra_info("peername")
-    ours = writer.get_extra_info("sockname")
-    return HostPort(peer_ip(peer), peer[1]), HostPort(peer_ip(ours), ours[1])
+    return hostport(writer.get_extra_info("peername")), hostport(writer.get_extra_info("sockname"))
+
+
+def hostport(sockaddr: tuple[str, int] | tuple[str, int, int, int]) -> HostPort:
+    """A socket address as HostPort (an IPv4-mapped IPv6 address as IPv4)."""
+    return HostPort(peer_ip(sockaddr), sockaddr[1])
 
 
 def write(writer: asyncio.StreamWriter, data: bytes) -> None:

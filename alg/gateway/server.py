@@ -21,7 +21,7 @@ from alg.ftp.control import ChannelSettings
 from alg.ftp.wire import reply
 from alg.gateway import kerneldata
 from alg.gateway.advertise import Advertiser
-from alg.gateway.frontdoor import ProxyRefused, read_user, receive_origin
+from alg.gateway.frontdoor import Origin, ProxyRefused, read_user, receive_origin, receive_origin_before_tls
 from alg.gateway.health import HealthChecker
 from alg.gateway.secure import TlsRuntime, runtime_from_settings
 from alg.gateway.session import GatewayContext, Session, Timeouts
@@ -217,6 +217,13 @@ class Gateway:
         if certificate is None or self._stopping.is_set():
             conn.close()
             return
+        try:
+            origin = await receive_origin_before_tls(conn, getattr(self.settings, "proxy_protocol", None), self.metrics)
+        except (ProxyRefused, OSError) as refused:
+            if isinstance(refused, ProxyRefused):
+                self._proxy_refused(refused)
+            conn.close()
+            return
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=64 * 1024)
         protocol = asyncio.StreamReaderProtocol(reader)
@@ -233,7 +240,7 @@ class Gateway:
             return
         self.metrics.tls_handshake("client", "control", "ok")
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        await self._accept(reader, writer, implicit_tls=True)
+        await self._accept(reader, writer, implicit_tls=True, origin=origin)
 
     def reload(self) -> None:
         """SIGHUP: rules and the TLS certificate read again; a bad file keeps the old one (and says why)."""
@@ -251,23 +258,28 @@ class Gateway:
             self.metrics.certificate_expiry.set(expiry_timestamp(self.tls.certificate.cert))
 
     async def _accept(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, implicit_tls: bool = False
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        implicit_tls: bool = False,
+        origin: Origin | None = None,
     ) -> None:
+        """A new control connection; `origin` when it was read already (implicit FTPS: before the handshake)."""
         peername = writer.get_extra_info("peername")
         if peername is None:  # reset before we looked (uvloop then has no address): nothing to answer
             self.metrics.session_ended("client_closed")
             writer.close()
             return
-        try:
-            origin, reader = await receive_origin(
-                reader, writer, getattr(self.settings, "proxy_protocol", None), self.metrics
-            )
-        except ProxyRefused as refused:
-            self.metrics.proxy_refused(refused.reason)
-            self.metrics.session_ended("refused_acl")
-            log.warning("proxy protocol refused reason=%s detail=%s", refused.reason, refused)
-            writer.close()
-            return
+        if origin is None:
+            try:
+                origin, reader = await receive_origin(
+                    reader, writer, getattr(self.settings, "proxy_protocol", None), self.metrics
+                )
+            except ProxyRefused as refused:
+                self._proxy_refused(refused)
+                writer.close()
+                return
         client = origin.client.ip  # behind a balancer, the header's client: rules and limits apply to it
         if not self.policy.allows_client(client):
             await self._refuse_by_policy(writer, client, self.policy.client_refusal_text)
@@ -343,6 +355,11 @@ class Gateway:
             return None
         user, line = login
         return Route(self.upstreams, self.upstreams.candidates(user), replay=line)
+
+    def _proxy_refused(self, refused: ProxyRefused) -> None:
+        self.metrics.proxy_refused(refused.reason)
+        self.metrics.session_ended("refused_acl")
+        log.warning("proxy protocol refused reason=%s detail=%s", refused.reason, refused)
 
     async def _refuse_by_policy(self, writer: asyncio.StreamWriter, client: IPAddress, text: str) -> None:
         """421 and close, before any upstream is contacted (rules: clients, destinations)."""

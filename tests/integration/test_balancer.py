@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clients import curl, curl_download, curl_upload
+import trustme
+from clients import ClientTls, curl, curl_download, curl_list, curl_upload
 from conftest import require_netns, require_server, skip_or_fail
 from hostile import RawFtp
 from netns import ManagedProcess, Topology
@@ -50,6 +51,12 @@ frontend control_v1
     default_backend gateway_v1
 backend gateway_v1
     server gw {GW}:21 send-proxy
+frontend implicit_ftps
+    bind {VIP}:990
+    default_backend gateway_implicit
+backend gateway_implicit
+    # TCP passthrough: the gateway terminates TLS; the header goes first, in clear
+    server gw {GW}:990 send-proxy-v2
 frontend passive
     # the published passive range is the gateway's plus 1000 (announced_port_offset)
     bind {VIP}:51000-51019
@@ -259,3 +266,42 @@ def test_proxy_protocol_towards_the_upstream(balanced: tuple[Topology, FtpServer
         assert isinstance(header, ProxyHeader) and header.client is not None and header.destination is not None
         assert str(header.client.ip) == CLIENT
         assert (str(header.destination.ip), header.destination.port) == (VIP, 21)
+
+
+def test_implicit_ftps_behind_the_balancer(balanced: tuple[Topology, FtpServer], tmp_path: Path) -> None:
+    """HAProxy passes implicit FTPS (port 990) through with a PROXY v2 header in front of the ClientHello: the
+    gateway reads the header from the bare socket, then terminates TLS; the real client is who it sees. A client
+    sending a header itself is refused before any TLS, and counted."""
+    topo, server = balanced
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    leaf = ca.issue_cert(VIP, GW)
+    leaf.private_key_pem.write_to_path(str(tmp_path / "gw.key"))
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "gw.pem"))
+    tls = {"mode": "allow", "cert": str(tmp_path / "gw.pem"), "key": str(tmp_path / "gw.key")}
+    gateway = _gateway_then_balancer(topo, _settings(tls={"client": {**tls, "implicit_listen": [f"{GW}:990"]}}))
+    implicit = ClientTls(tmp_path / "ca.pem", implicit=True)
+    topo.hosts["lb"].wait_port(VIP, 990, timeout_s=10)
+
+    for mode in ("pasv", "epsv"):  # curl 7.88 hangs on active TLS data connections (curl/curl#10666)
+        dest = tmp_path / f"ftps-{mode}.bin"
+        result = curl_download(topo.client, server.target(VIP, 990), "big.bin", dest, mode=mode, tls=implicit)
+        assert result.ok, result.stderr[-2000:] + gateway.log()[-3000:]
+        assert _sha(dest) == server.seeded["big.bin"]
+    listing = curl_list(topo.client, server.target(VIP, 990), tls=implicit)
+    assert listing.ok and "hello.txt" in listing.stdout, listing.stderr[-2000:]
+    assert value(topo.gw, "ftp_alg_refusals_total", reason="port_theft") == 0  # data came from the real client
+    assert f"client={CLIENT}:" in gateway.log() and f"via={LB_BACK}" in gateway.log()
+
+    # Straight to the gateway, not trusted: a client's header is refused before TLS; a plain TLS client is served.
+    with RawFtp.open(topo.client, GW, 990) as raw:
+        raw.send(f"PROXY TCP4 198.18.0.99 {GW} 1234 990\r\n")
+        assert raw.closed() == b""
+    assert value(topo.gw, "ftp_alg_proxy_protocol_refusals_total", reason="untrusted") == 1
+    direct = curl_list(topo.client, server.target(GW, 990), tls=implicit)
+    assert direct.ok and "hello.txt" in direct.stdout, direct.stderr[-2000:]
+    # The balancer's address without a header: refused as on the plain listener.
+    with RawFtp.open(topo.hosts["lb"], GW, 990) as raw:
+        raw.send(b"\x16\x03\x01\x00\x05hello")
+        assert raw.closed() == b""
+    assert value(topo.gw, "ftp_alg_proxy_protocol_refusals_total", reason="missing") == 1
