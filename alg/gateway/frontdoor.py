@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alg.ftp.addresses import HostPort, IPAddress
+from alg.ftp.tls import TLS_MECHANISMS
 from alg.ftp.wire import parse_command, reply
 from alg.gateway.peers import ends, hostport
 from alg.net import proxyproto
@@ -177,31 +178,82 @@ class _GuardedReader:
         return data
 
 
+@dataclass(frozen=True, slots=True)
+class Login:
+    """What per_user routing read before the session: the user, the USER line to replay on the upstream, and
+    whether the client started TLS with AUTH TLS first (explicit FTPS: its session goes on inside TLS)."""
+
+    user: str
+    line: bytes
+    secured: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FrontTls:
+    """Client TLS before USER (tls.client allow or require): AUTH TLS answered here, as the session would."""
+
+    required: bool  # require: a USER before AUTH TLS gets 530
+    start: Callable[[], Awaitable[bool]]  # after our 234: the handshake, counted and logged; False if it failed
+    secured: bool = False  # implicit FTPS: TLS from the first byte already
+
+
+FEATURES_BEFORE_LOGIN = b"211-Features:\r\n AUTH TLS\r\n PBSZ\r\n PROT\r\n211 End\r\n"
+
+
+def answer_before_login(line: bytes, *, tls: FrontTls | None, secured: bool) -> tuple[bytes, str | None]:
+    """The reply to one line before USER, and what follows: "login" (a USER to route by), "quit", "tls" (our
+    234: the handshake next) or None (the next line). The same words as the session's for AUTH and TLS."""
+    if len(line) > MAX_LOGIN_LINE_BYTES:
+        return reply(500, "Line too long."), None
+    command = parse_command(line)
+    verb = command.verb if command is not None else "?"
+    if command is not None and verb == "USER" and command.argument.strip():
+        if tls is not None and tls.required and not secured:
+            return reply(530, "TLS required: this gateway accepts logins only after AUTH TLS"), None
+        return b"", "login"
+    if verb == "QUIT":
+        return reply(221, "Goodbye."), "quit"
+    if verb == "AUTH" and command is not None:
+        if tls is None:
+            return reply(502, "AUTH TLS is not offered by this gateway; continue in plain FTP"), None
+        if secured:
+            return reply(503, "Already using TLS"), None
+        if command.argument.strip().upper() not in TLS_MECHANISMS:
+            return reply(504, "Security mechanism not understood; use AUTH TLS"), None
+        return reply(234, "Proceed with TLS negotiation"), "tls"
+    if verb == "FEAT" and tls is not None:
+        return FEATURES_BEFORE_LOGIN, None  # what clients look for before AUTH TLS; the server's list comes later
+    log.debug("before login verb=%s", printable(verb))
+    return reply(530, "Please log in with USER first."), None
+
+
 async def read_user(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float
-) -> tuple[str, bytes] | None:
-    """per_user routing: greet the client ourselves and read up to its USER command: (name, the line to replay
-    on the upstream), or None when the client quit, closed or took too long."""
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float, tls: FrontTls | None = None
+) -> Login | None:
+    """per_user routing: greet the client ourselves and read up to its USER command (after AUTH TLS and the
+    handshake, for an FTPS client), or None when the client quit, closed, failed its handshake or took too long."""
     writer.write(reply(220, "FTP gateway ready; log in to be connected to your server."))
+    secured = tls is not None and tls.secured
     try:
         async with asyncio.timeout(timeout_s):
             for _ in range(MAX_LOGIN_LINES):
                 line = await reader.readline()
                 if not line.endswith(b"\n"):
                     return None
-                if len(line) > MAX_LOGIN_LINE_BYTES:
-                    writer.write(reply(500, "Line too long."))
-                    continue
-                command = parse_command(line)
-                if command is not None and command.verb == "USER" and command.argument.strip():
-                    name = command.argument.strip().decode("utf-8", "replace")
-                    return name, line
-                if command is not None and command.verb == "QUIT":
-                    writer.write(reply(221, "Goodbye."))
+                answer, then = answer_before_login(line, tls=tls, secured=secured)
+                if then == "login":
+                    command = parse_command(line)
+                    assert command is not None
+                    return Login(command.argument.strip().decode("utf-8", "replace"), line, secured)
+                writer.write(answer)
+                if then == "quit":
                     return None
-                verb = command.verb if command is not None else "?"
-                log.debug("before login verb=%s", printable(verb))
-                writer.write(reply(530, "Please log in with USER first."))
+                if then == "tls":
+                    assert tls is not None
+                    if not await tls.start():
+                        return None
+                    secured = True
+                    continue
                 await writer.drain()
             writer.write(reply(421, "Too many commands before USER."))
     except (TimeoutError, ConnectionError, OSError, ValueError):

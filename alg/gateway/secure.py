@@ -20,6 +20,7 @@ from alg.errors import ConfigError
 from alg.ftp import tls as ftptls
 from alg.ftp.addresses import HostPort
 from alg.net.tls import Leg, PlainLeg, ServerCertificate, TlsLeg, reason_of, upstream_context
+from alg.ops.logs import printable
 from alg.ops.metrics import Metrics
 
 log = logging.getLogger("ftp_alg.tls")
@@ -167,6 +168,31 @@ async def start_client_tls(
     async with asyncio.timeout(runtime.handshake_timeout_s):
         await writer.start_tls(context)
     return dropped
+
+
+async def client_handshake(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    runtime: TlsRuntime,
+    context: ssl.SSLContext,
+    metrics: Metrics,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> bool:
+    """start_client_tls, counted and logged (the session's AUTH TLS, and per_user's before USER); False when
+    the handshake failed or timed out."""
+    try:
+        dropped = await start_client_tls(reader, writer, runtime, context)
+    except (ssl.SSLError, OSError, TimeoutError) as error:
+        outcome = "timeout" if isinstance(error, TimeoutError) else "failed"
+        metrics.tls_handshake("client", "control", outcome)
+        metrics.refused("tls_handshake")
+        logger.info("client tls handshake %s reason=%s", outcome, printable(reason_of(error)))
+        return False
+    metrics.tls_handshake("client", "control", "ok")
+    if dropped:
+        metrics.refused("tls_plaintext")
+        logger.warning("dropped %d plaintext bytes sent after 234 before the TLS handshake", dropped)
+    return True
 
 
 async def wrap_data_legs(

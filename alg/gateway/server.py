@@ -19,9 +19,16 @@ from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.control import ChannelSettings
 from alg.ftp.wire import reply
-from alg.gateway import kerneldata
+from alg.gateway import kerneldata, secure
 from alg.gateway.advertise import Advertiser
-from alg.gateway.frontdoor import Origin, ProxyRefused, read_user, receive_origin, receive_origin_before_tls
+from alg.gateway.frontdoor import (
+    FrontTls,
+    Origin,
+    ProxyRefused,
+    read_user,
+    receive_origin,
+    receive_origin_before_tls,
+)
 from alg.gateway.health import HealthChecker
 from alg.gateway.secure import TlsRuntime, runtime_from_settings
 from alg.gateway.session import GatewayContext, Session, Timeouts
@@ -315,8 +322,9 @@ class Gateway:
                 await self._refuse_by_policy(writer, client, str(denied))
                 return
         route = None
+        secured = implicit_tls
         if self.upstreams is not None:
-            route = await self._route(reader, writer)
+            route, secured = await self._route(reader, writer, secured=implicit_tls)
             if route is None:
                 self.metrics.session_ended("client_closed")
                 writer.close()
@@ -325,7 +333,7 @@ class Gateway:
         number = self._next_id
         self._next_id += 1
         session = Session(
-            number, self.context, reader, writer, upstream, implicit_tls=implicit_tls, origin=origin, route=route
+            number, self.context, reader, writer, upstream, client_secured=secured, origin=origin, route=route
         )
         self.sessions[number] = session
         self._empty.clear()
@@ -344,17 +352,28 @@ class Gateway:
             if not self.sessions:
                 self._empty.set()
 
-    async def _route(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Route | None:
-        """The upstreams this session tries, in order; per_user: after our own greeting and the client's USER
-        (None when it never came)."""
+    async def _route(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, secured: bool
+    ) -> tuple[Route | None, bool]:
+        """The upstreams this session tries, in order, and whether the client's control connection is TLS now;
+        per_user: after our own greeting and the client's USER (None when it never came), which an FTPS
+        client sends after AUTH TLS, answered here."""
         assert self.upstreams is not None
         if not self.upstreams.routes_by_user:
-            return Route(self.upstreams, self.upstreams.candidates())
-        login = await read_user(reader, writer, self.settings.timeouts.login_s)
+            return Route(self.upstreams, self.upstreams.candidates()), secured
+        front_tls = None
+        certificate = self.tls.certificate
+        if self.tls.client_mode != "refuse" and certificate is not None:
+            context = certificate.context  # the session's data connections resume against this one
+
+            async def start() -> bool:
+                return await secure.client_handshake(reader, writer, self.tls, context, self.metrics, log)
+
+            front_tls = FrontTls(required=self.tls.client_mode == "require", start=start, secured=secured)
+        login = await read_user(reader, writer, self.settings.timeouts.login_s, front_tls)
         if login is None:
-            return None
-        user, line = login
-        return Route(self.upstreams, self.upstreams.candidates(user), replay=line)
+            return None, secured
+        return Route(self.upstreams, self.upstreams.candidates(login.user), replay=login.line), login.secured
 
     def _proxy_refused(self, refused: ProxyRefused) -> None:
         self.metrics.proxy_refused(refused.reason)

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import socket
-import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from alg.gateway.upstreamleg import UpstreamLeg
 from alg.gateway.upstreams import Route
 from alg.net.dataplane import PortPool
 from alg.net.kernelpath import KernelPath
-from alg.net.tls import describe, reason_of
+from alg.net.tls import describe
 from alg.ops.logs import printable, redact
 from alg.ops.metrics import Metrics
 
@@ -74,12 +73,13 @@ class Session(UpstreamLeg, DataChannels):
         writer: asyncio.StreamWriter,
         upstream: HostPort,
         *,
-        implicit_tls: bool = False,
+        client_secured: bool = False,
         origin: Origin | None = None,
         route: Route | None = None,
     ) -> None:
         self.id = number
-        self.implicit_tls = implicit_tls  # TLS from the client's first byte (implicit FTPS listener)
+        # The client's control connection is TLS already: implicit FTPS, or AUTH TLS before per_user's USER.
+        self.client_secured = client_secured
         self.started = time.time()  # wall clock, for the live-sessions view (alg.gateway.registry)
         self.context = context
         self.upstream = upstream
@@ -105,7 +105,7 @@ class Session(UpstreamLeg, DataChannels):
         self._abort_timer: asyncio.TimerHandle | None = None
         self.tls_client = "-"  # negotiated version/cipher, for the session's log line
         self.tls_server = "-"
-        if implicit_tls:  # the listener did the handshake (alg.gateway.server)
+        if client_secured:  # the listener or the front door did the handshake (alg.gateway.server)
             ssl_object = writer.get_extra_info("ssl_object")
             self._client_context = ssl_object.context
             self.tls_client = describe(ssl_object)
@@ -137,26 +137,17 @@ class Session(UpstreamLeg, DataChannels):
 
     async def _start_client_tls(self) -> bool:
         """The client's control connection becomes TLS: at once (implicit), or after our 234 (AUTH TLS)."""
-        metrics = self.context.metrics
-        if self._client_context is None:
-            self.close("tls_failed")
-            return False
-        try:
-            dropped = await secure.start_client_tls(
-                self.client.reader, self.client.writer, self.context.tls, self._client_context
-            )
-        except (ssl.SSLError, OSError, TimeoutError) as error:
-            outcome = "timeout" if isinstance(error, TimeoutError) else "failed"
-            metrics.tls_handshake("client", "control", outcome)
-            metrics.refused("tls_handshake")
-            self.log.info("client tls handshake %s reason=%s", outcome, printable(reason_of(error)))
+        if self._client_context is None or not await secure.client_handshake(
+            self.client.reader,
+            self.client.writer,
+            self.context.tls,
+            self._client_context,
+            self.context.metrics,
+            self.log,
+        ):
             self.outcome = "tls_failed"
             self.close("tls_failed")
             return False
-        metrics.tls_handshake("client", "control", "ok")
-        if dropped:
-            metrics.refused("tls_plaintext")
-            self.log.warning("dropped %d plaintext bytes sent after 234 before the TLS handshake", dropped)
         self.tls_client = describe(self.client.writer.get_extra_info("ssl_object"))
         self.log.info("tls client %s", self.tls_client)
         return True

@@ -36,7 +36,7 @@ class UpstreamLeg:
     client: peers.Peer
     server: peers.Peer | None
     channel: c.ControlChannel | None
-    implicit_tls: bool
+    client_secured: bool
     tls_server: str
     outcome: str
     log: logging.LoggerAdapter[logging.Logger]
@@ -97,7 +97,7 @@ class UpstreamLeg:
             self.client.address,
             address,
             self.context.channel_settings,
-            client_secured=self.implicit_tls,
+            client_secured=self.client_secured,
             server_secured=ready is not None and ready.secured,
             server_private=ready is not None and ready.private,
         )

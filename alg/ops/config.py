@@ -168,9 +168,6 @@ def _check_scaleout(settings: Settings) -> None:
             raise invalid_at("upstream_users", f"user {user!r}: no upstream named {name!r}; known: {labels}")
     if settings.upstream_policy == "per_user" and not settings.upstream_users:
         raise invalid_at("upstream_users", "required by upstream_policy per_user: map USER names to upstreams")
-    if settings.upstream_policy == "per_user" and settings.tls.client.mode != "refuse":
-        # The route reads USER before the session begins; a TLS client sends it only inside TLS.
-        raise invalid_at("upstream_policy", "per_user cannot be combined with tls.client (USER is inside TLS)")
     offset = settings.announced_port_offset
     if not 1 <= settings.passive_ports.first + offset <= settings.passive_ports.last + offset <= 65535:
         raise invalid_at("announced_port_offset", f"{offset} moves passive_ports outside 1-65535")

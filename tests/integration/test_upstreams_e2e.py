@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from clients import curl_download
+import trustme
+from clients import ClientTls, curl_download
 from netns import Topology
 from scaleout import http_get, start_gateway, value, wait_for
 from servers import FtpServer, FtpTarget
@@ -27,10 +28,11 @@ def _two(topo: Topology, factory: Callable[..., FtpServer]) -> tuple[FtpServer, 
     return a, b
 
 
-def _who(topo: Topology, tmp_path: Path, user: str = "anonymous") -> str:
+def _who(topo: Topology, tmp_path: Path, user: str = "anonymous", tls: ClientTls | None = None) -> str:
     """Which upstream served a session: each has its own who.txt."""
     dest = tmp_path / f"who-{time.monotonic_ns()}.txt"
-    result = curl_download(topo.client, FtpTarget(topo.public_addr, 21, user, "x@ftp-alg.test"), "who.txt", dest)
+    target = FtpTarget(topo.public_addr, 21, user, "x@ftp-alg.test")
+    result = curl_download(topo.client, target, "who.txt", dest, tls=tls)
     assert result.ok, result.stderr[-2000:]
     return dest.read_text().strip()
 
@@ -128,6 +130,38 @@ def test_per_user_routing_replays_the_login(
     result = curl_download(topo.client, target, "big.bin", dest, mode="port")
     assert result.ok and hashlib.sha256(dest.read_bytes()).hexdigest() == b.seeded["big.bin"]
     assert result.received()[0].startswith("220 FTP gateway ready")  # our greeting; vsftpd's was held
+    assert value(topo.gw, "ftp_alg_upstream_sessions_total", upstream="b") == 3
+
+
+def test_per_user_routing_of_ftps_clients(
+    reverse_topo: Topology, ftp_server_factory: Callable[..., FtpServer], tmp_path: Path
+) -> None:
+    """TLS required toward clients, plain internal servers: the gateway answers AUTH TLS itself, reads USER inside
+    TLS, and the session goes on encrypted (PROT P data) on the upstream that user maps to."""
+    topo = reverse_topo
+    _, b = _two(topo, ftp_server_factory)
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    leaf = ca.issue_cert(GW)
+    leaf.private_key_pem.write_to_path(str(tmp_path / "gw.key"))
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "gw.pem"))
+    tls = {"client": {"mode": "require", "cert": str(tmp_path / "gw.pem"), "key": str(tmp_path / "gw.key")}}
+    users = {"ftp": "a", "anonymous": "b"}
+    start_gateway(topo.gw, _upstreams(upstream_policy="per_user", upstream_users=users, tls=tls))
+    client_tls = ClientTls(tmp_path / "ca.pem")
+    assert [_who(topo, tmp_path, user, tls=client_tls) for user in ("ftp", "anonymous", "ftp")] == ["a", "b", "a"]
+    dest = tmp_path / "big.bin"
+    target = FtpTarget(topo.public_addr, 21, "anonymous", "x@ftp-alg.test")
+    for mode in ("pasv", "epsv"):  # curl 7.88 hangs on active TLS data connections (curl/curl#10666)
+        result = curl_download(topo.client, target, "big.bin", dest, mode=mode, tls=client_tls)
+        assert result.ok, result.stderr[-3000:]
+        assert hashlib.sha256(dest.read_bytes()).hexdigest() == b.seeded["big.bin"]
+        assert "PROT P" in result.sent() and "AUTH SSL" in result.sent()
+    assert value(topo.gw, "ftp_alg_tls_handshakes_total", side="client", channel="control", outcome="ok") == 5
+    assert value(topo.gw, "ftp_alg_upstream_sessions_total", upstream="b") == 3
+    # In clear, the login is refused before any upstream is asked.
+    plain = curl_download(topo.client, target, "who.txt", tmp_path / "plain.txt")
+    assert not plain.ok and "530 TLS required" in plain.stderr
     assert value(topo.gw, "ftp_alg_upstream_sessions_total", upstream="b") == 3
 
 

@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from alg.ftp.addresses import HostPort
-from alg.gateway.frontdoor import ProxyRefused, read_user, receive_origin
+from alg.gateway.frontdoor import (
+    FEATURES_BEFORE_LOGIN,
+    FrontTls,
+    Login,
+    ProxyRefused,
+    answer_before_login,
+    read_user,
+    receive_origin,
+)
 from alg.net.proxyproto import encode_v2
 from alg.ops.metrics import Metrics
 
@@ -143,26 +151,87 @@ def test_no_proxy_protocol_configured() -> None:
 @pytest.mark.parametrize(
     ("lines", "expected"),
     [
-        ([b"USER alice\r\nPASS x\r\n"], ("alice", b"USER alice\r\n")),
-        ([b"FEAT\r\n", b"user bob\r\n"], ("bob", b"user bob\r\n")),
+        ([b"USER alice\r\nPASS x\r\n"], Login("alice", b"USER alice\r\n")),
+        ([b"FEAT\r\n", b"user bob\r\n"], Login("bob", b"user bob\r\n")),
         ([b"QUIT\r\n"], None),
         ([b"USER \r\n"], None),  # an empty USER is not a login: 530, then the stream ends
     ],
 )
-def test_read_user(lines: list[bytes], expected: tuple[str, bytes] | None) -> None:
-    async def run() -> tuple[tuple[str, bytes] | None, bytes, bytes]:
-        reader = asyncio.StreamReader()
-        for line in lines:
-            reader.feed_data(line)
-        reader.feed_eof()
-        writer = _Writer()
-        login = await read_user(reader, writer, 1.0)  # type: ignore[arg-type]
-        return login, writer.written, await reader.read()
-
-    login, written, rest = asyncio.run(run())
+def test_read_user(lines: list[bytes], expected: Login | None) -> None:
+    login, written, rest = asyncio.run(_read_user(lines, None))
     assert login == expected
     assert written.startswith(b"220 ")
-    if expected is not None and expected[0] == "alice":
+    if expected is not None and expected.user == "alice":
         assert rest == b"PASS x\r\n"  # the rest of the login waits for the upstream
     if lines[0].startswith(b"FEAT"):
-        assert b"530 " in written
+        assert b"530 " in written  # no TLS offered: nothing to list before login
+
+
+async def _read_user(lines: list[bytes], tls: FrontTls | None) -> tuple[Login | None, bytes, bytes]:
+    reader = asyncio.StreamReader()
+    for line in lines:
+        reader.feed_data(line)
+    reader.feed_eof()
+    writer = _Writer()
+    login = await read_user(reader, writer, 1.0, tls)  # type: ignore[arg-type]
+    return login, writer.written, await reader.read()
+
+
+def _front_tls(*, required: bool, handshake_ok: bool = True, secured: bool = False) -> tuple[FrontTls, list[str]]:
+    started: list[str] = []
+
+    async def start() -> bool:
+        started.append("handshake")
+        return handshake_ok
+
+    return FrontTls(required=required, start=start, secured=secured), started
+
+
+def test_an_ftps_client_starts_tls_before_its_user_and_the_session_knows() -> None:
+    tls, started = _front_tls(required=True)
+    lines = [b"FEAT\r\n", b"AUTH TLS\r\n", b"USER alice\r\n", b"PASS x\r\n"]
+    login, written, rest = asyncio.run(_read_user(lines, tls))
+    assert login == Login("alice", b"USER alice\r\n", secured=True)
+    assert started == ["handshake"]
+    assert written == (
+        b"220 FTP gateway ready; log in to be connected to your server.\r\n"
+        + FEATURES_BEFORE_LOGIN
+        + b"234 Proceed with TLS negotiation\r\n"
+    )
+    assert rest == b"PASS x\r\n"
+
+
+def test_tls_required_refuses_a_user_in_clear_then_takes_it_inside_tls() -> None:
+    tls, _ = _front_tls(required=True)
+    login, written, _ = asyncio.run(_read_user([b"USER alice\r\n", b"AUTH TLS\r\n", b"USER alice\r\n"], tls))
+    assert b"530 TLS required" in written and login is not None and login.secured
+
+
+def test_tls_allowed_takes_a_user_in_clear() -> None:
+    tls, started = _front_tls(required=False)
+    login, _, _ = asyncio.run(_read_user([b"USER alice\r\n"], tls))
+    assert login == Login("alice", b"USER alice\r\n", secured=False) and started == []
+
+
+def test_a_failed_handshake_ends_the_connection_before_any_upstream() -> None:
+    tls, started = _front_tls(required=True, handshake_ok=False)
+    login, _, _ = asyncio.run(_read_user([b"AUTH TLS\r\n", b"USER alice\r\n"], tls))
+    assert login is None and started == ["handshake"]
+
+
+@pytest.mark.parametrize(
+    ("line", "tls_on", "secured", "code", "then"),
+    [
+        (b"AUTH TLS\r\n", False, False, b"502", None),
+        (b"AUTH TLS\r\n", True, True, b"503", None),  # implicit FTPS, or a second AUTH
+        (b"AUTH KERBEROS\r\n", True, False, b"504", None),
+        (b"auth ssl\r\n", True, False, b"234", "tls"),
+        (b"PBSZ 0\r\n", True, True, b"530", None),
+        (b"QUIT\r\n", True, False, b"221", "quit"),
+        (b"X" * 3000 + b"\r\n", True, False, b"500", None),
+    ],
+)
+def test_answer_before_login(line: bytes, tls_on: bool, secured: bool, code: bytes, then: str | None) -> None:
+    tls = _front_tls(required=False)[0] if tls_on else None
+    answer, what = answer_before_login(line, tls=tls, secured=secured)
+    assert answer.startswith(code + b" ") and answer.endswith(b"\r\n") and what == then
