@@ -214,14 +214,20 @@ def test_a_command_the_client_sends_after_our_noop_pairs_with_its_own_reply() ->
     pasv_works(ch)
 
 
-def test_a_download_neither_of_whose_replies_comes_gets_both_from_the_gateway() -> None:
-    # pure-ftpd on the kernel data path: the client's reset reached it before it wrote; it answers neither RETR nor
-    # the synch ABOR. First tick: the data connection is ended; second tick: our NOOP; its 200: 426 and 226 from us.
+def download_ended_by_the_first_tick() -> ControlChannel:
+    """A RETR and its synch ABOR, neither answered after ABORT_GRACE_S: the gateway ended the data connection."""
     ch = retr_under_way()
     ch.urgent_abort = True
     (ticket,) = ch.open_tickets
     ch.client_data(b"ABOR\r\n")
     assert ch.abort_overdue() == [CloseDataEndpoint(ticket)]
+    return ch
+
+
+def test_a_download_neither_of_whose_replies_comes_gets_both_from_the_gateway() -> None:
+    # pure-ftpd on the kernel data path: the client's reset reached it before it wrote; it answers neither RETR nor
+    # the synch ABOR. First tick: the data connection is ended; second tick: our NOOP; its 200: 426 and 226 from us.
+    ch = download_ended_by_the_first_tick()
     assert ch.abort_unsettled
     assert ch.abort_overdue() == [NOOP]
     assert not ch.abort_unsettled and ch.abort_overdue() == []
@@ -232,10 +238,7 @@ def test_a_download_neither_of_whose_replies_comes_gets_both_from_the_gateway() 
 
 
 def test_replies_that_come_after_our_noop_keep_their_places() -> None:
-    ch = retr_under_way()
-    ch.urgent_abort = True
-    ch.client_data(b"ABOR\r\n")
-    ch.abort_overdue()
+    ch = download_ended_by_the_first_tick()
     assert ch.abort_overdue() == [NOOP]
     replies = b"426 Transfer aborted\r\n226 Abort successful\r\n"
     assert to_client(ch.server_data(replies + b"200 Zzz...\r\n")) == replies
@@ -243,9 +246,6 @@ def test_replies_that_come_after_our_noop_keep_their_places() -> None:
 
 
 def test_no_noop_of_ours_when_the_client_moved_on_before_the_gateway_asked() -> None:
-    ch = retr_under_way()
-    ch.urgent_abort = True
-    ch.client_data(b"ABOR\r\n")
-    ch.abort_overdue()
+    ch = download_ended_by_the_first_tick()
     ch.client_data(b"NOOP\r\n")  # the client gave up waiting for the ABOR's replies
     assert ch.abort_overdue() == []
