@@ -91,3 +91,35 @@ def test_two_workers_share_the_port_and_split_the_passive_range(
     assert gateway.wait(15) == 0
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_two_workers_on_the_kernel_path_each_map_their_own_connections(
+    reverse_topo: Topology, vsftpd: FtpServer, tmp_path: Path
+) -> None:
+    """data_path kernel with workers: 2: each worker owns a table (ftp_alg_data_w0, _w1) and maps the data
+    connections it announced, passive and active; both tables are gone once the gateway stopped."""
+    topo = reverse_topo
+    topo.gw.sysctl("net.ipv4.ip_forward", 1)
+    extra = "passive_ports: 40000-40001\nactive_ports: 40100-40101\nworkers: 2\ndata_path: kernel\n"
+    gateway = _start_gateway(topo, vsftpd, extra=extra + "log: {level: debug}\n")
+    target = vsftpd.target(topo.public_addr, 21)
+    ports = set()
+    for index in range(16):  # SO_REUSEPORT hashes each connection: 16 sessions reach both workers
+        local = tmp_path / f"small-{index}.bin"
+        mode = "pasv" if index % 2 else "port"
+        result = ftplib_run(topo.client, target, [("retr", "small.bin", local)], mode=mode)
+        assert result.ok, f"{result}\n{gateway.log()[-3000:]}"
+        assert sha256_file(local) == vsftpd.seeded["small.bin"]
+        for line in result.received():
+            match = _PASV_PORT.match(line)
+            if match:
+                ports.add(int(match.group(1)) * 256 + int(match.group(2)))
+    log = gateway.log()
+    assert ports == {40000, 40001}, log[-3000:]  # both workers announced
+    assert "table=inet ftp_alg_data_w0" in log and "table=inet ftp_alg_data_w1" in log, log[-3000:]
+    gateway.signal(signal.SIGTERM)
+    assert gateway.wait(15) == 0
+    log = gateway.log()  # a transfer's line comes once its counters settled: the stop waits for that
+    assert log.count("kernel data ticket=") == 16, log[-6000:]  # every transfer carried by a kernel mapping
+    tables = topo.gw.run(["nft", "list", "tables"], check=True).stdout
+    assert "ftp_alg_data" not in tables, tables
