@@ -21,15 +21,9 @@ from alg.ftp.control import ChannelSettings
 from alg.ftp.wire import reply
 from alg.gateway import kerneldata, secure
 from alg.gateway.advertise import Advertiser
-from alg.gateway.frontdoor import (
-    FrontTls,
-    Origin,
-    ProxyRefused,
-    read_user,
-    receive_origin,
-    receive_origin_before_tls,
-)
+from alg.gateway.frontdoor import FrontTls, Origin, ProxyRefused, read_user, receive_origin
 from alg.gateway.health import HealthChecker
+from alg.gateway.implicit import ImplicitListeners
 from alg.gateway.secure import TlsRuntime, runtime_from_settings
 from alg.gateway.session import GatewayContext, Session, Timeouts
 from alg.gateway.upstreams import Route, UpstreamPool
@@ -38,7 +32,6 @@ from alg.net.dataplane import PortPool, peer_ip
 from alg.net.kernelpath import SETTLE_MAX_S
 from alg.net.listeners import listening_socket
 from alg.net.relay import relay_mode
-from alg.net.tls import reason_of
 from alg.net.transparent import original_destination
 from alg.ops.metrics import Metrics
 from alg.ops.rules import Policy
@@ -109,9 +102,7 @@ class Gateway:
         self.sessions: dict[int, Session] = {}
         self.ready = asyncio.Event()
         self.addresses: list[HostPort] = []
-        self.implicit_addresses: list[HostPort] = []
-        self._implicit: list[socket.socket] = []
-        self._implicit_tasks: set[asyncio.Task[None]] = set()
+        self.implicit = ImplicitListeners(self)
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[str]] = set()
         self._per_client: Counter[IPAddress] = Counter()
@@ -153,10 +144,10 @@ class Gateway:
         for address in self.settings.listen:
             if getattr(self.settings, "dual_stack", False) and address.ip.version == 6:
                 sock = listening_socket(address, reuse_port=self.settings.workers > 1, dual_stack=True)
-                server = await asyncio.start_server(self._accept, sock=sock, limit=64 * 1024)
+                server = await asyncio.start_server(self.accept, sock=sock, limit=64 * 1024)
             else:
                 server = await asyncio.start_server(
-                    self._accept,
+                    self.accept,
                     host=str(address.ip),
                     port=address.port,
                     reuse_address=True,
@@ -169,15 +160,8 @@ class Gateway:
                 name = sock.getsockname()
                 self.addresses.append(HostPort(peer_ip(name), name[1]))
         tls_settings = getattr(self.settings, "tls", None)
-        for address in tls_settings.client.implicit_listen if tls_settings is not None else ():
-            listener = listening_socket(address, reuse_port=self.settings.workers > 1)
-            self._implicit.append(listener)
-            name = listener.getsockname()
-            self.implicit_addresses.append(HostPort(peer_ip(name), name[1]))
-            task = asyncio.create_task(self._accept_implicit(listener), name=f"implicit {address}")
-            self._implicit_tasks.add(task)
-        if self.implicit_addresses:
-            log.info("listening for implicit FTPS on %s", ", ".join(map(str, self.implicit_addresses)))
+        if tls_settings is not None:
+            self.implicit.start(tls_settings.client.implicit_listen, reuse_port=self.settings.workers > 1)
         if self.health is not None:
             self.health.start()
         log.info(
@@ -204,51 +188,6 @@ class Gateway:
         upstream: HostPort | None = self.settings.upstream
         return upstream
 
-    async def _accept_implicit(self, listener: socket.socket) -> None:
-        """Implicit FTPS: accept, then the TLS handshake on the bare socket, so that no byte of the ClientHello
-        can land in a plain stream's buffer; failures and timeouts are counted like the AUTH TLS ones."""
-        loop = asyncio.get_running_loop()
-        handshakes: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                conn, _ = await loop.sock_accept(listener)
-                task = asyncio.create_task(self._implicit_handshake(conn))
-                handshakes.add(task)
-                task.add_done_callback(handshakes.discard)
-        finally:
-            for task in handshakes:
-                task.cancel()
-
-    async def _implicit_handshake(self, conn: socket.socket) -> None:
-        certificate = self.tls.certificate
-        if certificate is None or self._stopping.is_set():
-            conn.close()
-            return
-        try:
-            origin = await receive_origin_before_tls(conn, getattr(self.settings, "proxy_protocol", None), self.metrics)
-        except (ProxyRefused, OSError) as refused:
-            if isinstance(refused, ProxyRefused):
-                self._proxy_refused(refused)
-            conn.close()
-            return
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=64 * 1024)
-        protocol = asyncio.StreamReaderProtocol(reader)
-        try:
-            # asyncio.timeout: ssl_handshake_timeout ends in ConnectionAbortedError, counted as "failed".
-            async with asyncio.timeout(self.tls.handshake_timeout_s):
-                transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, ssl=certificate.context)
-        except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
-            outcome = "timeout" if isinstance(error, TimeoutError) else "failed"
-            self.metrics.tls_handshake("client", "control", outcome)
-            self.metrics.refused("tls_handshake")
-            log.info("implicit tls handshake %s reason=%s", outcome, reason_of(error))
-            conn.close()
-            return
-        self.metrics.tls_handshake("client", "control", "ok")
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        await self._accept(reader, writer, implicit_tls=True, origin=origin)
-
     def reload(self) -> None:
         """SIGHUP: rules and the TLS certificate read again; a bad file keeps the old one (and says why)."""
         self.policy.reload()
@@ -264,7 +203,7 @@ class Gateway:
         with contextlib.suppress(Exception):
             self.metrics.certificate_expiry.set(expiry_timestamp(self.tls.certificate.cert))
 
-    async def _accept(
+    async def accept(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
@@ -284,7 +223,7 @@ class Gateway:
                     reader, writer, getattr(self.settings, "proxy_protocol", None), self.metrics
                 )
             except ProxyRefused as refused:
-                self._proxy_refused(refused)
+                self.proxy_refused(refused)
                 writer.close()
                 return
         client = origin.client.ip  # behind a balancer, the header's client: rules and limits apply to it
@@ -375,7 +314,7 @@ class Gateway:
             return None, secured
         return Route(self.upstreams, self.upstreams.candidates(login.user), replay=login.line), login.secured
 
-    def _proxy_refused(self, refused: ProxyRefused) -> None:
+    def proxy_refused(self, refused: ProxyRefused) -> None:
         self.metrics.proxy_refused(refused.reason)
         self.metrics.session_ended("refused_acl")
         log.warning("proxy protocol refused reason=%s detail=%s", refused.reason, refused)
@@ -397,11 +336,7 @@ class Gateway:
             for sock in server.sockets:
                 self._refuse_backlog(sock.fileno())
             server.close()
-        for task in self._implicit_tasks:
-            task.cancel()
-        await asyncio.gather(*self._implicit_tasks, return_exceptions=True)
-        for listener in self._implicit:
-            listener.close()
+        await self.implicit.stop()
         if self.health is not None:
             await self.health.stop()
         for session in list(self.sessions.values()):

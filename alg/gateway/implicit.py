@@ -1,0 +1,97 @@
+"""Implicit FTPS listeners (TLS from the first byte, port 990 by convention): accept, read a trusted balancer's
+PROXY header (it comes in clear, before the ClientHello), do the TLS handshake, then hand the connection to the
+gateway as any listener would.
+
+Rules: the handshake runs on the bare socket, so that no byte of the ClientHello can land in a plain stream's
+buffer; failures and timeouts are counted like the AUTH TLS ones; nothing here outlives stop().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from alg.ftp.addresses import HostPort
+from alg.gateway.frontdoor import ProxyRefused, receive_origin_before_tls
+from alg.net.dataplane import peer_ip
+from alg.net.listeners import listening_socket
+from alg.net.tls import reason_of
+
+if TYPE_CHECKING:
+    from alg.gateway.server import Gateway
+
+log = logging.getLogger("ftp_alg.server")
+
+
+class ImplicitListeners:
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self.addresses: list[HostPort] = []
+        self._sockets: list[socket.socket] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, addresses: Iterable[HostPort], *, reuse_port: bool) -> None:
+        for address in addresses:
+            listener = listening_socket(address, reuse_port=reuse_port)
+            self._sockets.append(listener)
+            name = listener.getsockname()
+            self.addresses.append(HostPort(peer_ip(name), name[1]))
+            task = asyncio.create_task(self._accept(listener), name=f"implicit {address}")
+            self._tasks.add(task)
+        if self.addresses:
+            log.info("listening for implicit FTPS on %s", ", ".join(map(str, self.addresses)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for listener in self._sockets:
+            listener.close()
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        handshakes: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                conn, _ = await loop.sock_accept(listener)
+                task = asyncio.create_task(self._handshake(conn))
+                handshakes.add(task)
+                task.add_done_callback(handshakes.discard)
+        finally:
+            for task in handshakes:
+                task.cancel()
+
+    async def _handshake(self, conn: socket.socket) -> None:
+        gateway = self._gateway
+        certificate = gateway.tls.certificate
+        if certificate is None or gateway.stopping:
+            conn.close()
+            return
+        try:
+            settings = getattr(gateway.settings, "proxy_protocol", None)
+            origin = await receive_origin_before_tls(conn, settings, gateway.metrics)
+        except (ProxyRefused, OSError) as refused:
+            if isinstance(refused, ProxyRefused):
+                gateway.proxy_refused(refused)
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=64 * 1024)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            # asyncio.timeout: ssl_handshake_timeout ends in ConnectionAbortedError, counted as "failed".
+            async with asyncio.timeout(gateway.tls.handshake_timeout_s):
+                transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, ssl=certificate.context)
+        except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
+            outcome = "timeout" if isinstance(error, TimeoutError) else "failed"
+            gateway.metrics.tls_handshake("client", "control", outcome)
+            gateway.metrics.refused("tls_handshake")
+            log.info("implicit tls handshake %s reason=%s", outcome, reason_of(error))
+            conn.close()
+            return
+        gateway.metrics.tls_handshake("client", "control", "ok")
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        await gateway.accept(reader, writer, implicit_tls=True, origin=origin)
