@@ -366,17 +366,6 @@ class ControlChannel(DataNegotiation):
             line = tls.rewrite_feat([line], offer_tls=self.tls.offers_tls)
         return self._final_reply(parsed.code, line, single_line=True)
 
-    def _fenced(self, abor_at: int) -> bool:
-        """The owed replies are, from the front, `abor_at` transfers, the ABOR, and our NOOP after it."""
-        owed = [entry for entry in self._pending if entry.local_reply is None]
-        if len(owed) < abor_at + 2:
-            return False
-        abor, noop = owed[abor_at], owed[abor_at + 1]
-        return abor.verb == "ABOR" and abor.fence and noop.verb == "NOOP" and noop.fence
-
-    def _owed_after_abor(self) -> bool:
-        return any(entry.local_reply is None for entry in list(self._pending)[1:])
-
     def _continuation(self, line: bytes) -> list[Action]:
         if self._suppress_multiline:
             return []
@@ -398,25 +387,9 @@ class ControlChannel(DataNegotiation):
 
     def _final_reply(self, code: int, line: bytes, *, single_line: bool) -> list[Action]:
         front = self._pending[0] if self._pending and self._pending[0].local_reply is None else None
-        if front is not None and front.verb in TRANSFER_VERBS and code == 200 and self._fenced(1):
-            # Our NOOP's 200 (a transfer never gets one) and neither the transfer nor its ABOR was answered:
-            # the client gets both replies from us, as RFC 959 4.1.3 orders them.
-            self._pending.popleft()
-            if self._armed == front.ticket:
-                self._armed = None
-            aborted = reply(426, "Transfer aborted: the FTP server did not answer it.")
-            answer: list[Action] = [TransferReplied(front.ticket, front.verb, 426), SendToClient(aborted)]
-            return [*answer, *self._flush_local_replies(), *self._final_reply(code, line, single_line=single_line)]
-        if front is not None and front.verb == "ABOR" and _not_for_abor(code) and self._owed_after_abor():
-            # RFC 959 answers ABOR with 225/226 (or an error); a 2xx/3xx of another kind is the next command's.
-            # The server answered the transfer and ABOR with one reply (pure-ftpd's single 226), or ignored an
-            # ABOR that came when it was idle; the pairing moves on instead of shifting by one. If it is our NOOP
-            # being answered, the client still waits for the ABOR's reply and gets a 226 from us (RFC 959 4.1.3);
-            # a client that already sent its next command would take a late 226 for that command's reply.
-            ours = self._fenced(0)
-            self._pending.popleft()
-            done = [SendToClient(reply(226, "ABOR done: the transfer had already ended."))] if ours else []
-            return [*done, *self._flush_local_replies(), *self._final_reply(code, line, single_line=single_line)]
+        settled = self._settle_before_abor_reply(code)
+        if settled is not None:  # entries the reply cannot belong to, answered or dropped: pair it again
+            return [*settled, *self._flush_local_replies(), *self._final_reply(code, line, single_line=single_line)]
         if code in (227, 229) and (front is None or front.verb not in ("PASV", "EPSV")):
             # Out of turn (a server's extra reply after ABOR shifts the pairing): it may name the internal
             # address, so it is never passed on as it is.
@@ -461,8 +434,3 @@ class ControlChannel(DataNegotiation):
                 return out + self._transfer_reply(entry.ticket, code, line)
         out.append(SendToClient(line))
         return out
-
-
-def _not_for_abor(code: int) -> bool:
-    """A final reply ABOR never gets (RFC 959 5.4: 225, 226, 421, 500, 501, 502; servers add 4xx/5xx)."""
-    return 200 <= code < 400 and code not in (225, 226)

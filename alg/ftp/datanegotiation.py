@@ -24,6 +24,7 @@ from alg.ftp.actions import (
     Rewrote,
     SendToClient,
     SendToServer,
+    TransferReplied,
     Translated,
 )
 from alg.ftp.addresses import HostPort
@@ -298,6 +299,34 @@ class DataNegotiation:
         self._pending.append(Pending("NOOP", fence=True))
         return [SendToServer(b"NOOP\r\n")]
 
+    def _settle_before_abor_reply(self, code: int) -> list[Action] | None:
+        """A server reply that cannot answer the ABOR-related entries at the front of the queue: they are settled
+        (taken off, with the replies the client gets from the gateway for them) and the reply is paired again
+        (None: it is the front entry's own)."""
+        owed = [entry for entry in self._pending if entry.local_reply is None]
+        front = self._pending[0] if self._pending and self._pending[0].local_reply is None else None
+        if front is None:
+            return None
+        if front.verb in TRANSFER_VERBS and code == 200 and _fenced(owed, 1):
+            # Our NOOP's 200 (a transfer never gets one) and neither the transfer nor its ABOR was answered:
+            # the client gets both replies from us, as RFC 959 4.1.3 orders them.
+            self._pending.popleft()
+            if self._armed == front.ticket:
+                self._armed = None
+            aborted = reply(426, "Transfer aborted: the FTP server did not answer it.")
+            return [TransferReplied(front.ticket, front.verb, 426), SendToClient(aborted)]
+        if front.verb == "ABOR" and _not_for_abor(code) and len(owed) > 1:
+            # RFC 959 answers ABOR with 225/226 (or an error); a 2xx/3xx of another kind is the next command's.
+            # The server answered the transfer and ABOR with one reply (pure-ftpd's single 226), or ignored an
+            # ABOR that came when it was idle; the pairing moves on instead of shifting by one. If it is our NOOP
+            # being answered, the client still waits for the ABOR's reply and gets a 226 from us (RFC 959 4.1.3);
+            # a client that already sent its next command would take a late 226 for that command's reply.
+            self._pending.popleft()
+            if _fenced(owed, 0):
+                return [SendToClient(reply(226, "ABOR done: the transfer had already ended."))]
+            return []
+        return None
+
     @property
     def abort_unsettled(self) -> bool:
         """An ABOR is owed a reply and the gateway has not yet sent its NOOP after it: the timer runs on."""
@@ -380,3 +409,16 @@ class DataNegotiation:
         self._server.waiting_for = ticket
         out.append(ListenForClient(ticket, target, self.tls.client_private, self.tls.server_private))
         return out
+
+
+def _fenced(owed: list[Pending], abor_at: int) -> bool:
+    """The owed replies are, from the front, `abor_at` transfers, the ABOR, and our NOOP after it."""
+    if len(owed) < abor_at + 2:
+        return False
+    abor, noop = owed[abor_at], owed[abor_at + 1]
+    return abor.verb == "ABOR" and abor.fence and noop.verb == "NOOP" and noop.fence
+
+
+def _not_for_abor(code: int) -> bool:
+    """A final reply ABOR never gets (RFC 959 5.4: 225, 226, 421, 500, 501, 502; servers add 4xx/5xx)."""
+    return 200 <= code < 400 and code not in (225, 226)
