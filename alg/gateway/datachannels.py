@@ -8,6 +8,7 @@ exactly once (data_finished or data_endpoint_failed), closes its sockets and fre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 transfer_log = logging.getLogger("ftp_alg.transfer")
 
 # Why a data connection ended before any byte moved, as the client's 426 says it.
+# How long a TLS server leg is read and drained after its client leg broke (_linger).
+LINGER_S = 2.0
+
 _FAILURE_TEXT = {
     "accept_timeout": "nobody connected to the data port in time",
     "connect_failed": "the other end of the data connection could not be reached",
@@ -243,6 +247,8 @@ class DataChannels:
                 failure = "tls_truncated"
             except (ConnectionError, OSError, ssl.SSLError):
                 failure = "reset"
+                if transfer.server_tls:
+                    await _linger(connected if transfer.mode == "passive" else accepted)
             except asyncio.CancelledError:
                 failure = "aborted"  # ABOR, or the session closing under a running transfer
                 raise
@@ -334,3 +340,18 @@ def _byte_counts(result: RelayResult, mode: str) -> ByteCounts:
     if mode == "active":
         return lambda: (result.to_b, result.to_a)
     return lambda: (result.to_a, result.to_b)
+
+
+async def _linger(sock: socket.socket | None) -> None:
+    """A TLS server leg whose client leg broke: our end closes with a FIN and what the server still sends is read
+    and dropped until it ends its own (it stops once it reads the ABOR), bounded by LINGER_S. Closed at once
+    with its data unread, the socket would answer with a reset, which proftpd's mod_tls takes for a fatal broken
+    pipe and ends the whole session on."""
+    if sock is None:
+        return
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(OSError, TimeoutError):
+        sock.shutdown(socket.SHUT_WR)
+        async with asyncio.timeout(LINGER_S):
+            while await loop.sock_recv(sock, 256 * 1024):
+                pass

@@ -182,13 +182,15 @@ def test_lftp_ssl_force_protect_data_ls_get_put_reget(world: FtpsWorld, kind: st
         partial.write_bytes(got.read_bytes()[:99_999])
 
 
-# Known gateway faults (the same client and ABOR pass directly: test_ftps_direct), kept visible as xfail:
-# proftpd: about one run in four its mod_tls gets EPIPE on the data connection the gateway closed under the
-# running RETR ("panic: SSL_ERROR_SYSCALL ... Broken pipe") and ends the whole session (426, 421).
+# Kept visible as xfail (non-strict) until more runs prove it gone: proftpd's mod_tls ended the whole session
+# (426, 421; "panic: SSL_ERROR_SYSCALL ... Broken pipe") in about one run in five, when the gateway closed the
+# data leg under the running RETR with the server's data unread (a reset; EPIPE rather than ECONNRESET
+# suggests the client's FIN, passed on, had put the server's socket in CLOSE_WAIT). Since the gateway lingers
+# on that leg (datachannels._linger), 18 runs of 18 passed (against 11 of 14 before, same machine and hour).
 # (pure-ftpd at times answers RETR and ABOR with one 226; the gateway pairs the next reply with the next
 # command, as the client does: test_abor_pairing.)
 ABOR_KNOWN = {
-    "proftpd": "at times proftpd's mod_tls gets EPIPE on the data leg the gateway closed and drops the session",
+    "proftpd": "proftpd's mod_tls dropped the session on a reset data leg (1 run in 5 before the lingering close)",
 }
 
 
