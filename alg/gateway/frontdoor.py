@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from alg.ftp import tls as ftptls
 from alg.ftp.addresses import HostPort, IPAddress
-from alg.ftp.tls import TLS_MECHANISMS
 from alg.ftp.wire import parse_command, reply
 from alg.gateway.peers import ends, hostport
 from alg.net import proxyproto
@@ -197,32 +197,30 @@ class FrontTls:
     secured: bool = False  # implicit FTPS: TLS from the first byte already
 
 
-FEATURES_BEFORE_LOGIN = b"211-Features:\r\n AUTH TLS\r\n PBSZ\r\n PROT\r\n211 End\r\n"
+FEATURES_BEFORE_LOGIN = b"211-Features:\r\n" + b"".join(ftptls.TLS_FEATURES) + b"211 End\r\n"
 
 
 def answer_before_login(line: bytes, *, tls: FrontTls | None, secured: bool) -> tuple[bytes, str | None]:
     """The reply to one line before USER, and what follows: "login" (a USER to route by), "quit", "tls" (our
-    234: the handshake next) or None (the next line). The same words as the session's for AUTH and TLS."""
+    234: the handshake next) or None (the next line). AUTH and USER are decided as the session decides them
+    (alg.ftp.tls), so the words and codes are the same."""
     if len(line) > MAX_LOGIN_LINE_BYTES:
         return reply(500, "Line too long."), None
     command = parse_command(line)
     verb = command.verb if command is not None else "?"
-    if command is not None and verb == "USER" and command.argument.strip():
-        if tls is not None and tls.required and not secured:
-            return reply(530, "TLS required: this gateway accepts logins only after AUTH TLS"), None
-        return b"", "login"
     if verb == "QUIT":
         return reply(221, "Goodbye."), "quit"
-    if verb == "AUTH" and command is not None:
-        if tls is None:
-            return reply(502, "AUTH TLS is not offered by this gateway; continue in plain FTP"), None
-        if secured:
-            return reply(503, "Already using TLS"), None
-        if command.argument.strip().upper() not in TLS_MECHANISMS:
-            return reply(504, "Security mechanism not understood; use AUTH TLS"), None
-        return reply(234, "Proceed with TLS negotiation"), "tls"
     if verb == "FEAT" and tls is not None:
         return FEATURES_BEFORE_LOGIN, None  # what clients look for before AUTH TLS; the server's list comes later
+    if command is not None and verb in ("AUTH", "USER"):
+        mode = "refuse" if tls is None else "require" if tls.required else "allow"
+        decision = ftptls.ClientTls(ftptls.TlsPolicy(client_mode=mode), secured=secured).decide(command, transfer=False)
+        if isinstance(decision, ftptls.StartTls):
+            return reply(234, "Proceed with TLS negotiation"), "tls"
+        if isinstance(decision, ftptls.Answer):
+            return reply(decision.code, decision.text), None
+        if verb == "USER" and command.argument.strip():
+            return b"", "login"
     log.debug("before login verb=%s", printable(verb))
     return reply(530, "Please log in with USER first."), None
 
