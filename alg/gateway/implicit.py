@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from alg.ftp.addresses import HostPort
 from alg.gateway.frontdoor import ProxyRefused, receive_origin_before_tls
-from alg.net.dataplane import peer_ip
+from alg.gateway.peers import hostport
 from alg.net.listeners import listening_socket
 from alg.net.tls import reason_of
 
@@ -37,8 +37,7 @@ class ImplicitListeners:
         for address in addresses:
             listener = listening_socket(address, reuse_port=reuse_port)
             self._sockets.append(listener)
-            name = listener.getsockname()
-            self.addresses.append(HostPort(peer_ip(name), name[1]))
+            self.addresses.append(hostport(listener.getsockname()))
             task = asyncio.create_task(self._accept(listener), name=f"implicit {address}")
             self._tasks.add(task)
         if self.addresses:

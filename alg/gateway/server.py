@@ -24,11 +24,12 @@ from alg.gateway.advertise import Advertiser
 from alg.gateway.frontdoor import FrontTls, Origin, ProxyRefused, read_user, receive_origin
 from alg.gateway.health import HealthChecker
 from alg.gateway.implicit import ImplicitListeners
+from alg.gateway.peers import hostport
 from alg.gateway.secure import TlsRuntime, runtime_from_settings
 from alg.gateway.session import GatewayContext, Session, Timeouts
 from alg.gateway.upstreams import Route, UpstreamPool
 from alg.gateway.workers import port_slice
-from alg.net.dataplane import PortPool, peer_ip
+from alg.net.dataplane import PortPool
 from alg.net.kernelpath import SETTLE_MAX_S
 from alg.net.listeners import listening_socket
 from alg.net.relay import relay_mode
@@ -157,8 +158,7 @@ class Gateway:
                 )
             self._servers.append(server)
             for sock in server.sockets:
-                name = sock.getsockname()
-                self.addresses.append(HostPort(peer_ip(name), name[1]))
+                self.addresses.append(hostport(sock.getsockname()))
         tls_settings = getattr(self.settings, "tls", None)
         if tls_settings is not None:
             self.implicit.start(tls_settings.client.implicit_listen, reuse_port=self.settings.workers > 1)
