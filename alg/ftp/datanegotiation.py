@@ -262,7 +262,7 @@ class DataNegotiation:
         to close before it replies (proftpd); the gateway ends the data connection, as the ABOR asked. Once
         the transfer is answered and the ABOR is not, the server may have been idle when the synch came, and
         pure-ftpd then ignores synch and ABOR alike: a NOOP of ours tells (its 200 first: no answer comes)."""
-        owed = [entry for entry in self._pending if entry.local_reply is None]
+        owed = self._owed()
         if self.closed or not any(entry.verb == "ABOR" for entry in owed):
             return []
         if owed[0].verb == "ABOR":
@@ -287,12 +287,16 @@ class DataNegotiation:
                 out.append(CloseDataEndpoint(entry.ticket))
         return out
 
+    def _owed(self) -> list[Pending]:
+        """The entries still waiting for a reply of the server's (not the gateway's own, queued in turn)."""
+        return [entry for entry in self._pending if entry.local_reply is None]
+
     def _fence_abor(self, unanswered: Pending | None = None) -> list[Action]:
         """The transfer is answered, the ABOR is not, and nothing follows it: a NOOP of ours goes right behind.
         A server that was idle when the synch came may ignore synch and ABOR alike (pure-ftpd): the NOOP's 200
         then comes first and the gateway answers the ABOR itself (control.py), at once, while the client still
         waits for it; a server that answers the ABOR answers our NOOP after it, and that 200 is swallowed."""
-        owed = [entry for entry in self._pending if entry.local_reply is None and entry is not unanswered]
+        owed = [entry for entry in self._owed() if entry is not unanswered]
         if self.closed or len(owed) != 1 or owed[0].verb != "ABOR" or owed[0].fence:
             return []  # a later command's reply tells already, or the NOOP is on its way
         owed[0].fence = True
@@ -303,7 +307,7 @@ class DataNegotiation:
         """A server reply that cannot answer the ABOR-related entries at the front of the queue: they are settled
         (taken off, with the replies the client gets from the gateway for them) and the reply is paired again
         (None: it is the front entry's own)."""
-        owed = [entry for entry in self._pending if entry.local_reply is None]
+        owed = self._owed()
         front = self._pending[0] if self._pending and self._pending[0].local_reply is None else None
         if front is None:
             return None
@@ -330,8 +334,7 @@ class DataNegotiation:
     @property
     def abort_unsettled(self) -> bool:
         """An ABOR is owed a reply and the gateway has not yet sent its NOOP after it: the timer runs on."""
-        owed = (entry for entry in self._pending if entry.local_reply is None)
-        return not self.closed and any(entry.verb == "ABOR" and not entry.fence for entry in owed)
+        return not self.closed and any(entry.verb == "ABOR" and not entry.fence for entry in self._owed())
 
     # ---- server replies ----------------------------------------------------------------------------------------
 

@@ -33,10 +33,10 @@ if TYPE_CHECKING:
 
 transfer_log = logging.getLogger("ftp_alg.transfer")
 
-# Why a data connection ended before any byte moved, as the client's 426 says it.
 # How long a TLS server leg is read and drained after its client leg broke (_linger).
 LINGER_S = 2.0
 
+# Why a data connection ended before any byte moved, as the client's 426 says it.
 _FAILURE_TEXT = {
     "accept_timeout": "nobody connected to the data port in time",
     "connect_failed": "the other end of the data connection could not be reached",
