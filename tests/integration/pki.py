@@ -76,3 +76,11 @@ def make_pki(directory: Path) -> Pki:
         untrusted=_write(directory, "untrusted", other_ca.issue_cert(*UPSTREAM_NAMES, key_type=rsa)),
         other_ca_file=directory / "other-ca.pem",
     )
+
+
+def issue_for(directory: Path, *names: str) -> tuple[Path, CertFiles]:
+    """A throwaway CA (its certificate file) and a gateway certificate for `names`, for a test's own addresses."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA(organization_name="ftp-alg test CA")
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    return directory / "ca.pem", _write(directory, "gateway", ca.issue_cert(*names))

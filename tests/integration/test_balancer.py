@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 from clients import ClientTls, curl, curl_download, curl_list, curl_upload
 from conftest import require_netns, require_server, skip_or_fail
 from hostile import RawFtp
 from netns import ManagedProcess, Topology
+from pki import issue_for
 from scaleout import haproxy_missing, start_gateway, start_haproxy, value
 from servers import FtpServer, start_server
 
@@ -273,14 +273,10 @@ def test_implicit_ftps_behind_the_balancer(balanced: tuple[Topology, FtpServer],
     gateway reads the header from the bare socket, then terminates TLS; the real client is who it sees. A client
     sending a header itself is refused before any TLS, and counted."""
     topo, server = balanced
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    leaf = ca.issue_cert(VIP, GW)
-    leaf.private_key_pem.write_to_path(str(tmp_path / "gw.key"))
-    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "gw.pem"))
-    tls = {"mode": "allow", "cert": str(tmp_path / "gw.pem"), "key": str(tmp_path / "gw.key")}
+    ca_file, cert = issue_for(tmp_path / "pki", VIP, GW)
+    tls = {"mode": "allow", "cert": str(cert.cert), "key": str(cert.key)}
     gateway = _gateway_then_balancer(topo, _settings(tls={"client": {**tls, "implicit_listen": [f"{GW}:990"]}}))
-    implicit = ClientTls(tmp_path / "ca.pem", implicit=True)
+    implicit = ClientTls(ca_file, implicit=True)
     topo.hosts["lb"].wait_port(VIP, 990, timeout_s=10)
 
     for mode in ("pasv", "epsv"):  # curl 7.88 hangs on active TLS data connections (curl/curl#10666)

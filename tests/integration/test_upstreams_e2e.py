@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import trustme
 from clients import ClientTls, curl_download
 from netns import Topology
+from pki import issue_for
 from scaleout import http_get, start_gateway, value, wait_for
 from servers import FtpServer, FtpTarget
 
@@ -140,15 +140,11 @@ def test_per_user_routing_of_ftps_clients(
     TLS, and the session goes on encrypted (PROT P data) on the upstream that user maps to."""
     topo = reverse_topo
     _, b = _two(topo, ftp_server_factory)
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    leaf = ca.issue_cert(GW)
-    leaf.private_key_pem.write_to_path(str(tmp_path / "gw.key"))
-    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "gw.pem"))
-    tls = {"client": {"mode": "require", "cert": str(tmp_path / "gw.pem"), "key": str(tmp_path / "gw.key")}}
+    ca_file, cert = issue_for(tmp_path / "pki", GW)
+    tls = {"client": {"mode": "require", "cert": str(cert.cert), "key": str(cert.key)}}
     users = {"ftp": "a", "anonymous": "b"}
     start_gateway(topo.gw, _upstreams(upstream_policy="per_user", upstream_users=users, tls=tls))
-    client_tls = ClientTls(tmp_path / "ca.pem")
+    client_tls = ClientTls(ca_file)
     assert [_who(topo, tmp_path, user, tls=client_tls) for user in ("ftp", "anonymous", "ftp")] == ["a", "b", "a"]
     dest = tmp_path / "big.bin"
     target = FtpTarget(topo.public_addr, 21, "anonymous", "x@ftp-alg.test")
