@@ -15,6 +15,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, NoReturn
 
+from alg import __version__
 from alg.errors import ConfigError
 from alg.ops.config import Settings, apply_overrides, load_config
 from alg.ops.logs import quoted as _quoted
@@ -155,6 +156,7 @@ def _load(args: argparse.Namespace) -> Settings:
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="FTP application-layer gateway")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the gateway", description="Run the gateway.")

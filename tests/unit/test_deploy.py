@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from alg import cli
+from alg import __version__, cli
 from alg.gateway.instance import for_instance
 from alg.ops.config import load_config
 
@@ -125,17 +125,23 @@ def test_the_image_default_config_passes_check_and_serves_the_healthcheck_port(
 
 def test_the_wheel_holds_the_package_and_its_entry_point(tmp_path: Path) -> None:
     # What the container's build stage does: a wheel from this checkout, with no network (--no-deps,
-    # --no-build-isolation use what is installed here).
+    # --no-build-isolation use what is installed here). -v shows setuptools' warnings: a deprecated setting
+    # (as `license = { text = ... }` was) means the build stops working on the date the warning names.
     result = run(
-        sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path, ".", cwd=ROOT
+        sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation", "-w", tmp_path, ".", cwd=ROOT
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "deprecat" not in (result.stdout + result.stderr).lower(), result.stdout + result.stderr
     (wheel,) = tmp_path.glob("ftp_alg-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "alg/cli.py" in names and "alg/gateway/registry.py" in names
     assert not any(name.startswith("tests/") for name in names)
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
     assert "ftp-alg = alg.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    # PEP 639: the licence as an SPDX expression, and its text inside the wheel.
+    metadata = zipfile.ZipFile(wheel).read(f"ftp_alg-{__version__}.dist-info/METADATA").decode()
+    assert "License-Expression: MIT" in metadata and f"Version: {__version__}" in metadata
+    assert f"ftp_alg-{__version__}.dist-info/licenses/LICENSE" in names
 
 
 # ---- Kubernetes -----------------------------------------------------------------------------------------------
