@@ -13,6 +13,7 @@ import hashlib
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,9 +21,12 @@ import sys
 import tarfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -51,9 +55,9 @@ def build_hook(hook: str, source: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv holding only the wheel built from the sdist, with its demo extra, as pinned."""
-    work = tmp_path_factory.mktemp("install")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built from the sdist built from this checkout."""
+    work = tmp_path_factory.mktemp("build")
     sdist = build_hook("build_sdist", ROOT, work / "dist")
     with tarfile.open(sdist) as archive:
         archive.extractall(work / "unpacked", filter="data")
@@ -61,7 +65,13 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert (source / "LICENSE").is_file() and (source / "README.md").is_file()
     wheel = build_hook("build_wheel", source, work / "dist")
     assert zipfile.ZipFile(wheel).read(f"ftp_alg-{__version__}.dist-info/licenses/LICENSE")
-    env = work / "venv"
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv holding only the wheel, with its demo extra, as pinned."""
+    env = tmp_path_factory.mktemp("install") / "venv"
     run(sys.executable, "-m", "venv", env)
     run(env / "bin" / "pip", "install", "-q", "--disable-pip-version-check", "-c", CONSTRAINTS, f"{wheel}[demo]")
     return env
@@ -72,6 +82,31 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+class Output:
+    """A process's output read line by line in a thread, so a wait for a line is bounded."""
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        assert stream is not None
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self.reader = threading.Thread(target=lambda: [self.lines.put(line) for line in stream], daemon=True)
+        self.reader.start()
+
+    def until(self, text: str, timeout_s: float = 30) -> list[str]:
+        deadline = time.monotonic() + timeout_s
+        while not any(text in line for line in self.seen):
+            try:
+                self.seen.append(self.lines.get(timeout=0.2))
+            except queue.Empty:
+                if time.monotonic() > deadline or not self.reader.is_alive():  # timed out, or the process ended
+                    raise AssertionError(f"no {text!r} within {timeout_s} s: {self.seen}") from None
+        return self.seen
+
+    def rest(self) -> str:
+        self.reader.join(timeout=10)
+        return "".join([*self.seen, *self.lines.queue])
 
 
 @pytest.fixture
@@ -87,18 +122,9 @@ def demo(venv: Path) -> Iterator[int]:
         env={**os.environ, "PYTHONPATH": ""},
     )
     assert process.stdout is not None
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stdout or ()], daemon=True)
-    reader.start()
-    seen: list[str] = []
+    output = Output(process.stdout)
     try:
-        # The invitation comes first, then the gateway's start line once it listens.
-        deadline = time.monotonic() + 30
-        while not any("listening on" in line for line in seen):
-            try:
-                seen.append(lines.get(timeout=max(0.01, deadline - time.monotonic())))
-            except queue.Empty:
-                raise AssertionError(f"no start line within 30 s (exit {process.poll()}): {seen}") from None
+        seen = output.until("listening on")  # the invitation comes first, then the gateway's start line
         assert f"try: curl ftp://127.0.0.1:{port}/" in seen[0], seen
         assert f"version={__version__}" in seen[-1], seen
         yield port
@@ -109,8 +135,7 @@ def demo(venv: Path) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    reader.join(timeout=10)
-    assert process.returncode in (0, 130), "".join([*seen, *lines.queue])
+    assert process.returncode in (0, 130), output.rest()
 
 
 def test_the_installed_command_names_its_version(venv: Path) -> None:
@@ -129,3 +154,92 @@ def test_the_installed_demo_lists_and_serves_a_file_through_the_gateway(demo: in
         digest = hashlib.sha256()
         assert client.retrbinary("RETR sample.bin", digest.update).startswith("226")
     assert digest.hexdigest() == SAMPLE_SHA256
+
+
+# ---- the systemd install: deploy/install.sh ------------------------------------------------------------------
+
+
+def unit_values(unit: Path) -> dict[str, str]:
+    return dict(
+        line.split("=", 1) for line in unit.read_text().splitlines() if "=" in line and not line.startswith("#")
+    )
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """deploy/install.sh run once under a fresh --root; its root and what it printed."""
+    root = tmp_path_factory.mktemp("systemd") / "root"
+    return root, run("bash", ROOT / "deploy" / "install.sh", "--root", root, "--wheel", wheel, timeout=180)
+
+
+def healthz(port: int, timeout_s: float = 30) -> int:
+    """GET /healthz, asked again while the listener is not bound yet (it starts after the start line)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+                status: int = answer.status
+                return status
+        except urllib.error.URLError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_install_sh_puts_every_file_where_the_unit_expects_it_and_keeps_an_edited_config(
+    installed: tuple[Path, str], wheel: Path, tmp_path: Path
+) -> None:
+    root, output = installed
+    assert f"installed ftp-alg {__version__}" in output and "ok: mode=reverse" in output
+    unit = root / "etc/systemd/system/ftp-alg.service"
+    assert unit.read_text() == (ROOT / "deploy/systemd/ftp-alg.service").read_text()
+    values = unit_values(unit)
+    binary, command, flag, config_path = values["ExecStart"].split()
+    assert (command, flag) == ("run", "--config")
+    program, config = root / binary.lstrip("/"), root / config_path.lstrip("/")
+    assert os.access(program, os.X_OK), binary
+    assert config.read_text() == (ROOT / "deploy/systemd/gateway.yaml").read_text()
+    assert (root / values["Documentation"].removeprefix("file:///")).is_file()
+    assert (root / "etc/ftp-alg/gateway.example.yaml").is_file()
+
+    # The unit's own command line, from the installed files (on loopback: port 21 is the unit's business).
+    port, metrics, admin = free_port(), free_port(), free_port()
+    flags = ["--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics}"]
+    flags += ["--admin-listen", f"127.0.0.1:{admin}"]
+    process = subprocess.Popen([program, "run", "--config", config, *flags], stderr=subprocess.PIPE, text=True)
+    output = Output(process.stderr)
+    try:
+        started = output.until("listening on")[-1]
+        # Once /healthz answers, the signal handlers are in place too (they come after the HTTP listeners).
+        assert healthz(metrics) == 200
+    finally:
+        process.send_signal(signal.SIGTERM)  # systemctl stop (KillSignal=SIGTERM)
+        process.wait(timeout=60)
+    assert process.returncode == 0, output.rest()
+    assert f"listening on 127.0.0.1:{port}" in started and f"version={__version__}" in started, started
+
+    # An upgrade (the same command again) replaces the package and the unit, never the operator's config.
+    edited = config.read_text().replace("127.0.0.1:2121", "198.51.100.10:21")
+    config.write_text(edited)
+    output_again = run("bash", ROOT / "deploy" / "install.sh", "--root", root, "--wheel", wheel, timeout=180)
+    assert "kept " in output_again and "upstream=198.51.100.10:21" in output_again
+    assert config.read_text() == edited
+
+
+def test_the_installed_unit_passes_systemd_analyze_verify(installed: tuple[Path, str], tmp_path: Path) -> None:
+    """verify checks every directive and that ExecStart's binary exists and is executable: here the installed
+    binary under --root, through a copy of the unit whose paths carry that root."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    root = installed[0]
+    text = (root / "etc/systemd/system/ftp-alg.service").read_text()
+    rooted = text.replace("/opt/ftp-alg/", f"{root}/opt/ftp-alg/").replace("/etc/ftp-alg/", f"{root}/etc/ftp-alg/")
+    copy = tmp_path / "ftp-alg.service"
+    copy.write_text(rooted)
+    done = subprocess.run(["systemd-analyze", "verify", copy], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    broken = tmp_path / "broken" / "ftp-alg.service"
+    broken.parent.mkdir()
+    broken.write_text(rooted.replace(f"{root}/opt/ftp-alg/.venv", f"{root}/opt/nothing"))
+    failed = subprocess.run(["systemd-analyze", "verify", broken], capture_output=True, text=True, timeout=60)
+    assert failed.returncode != 0 and "not executable" in failed.stderr
