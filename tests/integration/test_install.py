@@ -243,3 +243,24 @@ def test_the_installed_unit_passes_systemd_analyze_verify(installed: tuple[Path,
     broken.write_text(rooted.replace(f"{root}/opt/ftp-alg/.venv", f"{root}/opt/nothing"))
     failed = subprocess.run(["systemd-analyze", "verify", broken], capture_output=True, text=True, timeout=60)
     assert failed.returncode != 0 and "not executable" in failed.stderr
+
+
+# ---- the README's pip install, as written ----------------------------------------------------------------------
+
+
+def readme_block(marker: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split(f"<!-- {marker} -->\n```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_pip_install_works_as_written(tmp_path: Path) -> None:
+    commands = readme_block("install: pip")
+    assert commands[0].startswith("python3 -m venv /opt/ftp-alg/.venv")
+    prefix = tmp_path / "opt" / "ftp-alg"  # the README's folder, under this test's own root
+    script = "\n".join(line.replace("/opt/ftp-alg", str(prefix)) for line in commands)
+    output = run("bash", "-euc", script, timeout=240)
+    assert f"ftp-alg {__version__}" in output.splitlines()
+    assert "deprecat" not in output.lower()
+    checked = run(prefix / ".venv/bin/ftp-alg", "check", "--config", ROOT / "rules/gateway.example.yaml")
+    assert checked.startswith("ok: mode=reverse")
