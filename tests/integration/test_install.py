@@ -264,3 +264,18 @@ def test_the_readme_pip_install_works_as_written(tmp_path: Path) -> None:
     assert "deprecat" not in output.lower()
     checked = run(prefix / ".venv/bin/ftp-alg", "check", "--config", ROOT / "rules/gateway.example.yaml")
     assert checked.startswith("ok: mode=reverse")
+
+
+def test_the_readme_recipe_edits_the_installed_config_into_one_that_passes_check(installed: tuple[Path, str]) -> None:
+    """The five lines at the top of the README, on the files install.sh wrote (under its --root, without sudo;
+    `./dev install` is the fixture, systemctl is the machine's)."""
+    root = installed[0]
+    commands = readme_block("recipe")
+    assert commands[0].startswith("sudo ./dev install") and commands[-1].startswith("sudo systemctl enable --now")
+    for line in commands[1:-1]:
+        command = line.split("  #")[0].removeprefix("sudo ")
+        command = command.replace("/etc/ftp-alg/", f"{root}/etc/ftp-alg/").replace(
+            "/opt/ftp-alg/", f"{root}/opt/ftp-alg/"
+        )
+        output = run("bash", "-euc", command)
+    assert "upstream=198.51.100.10:21" in output and "public_address=203.0.113.1" in output
