@@ -112,6 +112,17 @@ def test_containerfile_installs_a_wheel_runs_unprivileged_and_checks_health() ->
     assert 'ENTRYPOINT ["/usr/local/bin/ftp-alg-entrypoint"]' in text
 
 
+def test_every_file_the_containerfile_copies_from_the_checkout_exists() -> None:
+    """A missing file fails `podman build`, which the suite cannot run (no base image offline)."""
+    sources = []
+    for line in CONTAINERFILE.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(word.startswith("--from") for word in words):
+            sources += [word for word in words[1:-1] if not word.startswith("--")]
+    assert "constraints.txt" in sources and "LICENSE" in sources
+    assert [source for source in sources if not (ROOT / source).exists()] == []
+
+
 def entrypoint(tmp_path: Path, *args: str, public: str | None) -> subprocess.CompletedProcess[str]:
     """deploy/container-entrypoint.sh as the image runs it, with a stand-in `ftp-alg` that shows what it got."""
     stand_in = tmp_path / "bin" / "ftp-alg"
