@@ -15,6 +15,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, NoReturn
 
+from alg import __version__
 from alg.errors import ConfigError
 from alg.ops.config import Settings, apply_overrides, load_config
 from alg.ops.logs import quoted as _quoted
@@ -47,48 +48,115 @@ def _whole_number(text: str) -> int:
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (override the config file)")
-    group.add_argument("--mode", metavar="{reverse,transparent}")
     group.add_argument(
-        "--listen", action="append", metavar="ADDR:PORT", help="replaces the file's list; repeat for more"
+        "--mode",
+        metavar="{reverse,transparent}",
+        help="reverse: clients dial the gateway, which forwards to --upstream; transparent: a firewall redirects "
+        "clients' FTP connections here (default: reverse)",
     )
-    group.add_argument("--upstream", metavar="ADDR[:PORT]")
-    group.add_argument("--public-address", metavar="IP")
-    group.add_argument("--public-address6", metavar="IPV6", help="the public address shown to IPv6 clients")
-    group.add_argument("--dual-stack", action="store_const", const=True, help="a [::] listener takes IPv4 clients too")
-    group.add_argument("--passive-ports", metavar="FIRST-LAST")
-    group.add_argument("--active-ports", metavar="FIRST-LAST")
-    group.add_argument("--metrics-listen", metavar="ADDR:PORT")
-    group.add_argument("--admin-listen", metavar="ADDR:PORT", help="where /sessions is served (admin.listen)")
-    group.add_argument("--workers", type=_whole_number, metavar="N")
-    group.add_argument("--log-level", metavar="{debug,info,warning,error}")
-    group.add_argument("--log-format", metavar="{kv,json}")
-    group.add_argument("--user", metavar="USER")
+    group.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDR:PORT",
+        help="control listener; replaces the file's list; repeat for more (default: 0.0.0.0:21)",
+    )
+    group.add_argument(
+        "--upstream", metavar="ADDR[:PORT]", help="the FTP server, reverse mode (default: none; port 21)"
+    )
+    group.add_argument(
+        "--public-address",
+        metavar="IP",
+        help="the address written into 227 replies; env FTP_ALG_PUBLIC_ADDRESS "
+        "(default: the address the client dialled)",
+    )
+    group.add_argument(
+        "--public-address6",
+        metavar="IPV6",
+        help="the public address shown to IPv6 clients (default: the gateway's own)",
+    )
+    group.add_argument(
+        "--dual-stack", action="store_const", const=True, help="a [::] listener takes IPv4 clients too (default: off)"
+    )
+    group.add_argument(
+        "--passive-ports",
+        metavar="FIRST-LAST",
+        help="ports for passive data connections from clients; env FTP_ALG_PASSIVE_PORTS (default: 50000-50999)",
+    )
+    group.add_argument(
+        "--active-ports",
+        metavar="FIRST-LAST",
+        help="ports for active-mode data connections from the server (default: the kernel's ephemeral ports)",
+    )
+    group.add_argument(
+        "--metrics-listen", metavar="ADDR:PORT", help="/metrics, /healthz and /readyz (default: none, not served)"
+    )
+    group.add_argument(
+        "--admin-listen",
+        metavar="ADDR:PORT",
+        help="where /sessions is served, admin.listen (default: none, not served)",
+    )
+    group.add_argument(
+        "--workers",
+        type=_whole_number,
+        metavar="N",
+        help="processes sharing the listeners, about one per core (default: 1)",
+    )
+    group.add_argument("--log-level", metavar="{debug,info,warning,error}", help="the main log's level (default: info)")
+    group.add_argument("--log-format", metavar="{kv,json}", help="key=value or JSON lines on stderr (default: kv)")
+    group.add_argument(
+        "--user", metavar="USER", help="switch to this user after binding (default: none, stay as started)"
+    )
+    group.add_argument(
+        "--data-path",
+        metavar="{relay,kernel}",
+        help="relay: ftp-alg carries the data bytes; kernel: nftables NAT mappings (default: relay)",
+    )
+    _add_tls_overrides(parser)
+
+
+def _add_tls_overrides(parser: argparse.ArgumentParser) -> None:
     tls = parser.add_argument_group("FTPS (tls.client and tls.upstream settings)")
-    tls.add_argument("--tls-client", metavar="{refuse,allow,require}", help="TLS toward clients")
-    tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain for clients (leaf first)")
-    tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
-    tls.add_argument("--tls-client-data", metavar="{follow,require}", help="require: PROT C refused")
     tls.add_argument(
-        "--tls-implicit-listen", action="append", metavar="ADDR:PORT", help="implicit FTPS listener; repeat for more"
+        "--tls-client", metavar="{refuse,allow,require}", help="TLS toward clients (default: refuse: AUTH TLS gets 502)"
+    )
+    tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain for clients, leaf first (default: none)")
+    tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert (default: none)")
+    tls.add_argument(
+        "--tls-client-data",
+        metavar="{follow,require}",
+        help="follow: the client's PROT; require: PROT C refused (default: follow)",
+    )
+    tls.add_argument(
+        "--tls-implicit-listen",
+        action="append",
+        metavar="ADDR:PORT",
+        help="implicit FTPS listener; repeat for more (default: none)",
     )
     tls.add_argument(
         "--tls-require-session-reuse",
         action="store_const",
         const=True,
-        help="refuse client data connections that do not resume the control connection's TLS session",
+        help="refuse client data connections that do not resume the control connection's TLS session (default: off)",
     )
-    tls.add_argument("--tls-upstream", metavar="{off,auto,require,implicit}", help="TLS toward the FTP server")
-    tls.add_argument("--tls-upstream-ca-file", metavar="FILE", help="CAs to verify the server (default: system)")
-    tls.add_argument("--tls-upstream-server-name", metavar="NAME", help="name to check in the server certificate")
+    tls.add_argument(
+        "--tls-upstream", metavar="{off,auto,require,implicit}", help="TLS toward the FTP server (default: off)"
+    )
+    tls.add_argument("--tls-upstream-ca-file", metavar="FILE", help="CAs to verify the server (default: the system's)")
+    tls.add_argument(
+        "--tls-upstream-server-name",
+        metavar="NAME",
+        help="name to check in the server certificate (default: the upstream's address)",
+    )
     tls.add_argument(
         "--tls-upstream-no-verify",
         dest="tls_upstream_verify",
         action="store_const",
         const=False,
-        help="do not verify the FTP server's certificate (testing only)",
+        help="do not verify the FTP server's certificate, for tests only (default: verify)",
     )
-    tls.add_argument("--tls-upstream-data", metavar="{follow,private,clear}", help="PROT on the server's leg")
-    group.add_argument("--data-path", metavar="{relay,kernel}")
+    tls.add_argument(
+        "--tls-upstream-data", metavar="{follow,private,clear}", help="PROT on the server's leg (default: private)"
+    )
 
 
 # argparse dests that are settings; each is a keyword of load_config and apply_overrides.
@@ -130,6 +198,23 @@ ENVIRONMENT = {
 }
 
 
+# The epilog of `run --help` and `check --help`.
+ENVIRONMENT_HELP = """\
+config file:
+  --config FILE is YAML. Every setting with its default: rules/gateway.example.yaml in the source,
+  /etc/ftp-alg/gateway.example.yaml after ./dev install.
+  A flag wins over the environment, which wins over the file. Check a file: ftp-alg check --config FILE
+
+environment:
+  FTP_ALG_PUBLIC_ADDRESS=IP         public_address (the container image requires it)
+  FTP_ALG_PASSIVE_PORTS=FIRST-LAST  passive_ports
+  FTP_ALG_INSTANCE=N                this instance's index among FTP_ALG_INSTANCES (a name ending in -N works:
+  FTP_ALG_INSTANCES=COUNT           a StatefulSet pod's); it takes slice N of passive_ports
+  FTP_ALG_ADMIN_TOKEN=TOKEN         the bearer token /sessions asks for, when admin.token_file is not set
+  FTP_ALG_RELAY=asyncio             the copying data relay instead of splice (default: splice where available)
+"""
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     import os
 
@@ -155,25 +240,36 @@ def _load(args: argparse.Namespace) -> Settings:
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="FTP application-layer gateway")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the gateway", description="Run the gateway.")
-    run.add_argument("--config", metavar="FILE", help="YAML settings; flags override it")
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML settings, every one listed in rules/gateway.example.yaml; flags override it (default: none)",
+    )
     _add_overrides(run)
     run.set_defaults(handler=_cmd_run)
+    run.epilog, run.formatter_class = ENVIRONMENT_HELP, argparse.RawDescriptionHelpFormatter
 
     check = commands.add_parser("check", help="validate settings and exit", description="Validate settings.")
     check.add_argument("--config", metavar="FILE", required=True, help="YAML settings; flags override it")
     _add_overrides(check)
     check.set_defaults(handler=_cmd_check)
+    check.epilog, check.formatter_class = ENVIRONMENT_HELP, argparse.RawDescriptionHelpFormatter
 
     demo = commands.add_parser(
         "demo",
         help="run the gateway in front of a throw-away local FTP server",
         description="Run the gateway in front of a throw-away pyftpdlib server (needs 'ftp-alg[demo]').",
     )
-    demo.add_argument("--listen", default="127.0.0.1:2121", metavar="ADDR:PORT")
-    demo.add_argument("--passive-ports", default="50000-50099", metavar="FIRST-LAST")
+    demo.add_argument(
+        "--listen", default="127.0.0.1:2121", metavar="ADDR:PORT", help="the gateway (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--passive-ports", default="50000-50099", metavar="FIRST-LAST", help="passive data ports (default: %(default)s)"
+    )
     demo.set_defaults(handler=_cmd_demo)
     _add_diagnose(commands)
     _add_sessions(commands)
@@ -276,24 +372,39 @@ def _add_diagnose(commands: Any) -> None:
         "Exit status: 0 every mode works, 1 some modes fail, 2 cannot connect or log in.",
     )
     diagnose.add_argument("url", metavar="URL", help="ftp://[user[:password]@]host[:port]/ (ftps:// for TLS)")
-    diagnose.add_argument("--tls", action="store_true", help="explicit TLS (AUTH TLS), as ftps:// does")
-    diagnose.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
-    diagnose.add_argument("--password-file", metavar="FILE", help="the password is the file's first line")
-    diagnose.add_argument("--json", action="store_true", help="print the report as JSON")
-    diagnose.add_argument("--wait", type=seconds, default=5.0, metavar="SECONDS", help="bound on each wait (5)")
+    diagnose.add_argument("--tls", action="store_true", help="explicit TLS (AUTH TLS), as ftps:// does (default: off)")
     diagnose.add_argument(
-        "--time-limit", type=seconds, default=120.0, metavar="SECONDS", help="bound on the whole run (120)"
+        "--insecure", action="store_true", help="do not verify the server's TLS certificate (default: verify)"
+    )
+    diagnose.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="the password is the file's first line (default: the URL, ~/.netrc, or a prompt)",
+    )
+    diagnose.add_argument("--json", action="store_true", help="print the report as JSON (default: a table)")
+    diagnose.add_argument(
+        "--wait", type=seconds, default=5.0, metavar="SECONDS", help="bound on each wait (default: 5)"
+    )
+    diagnose.add_argument(
+        "--time-limit", type=seconds, default=120.0, metavar="SECONDS", help="bound on the whole run (default: 120)"
     )
     diagnose.add_argument(
         "--size",
         type=byte_size,
         default=0,
         metavar="BYTES",
-        help="also upload and read back this many bytes (in the URL's folder)",
+        help="also upload and read back this many bytes, in the URL's folder (default: 0, none)",
     )
-    diagnose.add_argument("--active-address", metavar="IP", help="address to offer in PORT/EPRT")
     diagnose.add_argument(
-        "--internal-address", metavar="IP", help="the server's address behind its NAT box, for the ftp-alg line"
+        "--active-address",
+        metavar="IP",
+        help="address to offer in PORT/EPRT (default: this host's address on the control connection)",
+    )
+    diagnose.add_argument(
+        "--internal-address",
+        metavar="IP",
+        help="the server's address behind its NAT box, for the ftp-alg line "
+        "(default: the 227's address if private, else the placeholder INTERNAL_ADDRESS)",
     )
     diagnose.set_defaults(handler=_cmd_diagnose)
 

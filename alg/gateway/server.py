@@ -15,6 +15,7 @@ import socket
 from collections import Counter
 from typing import Any
 
+from alg import __version__
 from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.control import ChannelSettings
@@ -165,11 +166,12 @@ class Gateway:
         if self.health is not None:
             self.health.start()
         log.info(
-            "listening on %s mode=%s relay=%s data_path=%s",
+            "listening on %s mode=%s relay=%s data_path=%s version=%s",
             ", ".join(map(str, self.addresses)),
             self.settings.mode,
             relay_mode(),
             "relay" if self.context.kernel_path is None else f"kernel table=inet {self.context.kernel_path.table}",
+            __version__,
         )
         self.ready.set()
 

@@ -38,11 +38,19 @@ def add_parser(commands: Any) -> None:
     )
     where = sessions.add_mutually_exclusive_group()
     where.add_argument("--url", metavar="URL", help=f"the gateway's admin URL (default {DEFAULT_URL})")
-    where.add_argument("--config", metavar="FILE", help="take the URL (admin.listen) and token file from here")
-    sessions.add_argument("--token-file", metavar="FILE", help=f"bearer token file (else --token, ${TOKEN_ENV})")
-    sessions.add_argument("--token", metavar="TOKEN", help="bearer token (visible to other users: prefer a file)")
-    sessions.add_argument("--end", type=_session_id, metavar="ID", help="end session ID (the client gets 421)")
-    sessions.add_argument("--json", action="store_true", help="print the gateway's JSON as it is")
+    where.add_argument(
+        "--config", metavar="FILE", help="take the URL (admin.listen) and token file from here (default: none, --url)"
+    )
+    sessions.add_argument(
+        "--token-file", metavar="FILE", help=f"bearer token file (default: --token, else ${TOKEN_ENV})"
+    )
+    sessions.add_argument(
+        "--token", metavar="TOKEN", help="bearer token, visible to other users: prefer a file (default: none)"
+    )
+    sessions.add_argument(
+        "--end", type=_session_id, metavar="ID", help="end session ID, whose client gets 421 (default: none, list them)"
+    )
+    sessions.add_argument("--json", action="store_true", help="print the gateway's JSON as it is (default: a table)")
 
 
 def _session_id(text: str) -> int:
