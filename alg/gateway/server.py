@@ -127,7 +127,7 @@ class Gateway:
             check = HealthCheck()
         if check is not None:
             self.health = HealthChecker(
-                self.upstreams.health_targets(),
+                self.upstreams.health_targets,
                 interval_s=check.interval_s,
                 timeout_s=check.timeout_s,
                 on_change=self.upstreams.health_changed,
@@ -140,6 +140,8 @@ class Gateway:
         return self.upstreams.healthy_reason()
 
     async def start(self) -> None:
+        if self.upstreams is not None:
+            await self.upstreams.start()  # ConfigError: an upstream name that does not resolve
         if getattr(self.settings, "data_path", "relay") == "kernel":
             self.context.kernel_path = kerneldata.open_path(self.worker, self.settings.workers, self.settings.user)
         for address in self.settings.listen:
@@ -339,6 +341,8 @@ class Gateway:
         await self.implicit.stop()
         if self.health is not None:
             await self.health.stop()
+        if self.upstreams is not None:
+            await self.upstreams.stop()
         for session in list(self.sessions.values()):
             session.drain()  # idle sessions close now, the others when their transfers end
         if self.sessions:

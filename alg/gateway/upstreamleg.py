@@ -58,7 +58,7 @@ class UpstreamLeg:
                     greet=tls.upstream_mode == "off",  # under TLS the banner is read by the negotiation
                 )
                 reader, writer, banner = await connect
-                self.upstream = self.route.chosen.address if self.route.chosen else self.upstream
+                self.upstream = self.route.connected or self.upstream
             else:
                 async with asyncio.timeout(self.context.timeouts.upstream_connect_s):
                     reader, writer = await asyncio.open_connection(

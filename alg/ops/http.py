@@ -95,8 +95,8 @@ class Readiness:
         if reason != "unchecked":  # several upstreams: health checks decide; ready while one passes them
             gateway.metrics.upstream_ready.set(1 if reason is None else 0)
             return reason
-        servers = getattr(gateway.settings, "upstream_servers", ())
-        upstream: HostPort | None = servers[0].address if servers else gateway.settings.upstream
+        pool = getattr(gateway, "upstreams", None)  # alg.gateway.upstreams.UpstreamPool: names resolved there
+        upstream: HostPort | None = pool.upstreams[0].address if pool is not None else gateway.settings.upstream
         if upstream is None:  # transparent mode: each session's upstream is its own original destination
             gateway.metrics.upstream_ready.set(1)
             return None

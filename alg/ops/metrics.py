@@ -311,6 +311,12 @@ class Metrics:
             labels,
             registry=r,
         )
+        self.upstream_resolve_failures = Counter(
+            "ftp_alg_upstream_resolve_failures",
+            "Lookups of an upstream's host name that found no address (the upstream is unhealthy until one does).",
+            labels,
+            registry=r,
+        )
 
     def declare_upstreams(self, names: list[str]) -> None:
         for name in names:
@@ -319,6 +325,7 @@ class Metrics:
                 self.upstream_sessions_active,
                 self.upstream_healthy,
                 self.upstream_connect_failures,
+                self.upstream_resolve_failures,
             ):
                 metric.labels(name)
 
