@@ -19,7 +19,7 @@ from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.control import ChannelSettings
 from alg.ftp.wire import reply
-from alg.gateway import kerneldata, secure
+from alg.gateway import advertise, kerneldata, secure
 from alg.gateway.advertise import Advertiser
 from alg.gateway.frontdoor import FrontTls, Origin, ProxyRefused, read_user, receive_origin
 from alg.gateway.health import HealthChecker
@@ -161,6 +161,8 @@ class Gateway:
             self._servers.append(server)
             for sock in server.sockets:
                 self.addresses.append(hostport(sock.getsockname()))
+        if (private := advertise.private_address_warning(self.settings, advertise.local_ipv4_addresses())) is not None:
+            log.warning(private)
         tls_settings = getattr(self.settings, "tls", None)
         if tls_settings is not None:
             self.implicit.start(tls_settings.client.implicit_listen, reuse_port=self.settings.workers > 1)
