@@ -233,7 +233,12 @@ def _smooth_weighted(upstreams: Sequence[Upstream]) -> Upstream:
 
 
 class UpstreamsUnavailable(OSError):
-    """No upstream greeted: the text names each one and why."""
+    """No upstream greeted: the text names each one and why (for logs); `strerror` says it without a name or an
+    address, fit for a client's reply."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.strerror = "no FTP server answered"
 
 
 @dataclass(slots=True)

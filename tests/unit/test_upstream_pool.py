@@ -15,7 +15,7 @@ from alg.errors import ConfigError
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.gateway.health import HealthState
 from alg.gateway.resolve import NameNotResolved
-from alg.gateway.upstreams import Route, Upstream, UpstreamPool
+from alg.gateway.upstreams import Route, Upstream, UpstreamPool, UpstreamsUnavailable
 from alg.ops.config import settings_from_mapping
 from alg.ops.config_values import HostName
 from alg.ops.metrics import Metrics
@@ -300,3 +300,20 @@ def test_connect_tries_each_address_of_a_name_in_order() -> None:
 
     connected, banner = asyncio.run(main())
     assert connected.startswith("127.0.0.1:") and banner == b"220 ready\r\n"
+
+
+def test_no_upstream_answering_is_worded_for_clients_without_addresses_or_names() -> None:
+    """The session's 421 takes strerror: the upstreams' names and addresses stay in the log (str)."""
+    names = Names({"ftp-a": ["127.0.0.2"]})
+    pool = _named_pool(names, {"address": "ftp-a:2", "name": "a"}, {"address": "127.0.0.3:2", "name": "b"})
+
+    async def main() -> UpstreamsUnavailable:
+        await pool.start()
+        here = HostPort(ip_address("127.0.0.1"), 1)
+        with pytest.raises(UpstreamsUnavailable) as caught:
+            await Route(pool, pool.candidates()).connect(here, here, 5)
+        return caught.value
+
+    error = asyncio.run(main())
+    assert error.strerror == "no FTP server answered"
+    assert str(error).startswith("a 127.0.0.2:2: ") and "; b 127.0.0.3:2: " in str(error)
