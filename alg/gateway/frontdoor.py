@@ -21,7 +21,7 @@ from alg.ftp.wire import parse_command, reply
 from alg.gateway.peers import ends, hostport
 from alg.net import proxyproto
 from alg.ops.config_sections import ProxyProtocolIn
-from alg.ops.logs import printable
+from alg.ops.logs import fields, printable
 from alg.ops.metrics import Metrics
 
 log = logging.getLogger("ftp_alg.frontdoor")
@@ -171,7 +171,7 @@ class _GuardedReader:
             self._first = False
             if proxyproto.looks_like_header(data):
                 self._metrics.proxy_refused("untrusted")
-                log.warning("proxy protocol refused reason=untrusted peer=%s", self._peer)
+                log.warning("proxy protocol refused", extra=fields(reason="untrusted", peer=self._peer))
                 if not self._writer.transport.is_closing():
                     self._writer.write(reply(421, UNTRUSTED_TEXT))
                 return b""
@@ -221,7 +221,7 @@ def answer_before_login(line: bytes, *, tls: FrontTls | None, secured: bool) -> 
             return reply(decision.code, decision.text), None
         if verb == "USER" and command.argument.strip():
             return b"", "login"
-    log.debug("before login verb=%s", printable(verb))
+    log.debug("before login", extra=fields(verb=printable(verb)))
     return reply(530, "Please log in with USER first."), None
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from alg.ftp.addresses import HostPort
 from alg.ops import banner
-from alg.ops.logs import printable
+from alg.ops.logs import fields, printable
 
 log = logging.getLogger("ftp_alg.health")
 
@@ -100,17 +100,13 @@ class HealthChecker:
         try:
             reason = await banner.probe(checked.address, self.timeout_s, proxy_version=checked.proxy_version)
         except Exception as error:  # a bug here must not end every later check: it counts as a failed one
-            log.exception("health check failed upstream=%s address=%s", checked.label, checked.address)
+            log.exception("health check failed", extra=fields(upstream=checked.label, address=checked.address))
             reason = f"check failed: {error!r}"
         checked.last_reason = reason
         if checked.state.record(reason is None):
             if checked.state.healthy:
-                log.info("upstream up upstream=%s address=%s", checked.label, checked.address)
+                log.info("upstream up", extra=fields(upstream=checked.label, address=checked.address))
             else:
-                log.warning(
-                    "upstream down upstream=%s address=%s reason=%s",
-                    checked.label,
-                    checked.address,
-                    printable(reason or ""),
-                )
+                why = printable(reason or "")
+                log.warning("upstream down", extra=fields(upstream=checked.label, address=checked.address, reason=why))
             self.on_change(checked)

@@ -34,6 +34,7 @@ from alg.net.kernelpath import SETTLE_MAX_S
 from alg.net.listeners import listening_socket
 from alg.net.relay import relay_mode
 from alg.net.transparent import original_destination
+from alg.ops.logs import fields
 from alg.ops.metrics import Metrics
 from alg.ops.rules import Policy
 
@@ -169,11 +170,15 @@ class Gateway:
         if self.health is not None:
             self.health.start()
         log.info(
-            "listening on %s mode=%s relay=%s data_path=%s",
+            "listening on %s",
             ", ".join(map(str, self.addresses)),
-            self.settings.mode,
-            relay_mode(),
-            "relay" if self.context.kernel_path is None else f"kernel table=inet {self.context.kernel_path.table}",
+            extra=fields(
+                mode=self.settings.mode,
+                relay=relay_mode(),
+                data_path="relay"
+                if self.context.kernel_path is None
+                else f"kernel table=inet {self.context.kernel_path.table}",
+            ),
         )
         self.ready.set()
 
@@ -252,7 +257,7 @@ class Gateway:
         if refusal is not None or upstream is None:
             self.metrics.refused("limit")
             self.metrics.session_ended("refused_limit")
-            log.info("connection refused client=%s reason=%s", client, refusal)
+            log.info("connection refused", extra=fields(client=client, reason=refusal))
             with contextlib.suppress(Exception):
                 writer.write(reply(421, refusal or "Refused."))
                 await writer.drain()
@@ -321,13 +326,13 @@ class Gateway:
     def proxy_refused(self, refused: ProxyRefused) -> None:
         self.metrics.proxy_refused(refused.reason)
         self.metrics.session_ended("refused_acl")
-        log.warning("proxy protocol refused reason=%s detail=%s", refused.reason, refused)
+        log.warning("proxy protocol refused", extra=fields(reason=refused.reason, detail=str(refused)))
 
     async def _refuse_by_policy(self, writer: asyncio.StreamWriter, client: IPAddress, text: str) -> None:
         """421 and close, before any upstream is contacted (rules: clients, destinations)."""
         self.metrics.refused("acl")
         self.metrics.session_ended("refused_acl")
-        log.info("connection refused client=%s reason=acl text=%s", client, text)
+        log.info("connection refused", extra=fields(client=client, reason="acl", text=text))
         with contextlib.suppress(Exception):
             writer.write(reply(421, text))
             await writer.drain()
@@ -402,7 +407,7 @@ def drop_privileges(user: str) -> None:
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
-    log.info("running as user=%s uid=%d gid=%d", user, entry.pw_uid, entry.pw_gid)
+    log.info("running as", extra=fields(user=user, uid=entry.pw_uid, gid=entry.pw_gid))
 
 
 async def serve(settings: Any, worker: int = 0) -> None:

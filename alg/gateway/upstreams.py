@@ -25,7 +25,7 @@ from alg.gateway.resolve import NameNotResolved, Resolver, system_resolver
 from alg.net import proxyproto
 from alg.ops.banner import BannerError, read_banner
 from alg.ops.config_values import HostName
-from alg.ops.logs import printable
+from alg.ops.logs import fields, printable
 from alg.ops.metrics import Metrics
 
 log = logging.getLogger("ftp_alg.upstreams")
@@ -186,7 +186,7 @@ class UpstreamPool:
                 try:
                     await self.resolve(upstream)
                 except Exception:  # a bug here must not end every later lookup
-                    log.exception("upstream resolution failed upstream=%s", upstream.label)
+                    log.exception("upstream resolution failed", extra=fields(upstream=upstream.label))
 
     async def resolve(self, upstream: Upstream, *, strict: bool = False) -> None:
         """Look a named upstream up once: its addresses follow the answer (an address kept keeps its health);
@@ -200,14 +200,15 @@ class UpstreamPool:
             if self.metrics is not None:
                 self.metrics.upstream_resolve_failures.labels(upstream.label).inc()
             if upstream.unresolved is None:
-                log.warning("upstream name does not resolve upstream=%s reason=%s", upstream.label, error)
+                log.warning("upstream name does not resolve", extra=fields(upstream=upstream.label, reason=str(error)))
             upstream.unresolved = str(error)
             self._settle(upstream)
             return
         addresses = [HostPort(ip, upstream.name.port) for ip in found]
         kept = {endpoint.address: endpoint for endpoint in upstream.endpoints}
         if upstream.unresolved is not None or list(kept) != addresses:
-            log.info("upstream resolved upstream=%s addresses=%s", upstream.label, ",".join(str(a) for a in addresses))
+            shown = ",".join(str(a) for a in addresses)
+            log.info("upstream resolved", extra=fields(upstream=upstream.label, addresses=shown))
         rise, fall = upstream.health.rise, upstream.health.fall
         upstream.endpoints = [
             kept.get(address) or Checked(upstream.label, address, HealthState(rise, fall), upstream.proxy_version)
@@ -277,7 +278,7 @@ class Route:
                 self._count_failure(upstream, address, why)
                 continue
             if reasons:
-                log.info("failed over upstream=%s address=%s tried=%d", upstream.label, address, len(reasons))
+                log.info("failed over", extra=fields(upstream=upstream.label, address=address, tried=len(reasons)))
             self.chosen, self.connected = upstream, address
             upstream.sessions += 1
             if self.pool.metrics is not None:
@@ -287,9 +288,8 @@ class Route:
         raise UpstreamsUnavailable("; ".join(reasons))
 
     def _count_failure(self, upstream: Upstream, address: HostPort, why: object) -> None:
-        log.warning(
-            "upstream connect failed upstream=%s address=%s error=%s", upstream.label, address, printable(str(why))
-        )
+        error = printable(str(why))
+        log.warning("upstream connect failed", extra=fields(upstream=upstream.label, address=address, error=error))
         if self.pool.metrics is not None:
             self.pool.metrics.upstream_connect_failures.labels(upstream.label).inc()
 

@@ -23,6 +23,7 @@ from alg.ftp.addresses import HostPort
 from alg.net.dataplane import peer_ip
 from alg.ops import admin as a
 from alg.ops import banner
+from alg.ops.logs import fields
 from alg.ops.metrics import Metrics
 
 
@@ -238,7 +239,7 @@ class HttpListener:
             return _Response(405, b"method not allowed\n", headers=(("Allow", allow),))
         if not admin.sessions.end(number):
             return _Response(404, f"no session {number}\n".encode())
-        log.info("session ended by the administrator session=%d", number)
+        log.info("session ended by the administrator", extra=fields(session=number))
         return _Response(200, f"session {number} ended\n".encode())
 
 

@@ -235,9 +235,12 @@ def test_a_name_that_stops_resolving_is_unhealthy_counted_logged_once_and_recove
         assert upstream.address == HostPort(ip_address("198.51.100.12"), 21)
 
     asyncio.run(main())
-    assert [r.getMessage() for r in caplog.records] == [
-        "upstream name does not resolve upstream=a reason=ftp-a does not resolve (Name or service not known)",
-        "upstream resolved upstream=a addresses=198.51.100.12:21",
+    assert [(r.getMessage(), getattr(r, "fields", None)) for r in caplog.records] == [
+        (
+            "upstream name does not resolve",
+            {"upstream": "a", "reason": "ftp-a does not resolve (Name or service not known)"},
+        ),
+        ("upstream resolved", {"upstream": "a", "addresses": "198.51.100.12:21"}),
     ]
 
 
