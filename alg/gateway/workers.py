@@ -120,14 +120,14 @@ class _Supervisor:
             return
         lived = time.monotonic() - started
         if lived < MIN_UPTIME_S:
-            log.error("worker failed at start index=%d pid=%d code=%d: stopping the gateway", index, pid, code)
+            log.error("worker failed at start, stopping the gateway", extra=fields(index=index, pid=pid, code=code))
             self.failure = code if code > 0 else 1
             self.stopping = True
             signal.signal(signal.SIGALRM, self.on_alarm)
             signal.alarm(int(self.grace_s + KILL_AFTER_GRACE_S))
             self.signal_all(signal.SIGTERM)
             return
-        log.error("worker died index=%d pid=%d code=%d after %.0f s: starting it again", index, pid, code, lived)
+        log.error("worker died, starting it again", extra=fields(index=index, pid=pid, code=code, seconds=round(lived)))
         self.start(index)
 
     def run(self) -> int:
