@@ -135,10 +135,12 @@ class Gateway:
             )
 
     def upstream_health(self) -> str | None:
-        """For /readyz: None when an upstream passes its health checks; 'unchecked' when none are configured."""
-        if self.health is None or self.upstreams is None:
+        """For /readyz: None when an upstream passes its health checks; 'unchecked' when none are configured
+        (and every upstream name resolves: one that does not makes its upstream unhealthy)."""
+        if self.upstreams is None:
             return "unchecked"
-        return self.upstreams.healthy_reason()
+        reason = self.upstreams.healthy_reason()
+        return "unchecked" if self.health is None and reason is None else reason
 
     async def start(self) -> None:
         if self.upstreams is not None:

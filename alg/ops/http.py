@@ -3,8 +3,8 @@ the listener configured for them (admin.listen), the admin endpoints /sessions (
 
 Rules: it runs on the gateway's event loop and never blocks it (one short-lived task per connection, bounded
 request head, time limit, connection cap, one request per connection); /readyz and every scrape check that the
-upstream sends its 220 banner in time, one check at a time and at most once a second, so probes cannot be
-turned into a flood of connections to the FTP server.
+upstream sends its 220 banner in time: the health checks' last result, or (a single upstream without them) one
+check at a time and at most once per READY_CACHE_S, so probes cannot be turned into a flood of connections.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ class Gateway(Protocol):
 log = logging.getLogger("ftp_alg.http")
 
 READY_TIMEOUT_S = 2.0  # the upstream's 220 banner must arrive within this
-READY_CACHE_S = 1.0  # answers reused for this long, so a busy prober costs the upstream one login a second
+# Answers reused for this long (the health checks' default interval), so probes and scrapes cost a single upstream
+# without health checks one login per interval, however often they come.
+READY_CACHE_S = 5.0
 REQUEST_TIMEOUT_S = 5.0  # the whole request head must arrive within this
 MAX_HEAD_LINE_BYTES = 8 * 1024
 MAX_HEAD_LINES = 100

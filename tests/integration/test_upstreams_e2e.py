@@ -228,6 +228,8 @@ def test_upstream_host_names_from_a_hosts_file(
     wait_for("name gone", lambda: value(gw, "ftp_alg_upstream_healthy", upstream="web") == 0, timeout_s=10)
     wait_for("counted", lambda: value(gw, "ftp_alg_upstream_resolve_failures_total", upstream="web") >= 2)
     assert process.log().count("upstream name does not resolve upstream=web") == 1  # once per change
+    status, body = http_get(gw, "/readyz")
+    assert status == 503 and "no upstream is healthy: web" in body, body
 
     gw.hosts_file("127.0.0.1 localhost\n198.51.100.10 ftp.internal.example\n")
     wait_for("name back", lambda: value(gw, "ftp_alg_upstream_healthy", upstream="web") == 1, timeout_s=10)
