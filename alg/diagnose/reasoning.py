@@ -80,21 +80,21 @@ def diagnose(obs: Observations) -> Diagnosis:
     notes: list[str] = []
     problems = Problems(control=control, default_gateway=obs.default_gateway, internal=obs.internal_address)
     failing: list[str] = []
-    for check in obs.modes:
-        status = mode_status(check)
-        rows.append(Row(mode_label(check), _result(status), _detail(check, control, obs.wait_s)))
-        if status in ("failed", "fallback"):
-            failing.append(mode_label(check))
-        analyse(check, status, control, obs.wait_s, findings, notes, problems)
+    stalled: list[ModeCheck] = []
     plain_ok = {check.mode for check in obs.modes if mode_status(check) == "ok"}
-    for check in obs.tls_modes:
+    for check in (*obs.modes, *obs.tls_modes):
         status = mode_status(check)
         rows.append(Row(mode_label(check), _result(status), _detail(check, control, obs.wait_s)))
+        if status == "stalled":  # never tried: nothing to analyse, and not a failing mode
+            stalled.append(check)
+            continue
         if status in ("failed", "fallback"):
             failing.append(mode_label(check))
-            if check.mode in plain_ok:
+            if check.protected and not control.tls and check.mode in plain_ok:
                 problems.helper_blind_under_tls = True
         analyse(check, status, control, obs.wait_s, findings, notes, problems)
+    if stalled:
+        findings.append(_stalled_finding(stalled))
     if obs.tls_skipped:
         rows.append(Row("TLS", "n/a", obs.tls_skipped))
     if obs.transfer is not None:
@@ -129,8 +129,8 @@ def diagnose(obs: Observations) -> Diagnosis:
                 " session at all.",
             )
         )
-    exit_status = EXIT_SOME_FAIL if failing else EXIT_OK
-    verdict = "some modes fail" if failing else "every mode works"
+    exit_status = EXIT_SOME_FAIL if failing or stalled else EXIT_OK
+    verdict = "some modes fail" if failing else "some modes could not be checked" if stalled else "every mode works"
     return Diagnosis(
         exit_status=exit_status,
         verdict=verdict,
@@ -174,7 +174,20 @@ def _feature_name(feature: str) -> str:
 
 
 def _result(status: Status) -> str:
-    return {"ok": "ok", "fallback": "partly", "failed": "FAIL", "unsupported": "n/a"}[status]
+    return {"ok": "ok", "fallback": "partly", "failed": "FAIL", "unsupported": "n/a", "stalled": "stalled"}[status]
+
+
+def _stalled_finding(stalled: list[ModeCheck]) -> Finding:
+    labels = tuple(mode_label(check) for check in stalled)
+    return Finding(
+        None,
+        "New sessions stalled before login",
+        f"The first session logged in, then the session opened to check {', '.join(labels)} stopped"
+        f" ({stalled[0].error.split(';')[0]}): these modes were not tried, so they are not known to fail. A limit"
+        " on sessions per client or per minute (vsftpd max_per_ip, proftpd MaxClientsPerHost, a firewall's"
+        " connection rate limit) or a busy server does this; run diagnose again later or with a longer --wait.",
+        labels,
+    )
 
 
 def _detail(check: ModeCheck, control: Control, wait_s: float) -> str:
@@ -215,8 +228,9 @@ def _announced_kind(ip: IPAddress) -> str:
 
 
 def _combine(obs: Observations, problems: Problems, findings: list[Finding]) -> None:
-    passive = [check for check in obs.modes if check.mode in PASSIVE_MODES]
-    active = [check for check in obs.modes if check.mode not in PASSIVE_MODES]
+    tried = [check for check in obs.modes if not check.stalled]  # a stalled session says nothing of its mode
+    passive = [check for check in tried if check.mode in PASSIVE_MODES]
+    active = [check for check in tried if check.mode not in PASSIVE_MODES]
     problems.passive_works = any(mode_status(check) == "ok" for check in passive)
     problems.active_works = any(mode_status(check) == "ok" for check in active)
     if passive and active and not problems.passive_works and not problems.active_works:
