@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from alg.errors import ConfigError
 from alg.ftp.addresses import HostPort, IPAddress
-from alg.gateway.health import HealthState
+from alg.gateway.health import HealthChecker, HealthState
 from alg.gateway.resolve import NameNotResolved
 from alg.gateway.upstreams import Route, Upstream, UpstreamPool, UpstreamsUnavailable
 from alg.ops.config import settings_from_mapping
@@ -320,3 +320,35 @@ def test_no_upstream_answering_is_worded_for_clients_without_addresses_or_names(
     error = asyncio.run(main())
     assert error.strerror == "no FTP server answered"
     assert str(error).startswith("a 127.0.0.2:2: ") and "; b 127.0.0.3:2: " in str(error)
+
+
+def test_each_address_of_a_name_is_health_checked() -> None:
+    """Over loopback: the name's first address is dead, the second greets; after one round (fall 1) the dead one
+    is out and tried last, and the upstream stays healthy on the other."""
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 ready\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    async def main() -> UpstreamPool:
+        server = await asyncio.start_server(greet, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = _named_pool(Names({"ftp-a": ["127.0.0.2", "127.0.0.1"]}), {"address": f"ftp-a:{port}", "name": "a"})
+        await pool.start()
+        for endpoint in pool.upstreams[0].endpoints:
+            endpoint.state.fall = 1
+        checker = HealthChecker(pool.health_targets, interval_s=60, timeout_s=5, on_change=pool.health_changed)
+        await checker.check_once()
+        server.close()
+        await server.wait_closed()
+        return pool
+
+    pool = asyncio.run(main())
+    (upstream,) = pool.upstreams
+    dead, alive = upstream.endpoints
+    assert str(dead.address).startswith("127.0.0.2:") and not dead.state.healthy
+    assert dead.last_reason is not None and "cannot connect" in dead.last_reason
+    assert alive.state.healthy and upstream.health.healthy
+    assert upstream.ordered() == [alive, dead]
