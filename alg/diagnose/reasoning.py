@@ -28,6 +28,7 @@ from alg.diagnose.observations import (
     IPAddress,
     ModeCheck,
     Observations,
+    Transfer,
     address_kind,
     same_host,
 )
@@ -79,6 +80,36 @@ def diagnose(obs: Observations) -> Diagnosis:
     findings: list[Finding] = []
     notes: list[str] = []
     problems = Problems(control=control, default_gateway=obs.default_gateway, internal=obs.internal_address)
+    failing, stalled = _modes(obs, rows, findings, notes, problems)
+    if obs.tls_skipped:
+        rows.append(Row("TLS", "n/a", obs.tls_skipped))
+    if obs.transfer is not None:
+        rows.append(_transfer_row(obs.transfer))
+        if rows[-1].result != "ok":
+            failing.append("transfer")
+    if obs.out_of_time:
+        rows.append(Row("time", "FAIL", "the total time limit ran out before every check ran"))
+        failing.append("time")
+    _combine(obs, problems, findings)
+    _whole_session_findings(control, problems, bool(failing), findings)
+    exit_status = EXIT_SOME_FAIL if failing or stalled else EXIT_OK
+    verdict = "some modes fail" if failing else "some modes could not be checked" if stalled else "every mode works"
+    return Diagnosis(
+        exit_status=exit_status,
+        verdict=verdict,
+        rows=tuple(rows),
+        findings=tuple(_merge(findings)),
+        notes=tuple(dict.fromkeys(notes + problems.notes())),
+        fixes=tuple(ranked_fixes(problems)) if failing else (),
+        failing=tuple(failing),
+    )
+
+
+def _modes(
+    obs: Observations, rows: list[Row], findings: list[Finding], notes: list[str], problems: Problems
+) -> tuple[list[str], list[ModeCheck]]:
+    """A row per mode checked (plain, then under TLS), each analysed; the failing labels and the stalled checks."""
+    control = obs.control
     failing: list[str] = []
     stalled: list[ModeCheck] = []
     plain_ok = {check.mode for check in obs.modes if mode_status(check) == "ok"}
@@ -95,21 +126,18 @@ def diagnose(obs: Observations) -> Diagnosis:
         analyse(check, status, control, obs.wait_s, findings, notes, problems)
     if stalled:
         findings.append(_stalled_finding(stalled))
-    if obs.tls_skipped:
-        rows.append(Row("TLS", "n/a", obs.tls_skipped))
-    if obs.transfer is not None:
-        transfer = obs.transfer
-        ok = transfer.result == "ok"
-        detail = f"{transfer.size} bytes up and back through {transfer.mode}"
-        if not ok:
-            detail = f"{transfer.result.replace('_', ' ')} after {transfer.moved} of {transfer.size} bytes"
-            detail += f" through {transfer.mode}: {transfer.detail}" if transfer.detail else f" ({transfer.mode})"
-            failing.append("transfer")
-        rows.append(Row("transfer", "ok" if ok else "FAIL", detail))
-    if obs.out_of_time:
-        rows.append(Row("time", "FAIL", "the total time limit ran out before every check ran"))
-        failing.append("time")
-    _combine(obs, problems, findings)
+    return failing, stalled
+
+
+def _transfer_row(transfer: Transfer) -> Row:
+    if transfer.result == "ok":
+        return Row("transfer", "ok", f"{transfer.size} bytes up and back through {transfer.mode}")
+    detail = f"{transfer.result.replace('_', ' ')} after {transfer.moved} of {transfer.size} bytes"
+    detail += f" through {transfer.mode}: {transfer.detail}" if transfer.detail else f" ({transfer.mode})"
+    return Row("transfer", "FAIL", detail)
+
+
+def _whole_session_findings(control: Control, problems: Problems, failing: bool, findings: list[Finding]) -> None:
     if problems.helper_blind_under_tls:
         findings.append(
             Finding(
@@ -129,17 +157,6 @@ def diagnose(obs: Observations) -> Diagnosis:
                 " session at all.",
             )
         )
-    exit_status = EXIT_SOME_FAIL if failing or stalled else EXIT_OK
-    verdict = "some modes fail" if failing else "some modes could not be checked" if stalled else "every mode works"
-    return Diagnosis(
-        exit_status=exit_status,
-        verdict=verdict,
-        rows=tuple(rows),
-        findings=tuple(_merge(findings)),
-        notes=tuple(dict.fromkeys(notes + problems.notes())),
-        fixes=tuple(ranked_fixes(problems)) if failing else (),
-        failing=tuple(failing),
-    )
 
 
 def _control_rows(control: Control) -> list[Row]:
