@@ -164,7 +164,8 @@ class Gateway:
             self._servers.append(server)
             for sock in server.sockets:
                 self.addresses.append(hostport(sock.getsockname()))
-        if (private := advertise.private_address_warning(self.settings, advertise.local_ipv4_addresses())) is not None:
+        private = advertise.private_address_warning(self.settings, advertise.local_ipv4_addresses())
+        if private is not None and self.worker == 0:  # once for the gateway, not once per worker
             log.warning(private)
         tls_settings = getattr(self.settings, "tls", None)
         if tls_settings is not None:
