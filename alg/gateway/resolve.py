@@ -12,9 +12,22 @@ import socket
 from collections.abc import Awaitable, Callable
 from ipaddress import ip_address
 
-from alg.ftp.addresses import IPAddress
+from alg.ftp.addresses import HostPort, IPAddress
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+
+
+class NamedAddress(HostPort):
+    """An upstream address found by looking up `server_name`: equal to its HostPort everywhere, and what TLS toward
+    it checks the server's certificate against (alg.gateway.secure.upstream_name), as it would be without us."""
+
+    server_name: str
+
+    @classmethod
+    def of(cls, ip: IPAddress, port: int, server_name: str) -> NamedAddress:
+        address = cls(ip, port)
+        address.server_name = server_name
+        return address
 
 
 class NameNotResolved(OSError):

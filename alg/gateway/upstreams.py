@@ -21,7 +21,7 @@ from ipaddress import IPv4Address
 from alg.errors import ConfigError
 from alg.ftp.addresses import HostPort
 from alg.gateway.health import Checked, HealthState
-from alg.gateway.resolve import NameNotResolved, Resolver, system_resolver
+from alg.gateway.resolve import NamedAddress, NameNotResolved, Resolver, system_resolver
 from alg.net import proxyproto
 from alg.ops.banner import BannerError, read_banner
 from alg.ops.config_values import HostName
@@ -204,7 +204,7 @@ class UpstreamPool:
             upstream.unresolved = str(error)
             self._settle(upstream)
             return
-        addresses = [HostPort(ip, upstream.name.port) for ip in found]
+        addresses: list[HostPort] = [NamedAddress.of(ip, upstream.name.port, upstream.name.name) for ip in found]
         kept = {endpoint.address: endpoint for endpoint in upstream.endpoints}
         if upstream.unresolved is not None or list(kept) != addresses:
             shown = ",".join(str(a) for a in addresses)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from clients import ClientTls, curl_download
 from netns import REPO_ROOT, Topology
-from pki import issue_for
+from pki import Pki, issue_for
 from scaleout import http_get, start_gateway, value, wait_for
 from servers import FtpServer, FtpTarget
 
@@ -248,3 +248,20 @@ def test_an_upstream_name_that_does_not_resolve_stops_the_start(reverse_topo: To
     assert result.returncode == 2, result.stdout + result.stderr
     assert "upstream: nowhere.internal.example does not resolve" in result.stderr
     assert "give a name this host resolves (/etc/hosts, DNS) or an IP address" in result.stderr
+
+
+def test_tls_to_an_upstream_given_by_name_checks_the_certificate_against_the_name(
+    reverse_topo: Topology, ftp_server_factory: Callable[..., FtpServer], pki: Pki, tmp_path: Path
+) -> None:
+    """vsftpd's certificate names other.test only (not its address): the gateway, dialling other.test from its
+    hosts file, verifies it against that name, as a client dialling the name would, and the session goes on."""
+    topo = reverse_topo
+    server = ftp_server_factory("vsftpd", topo.server, tls=pki.wrong_name)
+    topo.gw.hosts_file("127.0.0.1 localhost\n198.51.100.10 other.test\n")
+    tls = {"upstream": {"mode": "require", "ca_file": str(pki.ca_file)}}
+    start_gateway(topo.gw, {"listen": f"{GW}:21", "passive_ports": "50000-50019", "upstream": "other.test", "tls": tls})
+    dest = tmp_path / "big.bin"
+    result = curl_download(topo.client, server.target(GW, 21), "big.bin", dest)
+    assert result.ok, result.stderr[-2000:]
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == server.seeded["big.bin"]
+    assert value(topo.gw, "ftp_alg_tls_handshakes_total", side="server", channel="data", outcome="ok") >= 1

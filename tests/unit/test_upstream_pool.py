@@ -15,6 +15,7 @@ from alg.errors import ConfigError
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.gateway.health import HealthChecker, HealthState
 from alg.gateway.resolve import NameNotResolved
+from alg.gateway.secure import TlsRuntime, upstream_name
 from alg.gateway.upstreams import Route, Upstream, UpstreamPool, UpstreamsUnavailable
 from alg.ops.config import settings_from_mapping
 from alg.ops.config_values import HostName
@@ -299,6 +300,10 @@ def test_connect_tries_each_address_of_a_name_in_order() -> None:
         server.close()
         await server.wait_closed()
         assert route.chosen is pool.upstreams[0]
+        assert route.connected is not None
+        # TLS toward it checks the certificate against the name, as a client dialling the name would.
+        assert upstream_name(TlsRuntime(), route.connected) == "ftp-a"
+        assert upstream_name(TlsRuntime(upstream_server_name="other.test"), route.connected) == "other.test"
         return str(route.connected), banner
 
     connected, banner = asyncio.run(main())
