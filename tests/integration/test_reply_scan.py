@@ -16,6 +16,7 @@ import pytest
 from clients import ftplib_run
 from hostile import RawFtp
 from netns import Topology
+from pki import Pki
 from scaleout import start_gateway
 from servers import FtpServer, FtpTarget
 
@@ -112,3 +113,18 @@ def test_the_log_keeps_the_upstream(reverse_topo: Topology, gateway: FtpServer, 
     target = FtpTarget(reverse_topo.public_addr, 21, "anonymous", "x@ftp-alg.test")
     assert ftplib_run(reverse_topo.client, target, [("list",)]).ok
     assert "upstream=198.51.100.10:21" in reverse_topo.logs()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the 421 after a failed TLS handshake toward the upstream quotes OpenSSL's words, which name the "
+    "upstream ('certificate is not valid for ...'): upstreamleg.py/secure.py (the shell and ops engineers')",
+)
+def test_upstream_tls_failure(reverse_topo: Topology, ftp_server_factory: Callable[..., FtpServer], pki: Pki) -> None:
+    ftp_server_factory("vsftpd", reverse_topo.server, tls=pki.wrong_name)  # a certificate for other.test only
+    reverse_topo.gw.hosts_file(f"127.0.0.1 localhost\n198.51.100.10 {NAME}\n")
+    tls = {"upstream": {"mode": "require", "ca_file": str(pki.ca_file)}}
+    start_gateway(reverse_topo.gw, {"listen": f"{GW}:21", "upstream": NAME, "tls": tls})
+    received = RawFtp.open(reverse_topo.client, GW).closed()
+    assert received.startswith(b"421 "), received
+    assert leaks(received) == []
