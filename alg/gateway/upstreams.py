@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from alg.errors import ConfigError
-from alg.ftp.addresses import HostPort
+from alg.ftp.addresses import HostPort, IPAddress
 from alg.gateway.health import Checked, HealthState
 from alg.gateway.resolve import NamedAddress, NameNotResolved, Resolver, system_resolver
 from alg.net import proxyproto
@@ -33,6 +33,7 @@ log = logging.getLogger("ftp_alg.upstreams")
 READ_BYTES = 64 * 1024
 POLICIES = ("round_robin", "least_sessions", "per_user")
 RESOLVE_INTERVAL_S = 30.0  # an upstream name's addresses are looked up again this often
+RESOLVE_TIMEOUT_S = 10.0  # a resolver silent this long (DNS servers down) counts as a name that does not resolve
 
 
 @dataclass(slots=True, eq=False)
@@ -80,7 +81,7 @@ class UpstreamPool:
         self.users = dict(users or {})
         self.metrics = metrics
         self.resolver = resolver
-        self._resolving: asyncio.Task[None] | None = None
+        self._resolving: list[asyncio.Task[None]] = []
         if metrics is not None:
             metrics.declare_upstreams([upstream.label for upstream in self.upstreams])
             for upstream in self.upstreams:
@@ -167,33 +168,34 @@ class UpstreamPool:
                 except NameNotResolved as error:
                     hint = "give a name this host resolves (/etc/hosts, DNS) or an IP address"
                     raise ConfigError(f"{error}; {hint}", key="upstream") from None
-        if any(upstream.name is not None for upstream in self.upstreams):
-            self._resolving = asyncio.create_task(self._keep_resolving(), name="upstream names")
+        for upstream in self.upstreams:
+            if upstream.name is not None:
+                task = asyncio.create_task(self._keep_resolving(upstream), name=f"resolve {upstream.label}")
+                self._resolving.append(task)
 
     async def stop(self) -> None:
-        if self._resolving is not None:
-            self._resolving.cancel()
+        for task in self._resolving:
+            task.cancel()
+        for task in self._resolving:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._resolving
-            self._resolving = None
+                await task
+        self._resolving = []
 
-    async def _keep_resolving(self) -> None:
-        named = [upstream for upstream in self.upstreams if upstream.name is not None]
-        interval_s = min(upstream.resolve_interval_s for upstream in named)
+    async def _keep_resolving(self, upstream: Upstream) -> None:
         while True:
-            await asyncio.sleep(interval_s)
-            for upstream in named:
-                try:
-                    await self.resolve(upstream)
-                except Exception:  # a bug here must not end every later lookup
-                    log.exception("upstream resolution failed", extra=fields(upstream=upstream.label))
+            await asyncio.sleep(upstream.resolve_interval_s)
+            try:
+                await self.resolve(upstream)
+            except Exception:  # a bug here must not end every later lookup
+                log.exception("upstream resolution failed", extra=fields(upstream=upstream.label))
 
     async def resolve(self, upstream: Upstream, *, strict: bool = False) -> None:
         """Look a named upstream up once: its addresses follow the answer (an address kept keeps its health);
-        no answer makes it unhealthy, logged and counted once per change, or raises NameNotResolved (strict)."""
+        no answer makes it unhealthy (counted each time, logged once per change), or raises NameNotResolved
+        (strict). A resolver that does not answer within RESOLVE_TIMEOUT_S counts as no answer."""
         assert upstream.name is not None
         try:
-            found = await self.resolver(upstream.name.name, upstream.name.port)
+            found = await _lookup_with_timeout(self.resolver, upstream.name)
         except NameNotResolved as error:
             if strict:
                 raise
@@ -217,6 +219,14 @@ class UpstreamPool:
         upstream.address = addresses[0]
         upstream.unresolved = None
         self._settle(upstream)
+
+
+async def _lookup_with_timeout(resolver: Resolver, name: HostName) -> list[IPAddress]:
+    try:
+        async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+            return await resolver(name.name, name.port)
+    except TimeoutError:
+        raise NameNotResolved(f"{name.name} does not resolve (no answer within {RESOLVE_TIMEOUT_S:g} s)") from None
 
 
 def _smooth_weighted(upstreams: Sequence[Upstream]) -> Upstream:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from alg.errors import ConfigError
 from alg.ftp.addresses import HostPort, IPAddress
+from alg.gateway import upstreams
 from alg.gateway.health import HealthChecker, HealthState
 from alg.gateway.resolve import NameNotResolved
 from alg.gateway.secure import TlsRuntime, upstream_name
@@ -357,3 +358,16 @@ def test_each_address_of_a_name_is_health_checked() -> None:
     assert dead.last_reason is not None and "cannot connect" in dead.last_reason
     assert alive.state.healthy and upstream.health.healthy
     assert upstream.ordered() == [alive, dead]
+
+
+def test_a_resolver_that_never_answers_is_a_name_that_does_not_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(upstreams, "RESOLVE_TIMEOUT_S", 0.05)
+
+    async def silent(name: str, port: int) -> list[IPAddress]:
+        await asyncio.Event().wait()  # DNS servers down: no answer, ever
+        return []
+
+    pool = _named_pool(Names(), {"address": "ftp-a"})
+    pool.resolver = silent
+    with pytest.raises(ConfigError, match=r"ftp-a does not resolve \(no answer within 0.05 s\)"):
+        asyncio.run(pool.start())
