@@ -23,7 +23,7 @@ from alg.ftp.addresses import HostPort, IPAddress
 from alg.gateway import kerneldata, secure
 from alg.net.dataplane import RelayResult, accept_from, connect_from, open_listener, relay
 from alg.net.tls import Leg, TlsTruncated, relay_legs
-from alg.ops.logs import printable
+from alg.ops.logs import fields, printable
 from alg.ops.metrics import ByteCounts
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class DataChannels:
             listener = open_listener(listen_on, pool)
         except DataChannelError as error:
             context.metrics.data_failure(error.reason)
-            self.log.warning("data endpoint failed ticket=%d reason=%s", action.ticket, error)
+            self.log.warning("data endpoint failed", extra=fields(ticket=action.ticket, reason=str(error)))
             return channel.data_endpoint_failed(action.ticket, str(error))
         self._update_pools()
         announced = listener.address
@@ -169,7 +169,7 @@ class DataChannels:
 
         def stranger(ip: IPAddress) -> None:
             metrics.refused("port_theft")
-            self.log.warning("data port theft attempt ticket=%d from=%s expected=%s", ticket, ip, expected)
+            self.log.warning("data port theft attempt", extra=fields(ticket=ticket, **{"from": ip}, expected=expected))
 
         async def connect_other_leg() -> socket.socket | None:
             nonlocal failure
@@ -181,7 +181,7 @@ class DataChannels:
                 failure = "connect_timeout"
                 return None
             except OSError as error:
-                self.log.warning("data connect failed ticket=%d target=%s error=%s", ticket, target, error)
+                self.log.warning("data connect failed", extra=fields(ticket=ticket, target=target, error=error))
                 failure = "connect_failed"
                 return None
             metrics.data_setup_seconds.observe(time.monotonic() - started)
@@ -261,7 +261,7 @@ class DataChannels:
                     sock.close()
             if failure is not None:
                 metrics.data_failure(failure)
-                self.log.info("data connection failed ticket=%d reason=%s", ticket, failure)
+                self.log.info("data connection failed", extra=fields(ticket=ticket, reason=failure))
             if transfer.connected:
                 self._count_opened(transfer, final=True)
             if moved is not None:

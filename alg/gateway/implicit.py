@@ -19,6 +19,7 @@ from alg.gateway.frontdoor import ProxyRefused, receive_origin_before_tls
 from alg.gateway.peers import hostport
 from alg.net.listeners import listening_socket
 from alg.net.tls import reason_of
+from alg.ops.logs import fields
 
 if TYPE_CHECKING:
     from alg.gateway.server import Gateway
@@ -88,7 +89,7 @@ class ImplicitListeners:
             outcome = "timeout" if isinstance(error, TimeoutError) else "failed"
             gateway.metrics.tls_handshake("client", "control", outcome)
             gateway.metrics.refused("tls_handshake")
-            log.info("implicit tls handshake %s reason=%s", outcome, reason_of(error))
+            log.info("implicit tls handshake %s", outcome, extra=fields(reason=reason_of(error)))
             conn.close()
             return
         gateway.metrics.tls_handshake("client", "control", "ok")

@@ -18,6 +18,7 @@ from alg.net.dataplane import Listener
 from alg.net.kernelpath import Carried, KernelPath, KernelPathUnavailable, carry, stop_listening
 from alg.net.nft import NftError
 from alg.net.nftrules import Mapping, table_name
+from alg.ops.logs import fields
 
 log = logging.getLogger("ftp_alg.server")  # said at start, with the other start-up lines
 
@@ -86,7 +87,9 @@ async def _carried(
 
     def stranger(ip: IPAddress) -> None:
         metrics.refused("port_theft")
-        session.log.warning("data port theft attempt ticket=%d from=%s expected=%s", ticket, ip, mapping.peer)
+        session.log.warning(
+            "data port theft attempt", extra=fields(ticket=ticket, **{"from": ip}, expected=mapping.peer)
+        )
 
     # Passive: the peer is the client (original direction = upload); active: the server (original = download).
     if transfer.mode == "passive":
@@ -126,7 +129,7 @@ async def _carried(
         transfer.connected = transfer.connected or state.counts.seen
         if failure is not None:
             metrics.data_failure(failure)
-            session.log.info("data connection failed ticket=%d reason=%s", ticket, failure)
+            session.log.info("data connection failed", extra=fields(ticket=ticket, reason=failure))
         if transfer.connected:
             session._count_opened(transfer, final=True)
             session._account(transfer, moved, time.monotonic() - started, failure or "complete")

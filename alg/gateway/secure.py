@@ -131,7 +131,8 @@ async def negotiate_upstream(
 
 
 def upstream_name(runtime: TlsRuntime, upstream: HostPort) -> str:
-    return runtime.upstream_server_name or str(upstream.ip)
+    # An upstream given by host name (alg.gateway.resolve.NamedAddress) is checked against that name.
+    return runtime.upstream_server_name or getattr(upstream, "server_name", None) or str(upstream.ip)
 
 
 async def start_upstream_tls(

@@ -20,7 +20,7 @@ from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.control import ChannelSettings
 from alg.ftp.wire import reply
-from alg.gateway import kerneldata, secure
+from alg.gateway import advertise, kerneldata, secure
 from alg.gateway.advertise import Advertiser
 from alg.gateway.frontdoor import FrontTls, Origin, ProxyRefused, read_user, receive_origin
 from alg.gateway.health import HealthChecker
@@ -35,6 +35,7 @@ from alg.net.kernelpath import SETTLE_MAX_S
 from alg.net.listeners import listening_socket
 from alg.net.relay import relay_mode
 from alg.net.transparent import original_destination
+from alg.ops.logs import fields
 from alg.ops.metrics import Metrics
 from alg.ops.rules import Policy
 
@@ -128,19 +129,23 @@ class Gateway:
             check = HealthCheck()
         if check is not None:
             self.health = HealthChecker(
-                self.upstreams.health_targets(),
+                self.upstreams.health_targets,
                 interval_s=check.interval_s,
                 timeout_s=check.timeout_s,
                 on_change=self.upstreams.health_changed,
             )
 
     def upstream_health(self) -> str | None:
-        """For /readyz: None when an upstream passes its health checks; 'unchecked' when none are configured."""
-        if self.health is None or self.upstreams is None:
+        """For /readyz: None when an upstream passes its health checks; 'unchecked' when none are configured
+        (and every upstream name resolves: one that does not makes its upstream unhealthy)."""
+        if self.upstreams is None:
             return "unchecked"
-        return self.upstreams.healthy_reason()
+        reason = self.upstreams.healthy_reason()
+        return "unchecked" if self.health is None and reason is None else reason
 
     async def start(self) -> None:
+        if self.upstreams is not None:
+            await self.upstreams.start()  # ConfigError: an upstream name that does not resolve
         if getattr(self.settings, "data_path", "relay") == "kernel":
             self.context.kernel_path = kerneldata.open_path(self.worker, self.settings.workers, self.settings.user)
         for address in self.settings.listen:
@@ -160,18 +165,25 @@ class Gateway:
             self._servers.append(server)
             for sock in server.sockets:
                 self.addresses.append(hostport(sock.getsockname()))
+        private = advertise.private_address_warning(self.settings, advertise.local_ipv4_addresses())
+        if private is not None and self.worker == 0:  # once for the gateway, not once per worker
+            log.warning(private)
         tls_settings = getattr(self.settings, "tls", None)
         if tls_settings is not None:
             self.implicit.start(tls_settings.client.implicit_listen, reuse_port=self.settings.workers > 1)
         if self.health is not None:
             self.health.start()
         log.info(
-            "listening on %s mode=%s relay=%s data_path=%s version=%s",
+            "listening on %s",
             ", ".join(map(str, self.addresses)),
-            self.settings.mode,
-            relay_mode(),
-            "relay" if self.context.kernel_path is None else f"kernel table=inet {self.context.kernel_path.table}",
-            __version__,
+            extra=fields(
+                mode=self.settings.mode,
+                relay=relay_mode(),
+                data_path="relay"
+                if self.context.kernel_path is None
+                else f"kernel table=inet {self.context.kernel_path.table}",
+                version=__version__,
+            ),
         )
         self.ready.set()
 
@@ -250,7 +262,7 @@ class Gateway:
         if refusal is not None or upstream is None:
             self.metrics.refused("limit")
             self.metrics.session_ended("refused_limit")
-            log.info("connection refused client=%s reason=%s", client, refusal)
+            log.info("connection refused", extra=fields(client=client, reason=refusal))
             with contextlib.suppress(Exception):
                 writer.write(reply(421, refusal or "Refused."))
                 await writer.drain()
@@ -319,13 +331,13 @@ class Gateway:
     def proxy_refused(self, refused: ProxyRefused) -> None:
         self.metrics.proxy_refused(refused.reason)
         self.metrics.session_ended("refused_acl")
-        log.warning("proxy protocol refused reason=%s detail=%s", refused.reason, refused)
+        log.warning("proxy protocol refused", extra=fields(reason=refused.reason, detail=str(refused)))
 
     async def _refuse_by_policy(self, writer: asyncio.StreamWriter, client: IPAddress, text: str) -> None:
         """421 and close, before any upstream is contacted (rules: clients, destinations)."""
         self.metrics.refused("acl")
         self.metrics.session_ended("refused_acl")
-        log.info("connection refused client=%s reason=acl text=%s", client, text)
+        log.info("connection refused", extra=fields(client=client, reason="acl", text=text))
         with contextlib.suppress(Exception):
             writer.write(reply(421, text))
             await writer.drain()
@@ -341,6 +353,8 @@ class Gateway:
         await self.implicit.stop()
         if self.health is not None:
             await self.health.stop()
+        if self.upstreams is not None:
+            await self.upstreams.stop()
         for session in list(self.sessions.values()):
             session.drain()  # idle sessions close now, the others when their transfers end
         if self.sessions:
@@ -398,7 +412,7 @@ def drop_privileges(user: str) -> None:
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
-    log.info("running as user=%s uid=%d gid=%d", user, entry.pw_uid, entry.pw_gid)
+    log.info("running as", extra=fields(user=user, uid=entry.pw_uid, gid=entry.pw_gid))
 
 
 async def serve(settings: Any, worker: int = 0) -> None:

@@ -28,7 +28,7 @@ from alg.gateway.upstreams import Route
 from alg.net.dataplane import PortPool
 from alg.net.kernelpath import KernelPath
 from alg.net.tls import describe
-from alg.ops.logs import printable, redact
+from alg.ops.logs import SessionLog, fields, printable, redact
 from alg.ops.metrics import Metrics
 
 log = logging.getLogger("ftp_alg.session")
@@ -109,15 +109,15 @@ class Session(UpstreamLeg, DataChannels):
             ssl_object = writer.get_extra_info("ssl_object")
             self._client_context = ssl_object.context
             self.tls_client = describe(ssl_object)
-        self.log = logging.LoggerAdapter(log, {"session": number})
+        self.log = SessionLog(log, {"session": number})
         peers.tune(writer, oob_inline=True)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
     async def run(self) -> str:
         metrics = self.context.metrics
-        via = f" via={self.origin.balancer}" if self.origin.balancer is not None else ""
-        self.log.info("session start client=%s%s upstream=%s", self.client.address, via, self.upstream)
+        via = {"via": self.origin.balancer} if self.origin.balancer is not None else {}
+        self.log.info("session start", extra=fields(client=self.client.address, **via, upstream=self.upstream))
         try:
             if await self._connect_upstream():
                 await self._serve()
@@ -130,9 +130,8 @@ class Session(UpstreamLeg, DataChannels):
         finally:
             await self._teardown()
             metrics.session_ended(self.outcome)
-            self.log.info(
-                "session end outcome=%s tls_client=%s tls_server=%s", self.outcome, self.tls_client, self.tls_server
-            )
+            ended = fields(outcome=self.outcome, tls_client=self.tls_client, tls_server=self.tls_server)
+            self.log.info("session end", extra=ended)
         return self.outcome
 
     async def _start_client_tls(self) -> bool:
@@ -248,11 +247,13 @@ class Session(UpstreamLeg, DataChannels):
                 except (ConnectionError, OSError) as error:
                     # The other side is gone, not this one: its end of stream is what the channel must hear.
                     gone = "server" if from_client else "client"
-                    self.log.info("control connection lost side=%s error=%s", gone, error)
+                    self.log.info("control connection lost", extra=fields(side=gone, error=error))
                     self.execute((channel.server_data if from_client else channel.client_data)(b""))
                     return
         except (ConnectionError, OSError) as error:
-            self.log.info("control connection lost side=%s error=%s", "client" if from_client else "server", error)
+            self.log.info(
+                "control connection lost", extra=fields(side="client" if from_client else "server", error=error)
+            )
             self.execute(feed(b""))
 
     async def _watch_timeouts(self) -> None:
@@ -338,9 +339,9 @@ class Session(UpstreamLeg, DataChannels):
                     self.log.debug("translated %s -> %s", client_verb, server_verb)
                 case c.Refused(rule, verb, code, detail):
                     metrics.refused(rule)
-                    self.log.info("refused rule=%s verb=%s code=%d detail=%s", rule, verb, code, printable(detail))
+                    self.log.info("refused", extra=fields(rule=rule, verb=verb, code=code, detail=printable(detail)))
                 case c.LoggedIn(user):
-                    self.log.info("logged in user=%s", printable(user))
+                    self.log.info("logged in", extra=fields(user=printable(user)))
                 case c.TransferRequested(ticket, verb, argument):
                     if ticket is not None and ticket in self._transfers:
                         self._transfers[ticket].verb = verb

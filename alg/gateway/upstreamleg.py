@@ -18,7 +18,7 @@ from alg.ftp.addresses import HostPort
 from alg.ftp.wire import reply
 from alg.gateway import peers, secure
 from alg.net.tls import describe, reason_of
-from alg.ops.logs import printable
+from alg.ops.logs import fields, printable
 
 if TYPE_CHECKING:
     from alg.gateway.frontdoor import Origin
@@ -58,7 +58,7 @@ class UpstreamLeg:
                     greet=tls.upstream_mode == "off",  # under TLS the banner is read by the negotiation
                 )
                 reader, writer, banner = await connect
-                self.upstream = self.route.chosen.address if self.route.chosen else self.upstream
+                self.upstream = self.route.connected or self.upstream
             else:
                 async with asyncio.timeout(self.context.timeouts.upstream_connect_s):
                     reader, writer = await asyncio.open_connection(
@@ -70,7 +70,7 @@ class UpstreamLeg:
             return await self._upstream_tls_failed(str(error))
         except (OSError, TimeoutError) as error:
             why = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
-            self.log.warning("upstream unreachable upstream=%s error=%s", self.upstream, printable(why))
+            self.log.warning("upstream unreachable", extra=fields(upstream=self.upstream, error=printable(why)))
             text = f"Service not available: the FTP server {self.upstream} cannot be reached ({why})."
             peers.write(self.client.writer, reply(421, text))
             with contextlib.suppress(OSError, ConnectionError):
@@ -117,7 +117,7 @@ class UpstreamLeg:
         self.execute(actions)
 
     async def _upstream_tls_failed(self, why: str) -> bool:
-        self.log.warning("upstream tls failed upstream=%s reason=%s", self.upstream, printable(why))
+        self.log.warning("upstream tls failed", extra=fields(upstream=self.upstream, reason=printable(why)))
         peers.write(self.client.writer, reply(421, f"Service not available: TLS to the FTP server failed ({why})."))
         with contextlib.suppress(OSError, ConnectionError):
             await self.client.writer.drain()

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from alg.ops.logs import fields
+
 log = logging.getLogger("ftp_alg.workers")
 
 # A worker that ends sooner than this after its start failed to start (bind error, bad rule file):
@@ -87,7 +89,7 @@ class _Supervisor:
                 os._exit(code)
         self.workers[pid] = (index, time.monotonic())
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        log.info("worker started index=%d pid=%d", index, pid)
+        log.info("worker started", extra=fields(index=index, pid=pid))
 
     def signal_all(self, signum: int) -> None:
         for pid in list(self.workers):  # a handler may run while the dict changes
@@ -112,20 +114,20 @@ class _Supervisor:
         index, started = self.workers.pop(pid)
         code = os.waitstatus_to_exitcode(status)
         if self.stopping:
-            log.info("worker stopped index=%d pid=%d code=%d", index, pid, code)
+            log.info("worker stopped", extra=fields(index=index, pid=pid, code=code))
             if code not in (0, 130, -signal.SIGTERM, -signal.SIGINT):
                 self.failure = self.failure or 1
             return
         lived = time.monotonic() - started
         if lived < MIN_UPTIME_S:
-            log.error("worker failed at start index=%d pid=%d code=%d: stopping the gateway", index, pid, code)
+            log.error("worker failed at start, stopping the gateway", extra=fields(index=index, pid=pid, code=code))
             self.failure = code if code > 0 else 1
             self.stopping = True
             signal.signal(signal.SIGALRM, self.on_alarm)
             signal.alarm(int(self.grace_s + KILL_AFTER_GRACE_S))
             self.signal_all(signal.SIGTERM)
             return
-        log.error("worker died index=%d pid=%d code=%d after %.0f s: starting it again", index, pid, code, lived)
+        log.error("worker died, starting it again", extra=fields(index=index, pid=pid, code=code, seconds=round(lived)))
         self.start(index)
 
     def run(self) -> int:

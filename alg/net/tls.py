@@ -68,10 +68,13 @@ class ServerCertificate:
             self.context = server_context(self.cert, self.key, self.min_version)
         except (OSError, ssl.SSLError, ValueError) as error:
             reason = getattr(error, "strerror", None) or str(error)
-            log.warning("tls certificate reload failed, keeping the old one: cert=%s reason=%s", self.cert, reason)
+            log.warning(
+                "tls certificate reload failed, keeping the old one",
+                extra={"fields": {"cert": self.cert, "reason": reason}},
+            )
             return reason
         self.loaded_at = time.time()
-        log.info("tls certificate reloaded cert=%s", self.cert)
+        log.info("tls certificate reloaded", extra={"fields": {"cert": self.cert}})  # alg.ops.logs.fields
         return None
 
 

@@ -191,6 +191,8 @@ class UpstreamServer(Frozen):
     # null: plain FTP. v1/v2: send a PROXY header first, for servers that read it (proftpd mod_proxy_protocol)
     # and then log the real client.
     proxy_protocol: Literal["v1", "v2"] | None = None
+    # An address given by host name is looked up again this often (each address is then tried in order).
+    resolve_interval_s: Seconds = 30.0
 
     @property
     def label(self) -> str:

@@ -3,8 +3,8 @@ the listener configured for them (admin.listen), the admin endpoints /sessions (
 
 Rules: it runs on the gateway's event loop and never blocks it (one short-lived task per connection, bounded
 request head, time limit, connection cap, one request per connection); /readyz and every scrape check that the
-upstream sends its 220 banner in time, one check at a time and at most once a second, so probes cannot be
-turned into a flood of connections to the FTP server.
+upstream sends its 220 banner in time: the health checks' last result, or (a single upstream without them) one
+check at a time and at most once per READY_CACHE_S, so probes cannot be turned into a flood of connections.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from alg.ftp.addresses import HostPort
 from alg.net.dataplane import peer_ip
 from alg.ops import admin as a
 from alg.ops import banner
+from alg.ops.logs import fields
 from alg.ops.metrics import Metrics
 
 
@@ -41,7 +42,9 @@ class Gateway(Protocol):
 log = logging.getLogger("ftp_alg.http")
 
 READY_TIMEOUT_S = 2.0  # the upstream's 220 banner must arrive within this
-READY_CACHE_S = 1.0  # answers reused for this long, so a busy prober costs the upstream one login a second
+# Answers reused for this long (the health checks' default interval), so probes and scrapes cost a single upstream
+# without health checks one login per interval, however often they come.
+READY_CACHE_S = 5.0
 REQUEST_TIMEOUT_S = 5.0  # the whole request head must arrive within this
 MAX_HEAD_LINE_BYTES = 8 * 1024
 MAX_HEAD_LINES = 100
@@ -95,8 +98,8 @@ class Readiness:
         if reason != "unchecked":  # several upstreams: health checks decide; ready while one passes them
             gateway.metrics.upstream_ready.set(1 if reason is None else 0)
             return reason
-        servers = getattr(gateway.settings, "upstream_servers", ())
-        upstream: HostPort | None = servers[0].address if servers else gateway.settings.upstream
+        pool = getattr(gateway, "upstreams", None)  # alg.gateway.upstreams.UpstreamPool: names resolved there
+        upstream: HostPort | None = pool.upstreams[0].address if pool is not None else gateway.settings.upstream
         if upstream is None:  # transparent mode: each session's upstream is its own original destination
             gateway.metrics.upstream_ready.set(1)
             return None
@@ -238,7 +241,7 @@ class HttpListener:
             return _Response(405, b"method not allowed\n", headers=(("Allow", allow),))
         if not admin.sessions.end(number):
             return _Response(404, f"no session {number}\n".encode())
-        log.info("session ended by the administrator session=%d", number)
+        log.info("session ended by the administrator", extra=fields(session=number))
         return _Response(200, f"session {number} ended\n".encode())
 
 

@@ -265,6 +265,12 @@ class Metrics:
             self.data_failed.labels(reason)
         for reason in REFUSAL_REASONS:
             self.refusals.labels(reason)
+        self.tls_probes = Counter(
+            "ftp_alg_tls_probes",
+            "AUTH TLS asked of a gateway whose TLS toward clients is off (answered 502; lftp and FileZilla ask by "
+            "default): not counted in ftp_alg_refusals_total, so it raises no probing alert.",
+            registry=r,
+        )
         for side in TLS_SIDES:
             for channel in TLS_CHANNELS:
                 for outcome in TLS_OUTCOMES:
@@ -311,6 +317,12 @@ class Metrics:
             labels,
             registry=r,
         )
+        self.upstream_resolve_failures = Counter(
+            "ftp_alg_upstream_resolve_failures",
+            "Lookups of an upstream's host name that found no address (the upstream is unhealthy until one does).",
+            labels,
+            registry=r,
+        )
 
     def declare_upstreams(self, names: list[str]) -> None:
         for name in names:
@@ -319,6 +331,7 @@ class Metrics:
                 self.upstream_sessions_active,
                 self.upstream_healthy,
                 self.upstream_connect_failures,
+                self.upstream_resolve_failures,
             ):
                 metric.labels(name)
 
@@ -359,6 +372,9 @@ class Metrics:
 
     def refused(self, reason: str) -> None:
         reason = reason.replace("-", "_")
+        if reason == "tls_off":  # a client's routine AUTH TLS probe, not a hostile request: counted apart
+            self.tls_probes.inc()
+            return
         self.refusals.labels(reason if reason in REFUSAL_REASONS else "command_rule").inc()
 
     def data_failure(self, reason: str) -> None:

@@ -215,7 +215,7 @@ def test_refused_bounce_raises_the_bounce_counter_by_one(reverse_topo: Topology,
         if line.startswith("{") and "refused" in json.loads(line)["msg"]
     ]
     assert len(refused) == 1
-    assert "rule=bounce" in refused[0]["msg"] and isinstance(refused[0]["session"], int)
+    assert refused[0]["rule"] == "bounce" and isinstance(refused[0]["session"], int)
 
 
 # --------------------------------------------------------------------------- health

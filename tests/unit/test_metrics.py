@@ -345,3 +345,15 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     checked = run_promtool("check", "rules", str(path))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"SUCCESS: {len(rules)} rules found" in checked.stdout
+
+
+def test_an_auth_tls_probe_to_a_gateway_without_tls_is_not_a_refusal() -> None:
+    """lftp and FileZilla ask AUTH TLS by default: counted in ftp_alg_tls_probes_total, so the refusal rate the
+    probing alert watches (ftp_alg_refusals_total) stays what hostile requests make it."""
+    metrics = Metrics()
+    metrics.refused("tls_off")
+    metrics.refused("tls_off")
+    metrics.refused("bounce")
+    get = metrics.registry.get_sample_value
+    assert get("ftp_alg_tls_probes_total") == 2
+    assert sum(get("ftp_alg_refusals_total", {"reason": reason}) or 0 for reason in REFUSAL_REASONS) == 1
