@@ -31,6 +31,7 @@ def test_pyproject_takes_the_version_from_the_package() -> None:
 
 def test_the_start_line_names_the_version(caplog: pytest.LogCaptureFixture) -> None:
     from alg.gateway.server import Gateway
+    from alg.ops.logs import KeyValueFormatter
 
     settings = load_config(None, listen=["127.0.0.1:0"], upstream="198.51.100.10:21", passive_ports="50000-50009")
 
@@ -41,5 +42,5 @@ def test_the_start_line_names_the_version(caplog: pytest.LogCaptureFixture) -> N
 
     with caplog.at_level(logging.INFO):
         asyncio.run(start_and_stop())
-    (line,) = [record.getMessage() for record in caplog.records if record.getMessage().startswith("listening on")]
-    assert line.endswith(f" version={__version__}")
+    (record,) = [record for record in caplog.records if record.getMessage().startswith("listening on")]
+    assert KeyValueFormatter().format(record).endswith(f' version={__version__}"')
