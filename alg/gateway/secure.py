@@ -13,13 +13,12 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from alg.errors import ConfigError
 from alg.ftp import tls as ftptls
 from alg.ftp.addresses import HostPort
-from alg.net.tls import Leg, PlainLeg, ServerCertificate, TlsLeg, reason_of, upstream_context
+from alg.net.tls import Leg, PlainLeg, ServerCertificate, TlsLeg, reason_of
+from alg.ops.config_check import client_tls_on, load_certificate, load_upstream_context
+from alg.ops.config_sections import TlsSettings
 from alg.ops.logs import printable
 from alg.ops.metrics import Metrics
 
@@ -45,23 +44,13 @@ class TlsRuntime:
         return ftptls.TlsPolicy(self.client_mode, self.client_data, self.upstream_data)
 
 
-def runtime_from_settings(tls: Any) -> TlsRuntime:
+def runtime_from_settings(tls: TlsSettings) -> TlsRuntime:
     """TlsRuntime from settings.tls; ConfigError naming the key when a file cannot be used."""
     client, upstream = tls.client, tls.upstream
-    certificate = None
-    if client.cert is not None and client.key is not None and (client.mode != "refuse" or client.implicit_listen):
-        try:
-            certificate = ServerCertificate(Path(client.cert), Path(client.key), client.min_version)
-        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
-            why = reason_of(error) if isinstance(error, ssl.SSLError) else _strerror(error)
-            raise ConfigError(f"cannot load {client.cert} with {client.key}: {why}", key="tls.client.cert") from error
+    certificate = load_certificate(client) if client_tls_on(client) else None
     context = None
     if upstream.mode != "off":
-        try:
-            context = upstream_context(upstream.ca_file, verify=upstream.verify, min_version=upstream.min_version)
-        except (OSError, ValueError) as error:
-            why = reason_of(error) if isinstance(error, ssl.SSLError) else _strerror(error)
-            raise ConfigError(f"cannot load CA file {upstream.ca_file}: {why}", key="tls.upstream.ca_file") from error
+        context = load_upstream_context(upstream)
         if not upstream.verify:
             log.warning(
                 "tls.upstream.verify is false: the FTP server's certificate is not checked, so anyone on the path "
@@ -78,10 +67,6 @@ def runtime_from_settings(tls: Any) -> TlsRuntime:
         upstream_context=context,
         upstream_server_name=upstream.server_name,
     )
-
-
-def _strerror(error: Exception) -> str:
-    return getattr(error, "strerror", None) or str(error)
 
 
 class UpstreamTlsFailed(Exception):

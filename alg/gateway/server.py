@@ -15,7 +15,7 @@ import socket
 from collections import Counter
 from typing import Any
 
-from alg.errors import ConfigError, PolicyDenied
+from alg.errors import PolicyDenied
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.control import ChannelSettings
 from alg.ftp.wire import reply
@@ -34,6 +34,7 @@ from alg.net.kernelpath import SETTLE_MAX_S
 from alg.net.listeners import listening_socket
 from alg.net.relay import relay_mode
 from alg.net.transparent import original_destination
+from alg.ops.config_check import lookup_user
 from alg.ops.metrics import Metrics
 from alg.ops.rules import Policy
 
@@ -382,17 +383,9 @@ class Gateway:
 
 def drop_privileges(user: str) -> None:
     """Become `user` (and its primary group) for good; called after every privileged port is bound."""
-    import os
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise ConfigError(f"no such user {user!r}", key="user") from None
-    if os.geteuid() != 0:
-        if os.geteuid() == entry.pw_uid:
-            return
-        raise ConfigError(f"cannot switch to {user!r}: not started as root", key="user")
+    entry = lookup_user(user)  # ConfigError, in the words `check` uses
+    if os.geteuid() == entry.pw_uid:
+        return
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)

@@ -72,9 +72,11 @@ def test_check_flag_overrides_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert "passive_ports=60000-60099" in out and "workers=2" in out
 
 
-def test_check_needs_config(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["check"]) == 2
-    assert "--config" in one_error_line(capsys)
+def test_check_flags_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check", *FLAGS]) == 0
+    assert capsys.readouterr().out.startswith("ok: mode=reverse listen=203.0.113.1:21 upstream=198.51.100.10:21")
+    assert cli.main(["check"]) == 2  # the defaults alone name no FTP server
+    assert "upstream: required in reverse mode" in one_error_line(capsys)
 
 
 def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
