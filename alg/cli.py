@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 from alg.errors import ConfigError
@@ -264,7 +264,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if found:
         return _fail(*map(str, found))
     setup_logging(settings.log)
-    return _serve(settings)
+    return _serve(settings, lambda: _settings(args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -359,23 +359,35 @@ def summary(settings: Settings) -> str:
     return " ".join(f"{key}={_quoted(str(value))}" for key, value in fields.items())
 
 
-def _serve(settings: Settings) -> int:
-    if settings.workers > 1:
-        from alg.gateway.workers import supervise, worker_settings
+def _serve(settings: Settings, load: Callable[[], Settings] | None = None) -> int:
+    """One process, or (workers, or `user:`) a parent that keeps its privileges to read the files again at
+    SIGHUP and workers that serve; `load` reads the settings again (None: the same ones, files read again)."""
+    if settings.workers == 1 and settings.user is None:
+        return _serve_worker(settings, 0, load=load)
+    from alg.gateway.reload import Reloader, encode
+    from alg.gateway.workers import supervise, worker_settings
 
-        return supervise(
-            settings.workers,
-            lambda index: _serve_worker(worker_settings(settings, index), index),
-            grace_s=settings.timeouts.shutdown_grace_s,
-        )
-    return _serve_worker(settings, 0)
+    reloader = Reloader(settings, load or (lambda: reloader.current))
+
+    def run_worker(index: int, inbox: int | None) -> int:
+        # reloader.current: a worker started again after a reload gets the settings in force.
+        return _serve_worker(worker_settings(reloader.current, index), index, inbox=inbox)
+
+    return supervise(
+        settings.workers,
+        run_worker,
+        grace_s=settings.timeouts.shutdown_grace_s,
+        reload=lambda: encode(reloader.read()),
+    )
 
 
-def _serve_worker(settings: Settings, worker: int) -> int:
+def _serve_worker(
+    settings: Settings, worker: int, *, load: Callable[[], Settings] | None = None, inbox: int | None = None
+) -> int:
     from alg.gateway.server import serve  # imported late: `check` needs none of the runtime
 
     try:
-        _run_loop(serve(settings, worker))
+        _run_loop(serve(settings, worker, load=load, inbox=inbox))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except ConfigError as exc:  # found only at run time, e.g. the user to drop privileges to

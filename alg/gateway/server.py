@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import socket
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
 
-from alg.errors import PolicyDenied
+from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.control import ChannelSettings
 from alg.ftp.wire import reply
@@ -25,6 +26,7 @@ from alg.gateway.frontdoor import FrontTls, Origin, ProxyRefused, read_user, rec
 from alg.gateway.health import HealthChecker
 from alg.gateway.implicit import ImplicitListeners
 from alg.gateway.peers import hostport
+from alg.gateway.reload import Bundle, Failed, Inbox, Reloader, tls_of
 from alg.gateway.secure import TlsRuntime, runtime_from_settings
 from alg.gateway.session import GatewayContext, Session, Timeouts
 from alg.gateway.upstreams import Route, UpstreamPool
@@ -34,6 +36,7 @@ from alg.net.kernelpath import SETTLE_MAX_S
 from alg.net.listeners import listening_socket
 from alg.net.relay import relay_mode
 from alg.net.transparent import original_destination
+from alg.ops.config import HealthCheck, Settings
 from alg.ops.config_check import lookup_user
 from alg.ops.metrics import Metrics
 from alg.ops.rules import Policy
@@ -43,11 +46,40 @@ log = logging.getLogger("ftp_alg.server")
 MAX_BACKLOG_REFUSALS = 4096  # at shutdown; a listen backlog holds at most 1024 here
 
 
+def channel_settings(settings: Settings, policy: Policy | None, tls: TlsRuntime) -> ChannelSettings:
+    limits = settings.limits
+    return ChannelSettings(
+        max_line_bytes=limits.max_line_bytes,
+        max_pipelined_commands=limits.max_pipelined_commands,
+        max_data_channels=limits.max_data_channels_per_session,
+        passive_target=settings.passive_target,
+        port_address_mismatch=settings.port_address_mismatch,
+        # The policy object, not its current rules: a reload reaches running sessions at their next command.
+        check_command=policy.check_command if policy is not None else None,
+        allow_data_peer=policy.allows_data_peer if policy is not None else None,
+        tls=tls.policy,
+    )
+
+
+def session_timeouts(settings: Settings) -> Timeouts:
+    timeouts = settings.timeouts
+    return Timeouts(
+        upstream_connect_s=timeouts.upstream_connect_s,
+        login_s=timeouts.login_s,
+        idle_s=timeouts.idle_s,
+        data_connect_s=timeouts.data_connect_s,
+        data_idle_s=timeouts.data_idle_s,
+    )
+
+
 def context_from_settings(
-    settings: Any, metrics: Metrics, policy: Policy | None = None, worker: int = 0, tls: TlsRuntime | None = None
+    settings: Settings,
+    metrics: Metrics,
+    policy: Policy | None = None,
+    worker: int = 0,
+    tls: TlsRuntime | None = None,
 ) -> GatewayContext:
     """What the sessions of worker `worker` (of settings.workers) share; it owns a slice of each port range."""
-    limits, timeouts = settings.limits, settings.timeouts
     workers = settings.workers
     public_pool = PortPool(port_slice(settings.passive_ports.first, settings.passive_ports.last, worker, workers))
     internal_pool = None
@@ -58,46 +90,32 @@ def context_from_settings(
         metrics.pool_size.labels("internal").set(internal_pool.size)
     tls = tls or TlsRuntime()
     return GatewayContext(
-        channel_settings=ChannelSettings(
-            max_line_bytes=limits.max_line_bytes,
-            max_pipelined_commands=limits.max_pipelined_commands,
-            max_data_channels=limits.max_data_channels_per_session,
-            passive_target=settings.passive_target,
-            port_address_mismatch=settings.port_address_mismatch,
-            # The policy object, not its current rules: a reload reaches running sessions at their next command.
-            check_command=policy.check_command if policy is not None else None,
-            allow_data_peer=policy.allows_data_peer if policy is not None else None,
-            tls=tls.policy,
-        ),
-        timeouts=Timeouts(
-            upstream_connect_s=timeouts.upstream_connect_s,
-            login_s=timeouts.login_s,
-            idle_s=timeouts.idle_s,
-            data_connect_s=timeouts.data_connect_s,
-            data_idle_s=timeouts.data_idle_s,
-        ),
+        channel_settings=channel_settings(settings, policy, tls),
+        timeouts=session_timeouts(settings),
         metrics=metrics,
         public_pool=public_pool,
         internal_pool=internal_pool,
         transparent=settings.mode == "transparent",
         public_address=settings.public_address,
-        public_address6=getattr(settings, "public_address6", None),
+        public_address6=settings.public_address6,
         tls=tls,
         advertiser=Advertiser.from_settings(settings),
     )
 
 
+def own_addresses(settings: Settings) -> list[IPAddress]:
+    """Addresses a redirected connection must not loop back to: the listeners' and the public ones."""
+    own = [address.ip for address in settings.listen]
+    own.extend(public for public in (settings.public_address, settings.public_address6) if public is not None)
+    return own
+
+
 class Gateway:
-    def __init__(self, settings: Any, metrics: Metrics | None = None, worker: int = 0) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, worker: int = 0) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        own = [address.ip for address in settings.listen]
-        for public in (settings.public_address, getattr(settings, "public_address6", None)):
-            if public is not None:
-                own.append(public)
-        self.policy = Policy(settings.rules, own_addresses=own)  # ConfigError if a rule file is bad
-        tls_settings = getattr(settings, "tls", None)
-        self.tls = runtime_from_settings(tls_settings) if tls_settings is not None else TlsRuntime()
+        self.policy = Policy(settings.rules, own_addresses=own_addresses(settings))  # ConfigError: a bad rule file
+        self.tls = runtime_from_settings(settings.tls)
         self._update_certificate_expiry()
         self.context = context_from_settings(settings, self.metrics, self.policy, worker, self.tls)
         self.worker = worker
@@ -106,7 +124,7 @@ class Gateway:
         self.addresses: list[HostPort] = []
         self.implicit = ImplicitListeners(self)
         self._servers: list[asyncio.Server] = []
-        self._tasks: set[asyncio.Task[str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._per_client: Counter[IPAddress] = Counter()
         self._next_id = 1
         self._stopping = asyncio.Event()
@@ -115,16 +133,15 @@ class Gateway:
         self.health: HealthChecker | None = None
         self._setup_upstreams(settings)
 
-    def _setup_upstreams(self, settings: Any) -> None:
+    def _setup_upstreams(self, settings: Settings) -> None:
         """Reverse mode: the upstream pool; health checks when configured or when there are several upstreams."""
-        servers = getattr(settings, "upstream_servers", ())
+        self.upstreams, self.health = None, None
+        servers = settings.upstream_servers
         if self.context.transparent or not servers:
             return
         self.upstreams = UpstreamPool.from_settings(settings, self.metrics)
-        check = getattr(settings, "health_check", None)
+        check = settings.health_check
         if check is None and len(servers) > 1:
-            from alg.ops.config import HealthCheck
-
             check = HealthCheck()
         if check is not None:
             self.health = HealthChecker(
@@ -141,10 +158,10 @@ class Gateway:
         return self.upstreams.healthy_reason()
 
     async def start(self) -> None:
-        if getattr(self.settings, "data_path", "relay") == "kernel":
+        if self.settings.data_path == "kernel":
             self.context.kernel_path = kerneldata.open_path(self.worker, self.settings.workers, self.settings.user)
         for address in self.settings.listen:
-            if getattr(self.settings, "dual_stack", False) and address.ip.version == 6:
+            if self.settings.dual_stack and address.ip.version == 6:
                 sock = listening_socket(address, reuse_port=self.settings.workers > 1, dual_stack=True)
                 server = await asyncio.start_server(self.accept, sock=sock, limit=64 * 1024)
             else:
@@ -160,9 +177,7 @@ class Gateway:
             self._servers.append(server)
             for sock in server.sockets:
                 self.addresses.append(hostport(sock.getsockname()))
-        tls_settings = getattr(self.settings, "tls", None)
-        if tls_settings is not None:
-            self.implicit.start(tls_settings.client.implicit_listen, reuse_port=self.settings.workers > 1)
+        self.implicit.start(self.settings.tls.client.implicit_listen, reuse_port=self.settings.workers > 1)
         if self.health is not None:
             self.health.start()
         log.info(
@@ -189,20 +204,70 @@ class Gateway:
         upstream: HostPort | None = self.settings.upstream
         return upstream
 
-    def reload(self) -> None:
-        """SIGHUP: rules and the TLS certificate read again; a bad file keeps the old one (and says why)."""
-        self.policy.reload()
-        if self.tls.certificate is not None:
-            self.tls.certificate.reload()
-            self._update_certificate_expiry()
+    def reload(self, load: Callable[[], Settings] | None = None) -> None:
+        """SIGHUP in a gateway that reads its own files: `load` gives the settings again (None: the running
+        ones, with their files read again)."""
+        self.apply(Reloader(self.settings, load or (lambda: self.settings)).read())
 
-    def _update_certificate_expiry(self) -> None:
+    def apply(self, message: Bundle | Failed) -> None:
+        """A reload (alg.gateway.reload): new sessions get the new settings, running ones keep theirs; a
+        failed one is counted, and everything stays as it was."""
+        if isinstance(message, Failed):
+            self.metrics.reloads.labels("failed").inc()
+            return
+        settings = message.settings
+        try:
+            tls = tls_of(message)
+        except ConfigError as error:
+            log.error("reload failed, keeping the running settings: %s", error)
+            self.metrics.reloads.labels("failed").inc()
+            return
+        fresh = Policy(settings.rules, message.rules, own_addresses=own_addresses(settings))
+        self.policy.paths, self.policy.rules = fresh.paths, fresh.rules
+        self.policy.own_addresses = fresh.own_addresses
+        self.tls = tls
+        self.context = dataclasses.replace(
+            self.context,
+            channel_settings=channel_settings(settings, self.policy, tls),
+            timeouts=session_timeouts(settings),
+            public_address=settings.public_address,
+            public_address6=settings.public_address6,
+            tls=tls,
+            advertiser=Advertiser.from_settings(settings),
+        )
+        self._replace_upstreams(settings)
+        logging.getLogger().setLevel(settings.log.level.upper())
+        self.settings = settings
+        self._update_certificate_expiry(message.cert)
+        self.metrics.reloads.labels("ok").inc()
+        log.info(
+            "settings reloaded rule_files=%d command_rules=%d upstreams=%d tls_client=%s",
+            len(settings.rules),
+            len(message.rules.commands),
+            len(settings.upstream_servers),
+            tls.client_mode,
+        )
+
+    def _replace_upstreams(self, settings: Settings) -> None:
+        """A new upstream pool and health checker; sessions routed by the old pool release it when they end."""
+        old = self.health
+        self._setup_upstreams(settings)
+        if old is not None:
+            task = asyncio.create_task(old.stop(), name="health checks (replaced)")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if self.health is not None and self.ready.is_set():
+            self.health.start()
+
+    def _update_certificate_expiry(self, pem: bytes | None = None) -> None:
         if self.tls.certificate is None:
             return
-        from alg.ops.tlsfiles import expiry_timestamp  # cryptography: loaded only when a certificate is configured
+        from alg.ops import tlsfiles  # cryptography: loaded only when a certificate is configured
 
         with contextlib.suppress(Exception):
-            self.metrics.certificate_expiry.set(expiry_timestamp(self.tls.certificate.cert))
+            if pem is None:
+                pem = self.tls.certificate.cert.read_bytes()
+            self.metrics.certificate_expiry.set(tlsfiles.expiry_of(pem))
 
     async def accept(
         self,
@@ -220,9 +285,7 @@ class Gateway:
             return
         if origin is None:
             try:
-                origin, reader = await receive_origin(
-                    reader, writer, getattr(self.settings, "proxy_protocol", None), self.metrics
-                )
+                origin, reader = await receive_origin(reader, writer, self.settings.proxy_protocol, self.metrics)
             except ProxyRefused as refused:
                 self.proxy_refused(refused)
                 writer.close()
@@ -392,8 +455,12 @@ def drop_privileges(user: str) -> None:
     log.info("running as user=%s uid=%d gid=%d", user, entry.pw_uid, entry.pw_gid)
 
 
-async def serve(settings: Any, worker: int = 0) -> None:
-    """Run the gateway until SIGINT or SIGTERM, then shut down gracefully."""
+async def serve(
+    settings: Settings, worker: int = 0, *, load: Callable[[], Settings] | None = None, inbox: int | None = None
+) -> None:
+    """Run the gateway until SIGINT or SIGTERM, then shut down gracefully. SIGHUP reloads: `load` reads the
+    settings again (None: the same settings, with their files read again); with `inbox`, the parent process
+    does that and sends what it read there, and SIGHUP is the parent's (alg.gateway.reload)."""
     from alg.gateway.registry import SessionsView
     from alg.ops.http import start_http_listeners
 
@@ -406,7 +473,11 @@ async def serve(settings: Any, worker: int = 0) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, gateway.reload)  # keeps the old rules or certificate if a file is bad
+    if inbox is None:
+        loop.add_signal_handler(signal.SIGHUP, gateway.reload, load)
+    else:
+        loop.add_signal_handler(signal.SIGHUP, log.debug, "SIGHUP ignored: the parent process reloads")
+        _receive_reloads(loop, inbox, gateway)
     try:
         await stop.wait()
         log.info("shutting down (grace %s s)", settings.timeouts.shutdown_grace_s)
@@ -414,6 +485,28 @@ async def serve(settings: Any, worker: int = 0) -> None:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if inbox is not None:
+            loop.remove_reader(inbox)
         gateway.close_kernel_path()
         for listener in http_listeners:
             listener.close()
+
+
+def _receive_reloads(loop: asyncio.AbstractEventLoop, inbox: int, gateway: Gateway) -> None:
+    """Apply each reload the parent sends on the pipe `inbox`; stop reading when the parent is gone."""
+    received = Inbox()
+
+    def readable() -> None:
+        try:
+            data = os.read(inbox, 1 << 16)
+            messages = received.feed(data) if data else []
+        except (OSError, ValueError) as error:
+            log.error("reload channel broken: %s", error)
+            data = b""
+            messages = []
+        if not data:
+            loop.remove_reader(inbox)
+        for message in messages:
+            gateway.apply(message)
+
+    loop.add_reader(inbox, readable)

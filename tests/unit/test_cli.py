@@ -32,7 +32,7 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     """alg.gateway.server replaced by a serve() that records its settings and returns at once."""
     served: list[Settings] = []
 
-    async def serve(settings: Settings, worker: int = 0) -> None:
+    async def serve(settings: Settings, worker: int = 0, **reloads: object) -> None:
         served.append(settings)
 
     module = types.ModuleType("alg.gateway.server")
@@ -117,7 +117,7 @@ def test_run_bad_file_starts_nothing(
 
 
 def test_run_interrupted_returns_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    async def serve(settings: Settings, worker: int = 0) -> None:
+    async def serve(settings: Settings, worker: int = 0, **reloads: object) -> None:
         raise KeyboardInterrupt
 
     module = types.ModuleType("alg.gateway.server")
@@ -128,7 +128,7 @@ def test_run_interrupted_returns_130(monkeypatch: pytest.MonkeyPatch, capsys: py
 
 
 def test_run_os_error_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    async def serve(settings: Settings, worker: int = 0) -> None:
+    async def serve(settings: Settings, worker: int = 0, **reloads: object) -> None:
         raise PermissionError(13, "Permission denied")
 
     module = types.ModuleType("alg.gateway.server")

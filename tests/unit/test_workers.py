@@ -45,13 +45,13 @@ def test_each_worker_gets_its_own_metrics_port() -> None:
 
 
 def test_a_worker_that_fails_at_start_stops_the_gateway_with_its_code() -> None:
-    assert supervise(2, lambda index: 3, grace_s=1) == 3
+    assert supervise(2, lambda index, inbox: 3, grace_s=1) == 3
 
 
 def test_a_signal_stops_every_worker_and_the_gateway_exits_cleanly() -> None:
     ready_r, ready_w = os.pipe()
 
-    def worker(index: int) -> int:
+    def worker(index: int, inbox: int | None) -> int:
         # No lock in the handler: Event.set() there can deadlock on the lock Event.wait() holds when the signal
         # lands (the worker is then killed after the grace period and the test fails for the test's own sake).
         stopped: list[int] = []
