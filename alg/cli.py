@@ -219,11 +219,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _cmd_check(args: argparse.Namespace) -> int:
     """`run` minus the sockets: every problem `run` would refuse to start on (all of them, in its words), and
     the TLS files' findings."""
-    from alg.ops.config_check import problems
+    from alg.ops.config_check import problems, warnings_for_user
 
     settings = _settings(args)
     found = problems(settings)
     lines = _check_tls(settings, found)
+    lines += [f"warning: {text}" for text in warnings_for_user(settings)]
     for line in lines:
         print(line)
     if found:

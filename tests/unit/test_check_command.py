@@ -3,9 +3,15 @@ refuses, in the same words, and lists every problem (a config file, flags alone,
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import pytest
+import trustme
 
 ROOT = Path(__file__).resolve().parents[2]
 # run would listen here if it started: a loopback port of our own, never reached when the settings are refused.
@@ -76,3 +82,36 @@ def test_check_on_flags_alone_says_ok() -> None:
     checked = ftp_alg("check", *FLAGS)
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.startswith("ok: mode=reverse listen=127.0.0.1:0 upstream=127.0.0.1:21")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="becoming another user needs root")
+def test_check_as_root_warns_about_files_the_user_could_not_read() -> None:
+    # Not under tmp_path: pytest's base folder is root's alone, and nobody could not even pass through it.
+    tmp_path = Path(tempfile.mkdtemp(prefix="ftp-alg-check-"))
+    try:
+        _warns_about_the_root_only_key(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def _warns_about_the_root_only_key(tmp_path: Path) -> None:
+    trust = trustme.CA()
+    leaf = trust.issue_cert("ftp-alg.test")
+    private = tmp_path / "private"  # certbot's archive/: root only
+    private.mkdir(mode=0o700)
+    key, cert = private / "privkey.pem", tmp_path / "fullchain.pem"
+    leaf.private_key_pem.write_to_path(str(key))
+    key.chmod(0o600)
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    cert.chmod(0o644)
+    tmp_path.chmod(0o755)
+    args = [*FLAGS, "--user", "nobody", "--tls-client", "allow", "--tls-cert", str(cert), "--tls-key", str(key)]
+
+    checked = ftp_alg("check", *args)
+
+    assert checked.returncode == 0, checked.stderr  # the gateway's root parent reads the key: it works
+    warnings = [line for line in checked.stdout.splitlines() if "user nobody" in line]
+    assert warnings == [
+        f"warning: tls.client.key: user nobody cannot read {key} (Permission denied); fine while the gateway is "
+        "started as root: its parent process keeps root to read it at start and at reload (docs/operations.md)"
+    ]
