@@ -14,7 +14,8 @@ import os
 import signal
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import HostPort, IPAddress
@@ -36,6 +37,7 @@ from alg.net.kernelpath import SETTLE_MAX_S
 from alg.net.listeners import listening_socket
 from alg.net.relay import relay_mode
 from alg.net.transparent import original_destination
+from alg.ops.admin import session_id
 from alg.ops.config import HealthCheck, Settings
 from alg.ops.config_check import lookup_user
 from alg.ops.metrics import Metrics
@@ -119,7 +121,7 @@ class Gateway:
         self._update_certificate_expiry()
         self.context = context_from_settings(settings, self.metrics, self.policy, worker, self.tls)
         self.worker = worker
-        self.sessions: dict[int, Session] = {}
+        self.sessions: dict[str, Session] = {}
         self.ready = asyncio.Event()
         self.addresses: list[HostPort] = []
         self.implicit = ImplicitListeners(self)
@@ -333,7 +335,7 @@ class Gateway:
                 writer.close()
                 return
             upstream = route.first
-        number = self._next_id
+        number = session_id(self.worker, self._next_id)  # unique in the whole gateway, whatever the worker
         self._next_id += 1
         session = Session(
             number, self.context, reader, writer, upstream, client_secured=secured, origin=origin, route=route
@@ -461,12 +463,34 @@ async def serve(
     """Run the gateway until SIGINT or SIGTERM, then shut down gracefully. SIGHUP reloads: `load` reads the
     settings again (None: the same settings, with their files read again); with `inbox`, the parent process
     does that and sends what it read there, and SIGHUP is the parent's (alg.gateway.reload)."""
+    with _worker_field(worker):
+        await _serve(settings, worker, load, inbox)
+
+
+@contextlib.contextmanager
+def _worker_field(worker: int) -> Iterator[None]:
+    """Every log record of this process carries worker=N; a session's also carry session=WORKER-NUMBER."""
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        record.worker = worker
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        yield
+    finally:
+        logging.setLogRecordFactory(previous)
+
+
+async def _serve(settings: Settings, worker: int, load: Callable[[], Settings] | None, inbox: int | None) -> None:
     from alg.gateway.registry import SessionsView
     from alg.ops.http import start_http_listeners
 
     gateway = Gateway(settings, worker=worker)
     await gateway.start()
-    http_listeners = await start_http_listeners(settings, gateway, SessionsView(gateway.sessions))
+    http_listeners = await start_http_listeners(settings, gateway, SessionsView(gateway.sessions), worker)
     if settings.user is not None:
         drop_privileges(settings.user)
     stop = asyncio.Event()
