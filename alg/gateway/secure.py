@@ -211,24 +211,10 @@ async def wrap_data_legs(
             session=server_session,
         )
 
-    async def handshake(leg: Leg, side: str) -> None:
-        if not isinstance(leg, TlsLeg):
-            return
-        try:
-            async with asyncio.timeout(timeout_s):
-                await leg.handshake()
-        except TimeoutError:
-            metrics.tls_handshake(side, "data", "timeout")
-            raise DataTlsFailed(f"tls_handshake_{side}", f"the {side}'s TLS data handshake timed out") from None
-        except (ssl.SSLError, OSError) as error:
-            metrics.tls_handshake(side, "data", "failed")
-            raise DataTlsFailed(
-                f"tls_handshake_{side}", f"the {side}'s TLS data handshake failed: {reason_of(error)}"
-            ) from error
-        metrics.tls_handshake(side, "data", "ok")
-
     results = await asyncio.gather(
-        handshake(client_leg, "client"), handshake(server_leg, "server"), return_exceptions=True
+        _handshake(client_leg, "client", metrics, timeout_s),
+        _handshake(server_leg, "server", metrics, timeout_s),
+        return_exceptions=True,
     )
     for result in results:
         if isinstance(result, BaseException):
@@ -245,6 +231,23 @@ async def wrap_data_legs(
     if isinstance(server_leg, TlsLeg) and server_session is not None and not server_leg.session_reused:
         log.debug("upstream data connection did not resume the control session")
     return client_leg, server_leg
+
+
+async def _handshake(leg: Leg, side: str, metrics: Metrics, timeout_s: float) -> None:
+    """One data leg's handshake (nothing for a plain leg), counted; DataTlsFailed with the reason."""
+    if not isinstance(leg, TlsLeg):
+        return
+    try:
+        async with asyncio.timeout(timeout_s):
+            await leg.handshake()
+    except TimeoutError:
+        metrics.tls_handshake(side, "data", "timeout")
+        raise DataTlsFailed(f"tls_handshake_{side}", f"the {side}'s TLS data handshake timed out") from None
+    except (ssl.SSLError, OSError) as error:
+        metrics.tls_handshake(side, "data", "failed")
+        text = f"the {side}'s TLS data handshake failed: {reason_of(error)}"
+        raise DataTlsFailed(f"tls_handshake_{side}", text) from error
+    metrics.tls_handshake(side, "data", "ok")
 
 
 class DataTlsFailed(Exception):

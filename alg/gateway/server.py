@@ -280,8 +280,7 @@ class Gateway:
         origin: Origin | None = None,
     ) -> None:
         """A new control connection; `origin` when it was read already (implicit FTPS: before the handshake)."""
-        peername = writer.get_extra_info("peername")
-        if peername is None:  # reset before we looked (uvloop then has no address): nothing to answer
+        if writer.get_extra_info("peername") is None:  # reset before we looked (uvloop then has no address)
             self.metrics.session_ended("client_closed")
             writer.close()
             return
@@ -293,41 +292,10 @@ class Gateway:
                 writer.close()
                 return
         client = origin.client.ip  # behind a balancer, the header's client: rules and limits apply to it
-        if not self.policy.allows_client(client):
-            await self._refuse_by_policy(writer, client, self.policy.client_refusal_text)
+        upstream = await self._admit(writer, client)
+        if upstream is None:
             return
-        limits = self.settings.limits
-        refusal = None
-        if self._stopping.is_set():
-            refusal = "Service shutting down."
-        elif len(self.sessions) >= limits.max_sessions:
-            refusal = f"Too many connections ({limits.max_sessions}); try again later."
-        elif self._per_client[client] >= limits.max_sessions_per_client:
-            refusal = f"Too many connections from your address ({limits.max_sessions_per_client})."
-        try:
-            upstream = self.upstream_for(writer)
-        except PolicyDenied as denied:
-            await self._refuse_by_policy(writer, client, str(denied))
-            return
-        if refusal is None and upstream is None:
-            refusal = "No FTP server to connect you to."
-        if refusal is not None or upstream is None:
-            self.metrics.refused("limit")
-            self.metrics.session_ended("refused_limit")
-            log.info("connection refused client=%s reason=%s", client, refusal)
-            with contextlib.suppress(Exception):
-                writer.write(reply(421, refusal or "Refused."))
-                await writer.drain()
-                writer.close()
-            return
-        if self.context.transparent:
-            try:
-                self.policy.check_destination(upstream.ip)
-            except PolicyDenied as denied:
-                await self._refuse_by_policy(writer, client, str(denied))
-                return
-        route = None
-        secured = implicit_tls
+        route, secured = None, implicit_tls
         if self.upstreams is not None:
             route, secured = await self._route(reader, writer, secured=implicit_tls)
             if route is None:
@@ -340,14 +308,56 @@ class Gateway:
         session = Session(
             number, self.context, reader, writer, upstream, client_secured=secured, origin=origin, route=route
         )
-        self.sessions[number] = session
+        await self._run(session, client, route)
+
+    async def _admit(self, writer: asyncio.StreamWriter, client: IPAddress) -> HostPort | None:
+        """The upstream for a new connection from `client`; None once it was refused with 421 (rules, limits,
+        shutdown, no upstream), before any upstream is contacted."""
+        if not self.policy.allows_client(client):
+            await self._refuse_by_policy(writer, client, self.policy.client_refusal_text)
+            return None
+        refusal = self._limit_refusal(client)
+        try:
+            upstream = self.upstream_for(writer)
+        except PolicyDenied as denied:
+            await self._refuse_by_policy(writer, client, str(denied))
+            return None
+        if refusal is None and upstream is None:
+            refusal = "No FTP server to connect you to."
+        if refusal is not None or upstream is None:
+            self.metrics.refused("limit")
+            self.metrics.session_ended("refused_limit")
+            log.info("connection refused client=%s reason=%s", client, refusal)
+            await _refuse(writer, refusal or "Refused.")
+            return None
+        if self.context.transparent:
+            try:
+                self.policy.check_destination(upstream.ip)
+            except PolicyDenied as denied:
+                await self._refuse_by_policy(writer, client, str(denied))
+                return None
+        return upstream
+
+    def _limit_refusal(self, client: IPAddress) -> str | None:
+        limits = self.settings.limits
+        if self._stopping.is_set():
+            return "Service shutting down."
+        if len(self.sessions) >= limits.max_sessions:
+            return f"Too many connections ({limits.max_sessions}); try again later."
+        if self._per_client[client] >= limits.max_sessions_per_client:
+            return f"Too many connections from your address ({limits.max_sessions_per_client})."
+        return None
+
+    async def _run(self, session: Session, client: IPAddress, route: Route | None) -> None:
+        """Run a session, counted in the registry and the limits while it lasts."""
+        self.sessions[session.id] = session
         self._empty.clear()
         self._per_client[client] += 1
         self.metrics.sessions_active.inc()
         try:
             await session.run()
         finally:
-            del self.sessions[number]
+            del self.sessions[session.id]
             if route is not None:
                 route.release()
             self._per_client[client] -= 1
@@ -390,10 +400,7 @@ class Gateway:
         self.metrics.refused("acl")
         self.metrics.session_ended("refused_acl")
         log.info("connection refused client=%s reason=acl text=%s", client, text)
-        with contextlib.suppress(Exception):
-            writer.write(reply(421, text))
-            await writer.drain()
-            writer.close()
+        await _refuse(writer, text)
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting, let sessions finish for up to grace_s, then close the rest."""
@@ -444,6 +451,13 @@ class Gateway:
         if self.context.kernel_path is not None:
             self.context.kernel_path.close()
             self.context.kernel_path = None
+
+
+async def _refuse(writer: asyncio.StreamWriter, text: str) -> None:
+    with contextlib.suppress(Exception):
+        writer.write(reply(421, text))
+        await writer.drain()
+        writer.close()
 
 
 def drop_privileges(user: str) -> None:

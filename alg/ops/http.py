@@ -28,16 +28,30 @@ from alg.ops.config import Settings
 from alg.ops.metrics import Metrics
 
 
+class UpstreamTls(Protocol):
+    """How the gateway speaks TLS to its upstream (alg.gateway.secure.TlsRuntime fits)."""
+
+    upstream_mode: str
+    upstream_context: ssl.SSLContext | None
+    upstream_server_name: str | None
+
+
 class Gateway(Protocol):
     """What the HTTP side reports on. The gateway hands itself in (alg.gateway.server.Gateway fits), so this
     module never imports the layer that starts it."""
 
     ready: asyncio.Event
-    settings: Any
+    settings: Settings
     metrics: Metrics
 
     @property
+    def tls(self) -> UpstreamTls: ...
+
+    @property
     def stopping(self) -> bool: ...
+
+    def upstream_health(self) -> str | None:
+        """None when an upstream passes its health checks, else why not; 'unchecked' without health checks."""
 
 
 log = logging.getLogger("ftp_alg.http")
@@ -92,21 +106,20 @@ class Readiness:
             return "shutting down"
         if not gateway.ready.is_set():
             return "not listening yet"
-        checked = getattr(gateway, "upstream_health", None)
-        reason = checked() if checked is not None else "unchecked"
+        reason = gateway.upstream_health()
         if reason != "unchecked":  # several upstreams: health checks decide; ready while one passes them
             gateway.metrics.upstream_ready.set(1 if reason is None else 0)
             return reason
-        servers = getattr(gateway.settings, "upstream_servers", ())
-        upstream: HostPort | None = servers[0].address if servers else gateway.settings.upstream
-        if upstream is None:  # transparent mode: each session's upstream is its own original destination
+        servers = gateway.settings.upstream_servers
+        if not servers:  # transparent mode: each session's upstream is its own original destination
             gateway.metrics.upstream_ready.set(1)
             return None
+        upstream = servers[0].address
         async with self._lock:  # concurrent probes wait for the one running and share its answer
             if time.monotonic() - self._checked_at >= self.cache_s:
-                tls = getattr(gateway, "tls", None)  # alg.gateway.secure.TlsRuntime; fakes in tests have none
-                implicit = tls.upstream_context if tls is not None and tls.upstream_mode == "implicit" else None
-                name = tls.upstream_server_name if tls is not None else None
+                tls = gateway.tls
+                implicit = tls.upstream_context if tls.upstream_mode == "implicit" else None
+                name = tls.upstream_server_name
                 if implicit is None:
                     reason = await probe_upstream(upstream, self.timeout_s)
                 else:
