@@ -218,25 +218,26 @@ class Gateway:
             self.metrics.reloads.labels("failed").inc()
             return
         settings = message.settings
-        try:
+        try:  # everything built first: a failure here leaves the gateway exactly as it was
             tls = tls_of(message)
-        except ConfigError as error:
-            log.error("reload failed, keeping the running settings: %s", error)
+            fresh = Policy(settings.rules, message.rules, own_addresses=own_addresses(settings))
+            context = dataclasses.replace(
+                self.context,
+                channel_settings=channel_settings(settings, self.policy, tls),
+                timeouts=session_timeouts(settings),
+                public_address=settings.public_address,
+                public_address6=settings.public_address6,
+                tls=tls,
+                advertiser=Advertiser.from_settings(settings),
+            )
+        except Exception as error:  # ConfigError, or a value the code did not expect: the reload is refused
+            traceback = not isinstance(error, ConfigError)
+            log.error("reload failed, keeping the running settings: %s", error, exc_info=traceback)
             self.metrics.reloads.labels("failed").inc()
             return
-        fresh = Policy(settings.rules, message.rules, own_addresses=own_addresses(settings))
         self.policy.paths, self.policy.rules = fresh.paths, fresh.rules
         self.policy.own_addresses = fresh.own_addresses
-        self.tls = tls
-        self.context = dataclasses.replace(
-            self.context,
-            channel_settings=channel_settings(settings, self.policy, tls),
-            timeouts=session_timeouts(settings),
-            public_address=settings.public_address,
-            public_address6=settings.public_address6,
-            tls=tls,
-            advertiser=Advertiser.from_settings(settings),
-        )
+        self.tls, self.context = tls, context
         self._replace_upstreams(settings)
         logging.getLogger().setLevel(settings.log.level.upper())
         self.settings = settings
@@ -518,8 +519,9 @@ async def _serve(settings: Settings, worker: int, load: Callable[[], Settings] |
         _receive_reloads(loop, inbox, gateway)
     try:
         await stop.wait()
-        log.info("shutting down (grace %s s)", settings.timeouts.shutdown_grace_s)
-        await gateway.stop(settings.timeouts.shutdown_grace_s)
+        grace_s = gateway.settings.timeouts.shutdown_grace_s  # as reloaded
+        log.info("shutting down (grace %s s)", grace_s)
+        await gateway.stop(grace_s)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)

@@ -131,7 +131,11 @@ class _Supervisor:
         if self.reload is None:
             self.signal_all(signal.SIGHUP)
             return
-        message = self.reload()
+        try:
+            message = self.reload()
+        except Exception:  # raised in a signal handler, it would end the parent and every worker with it
+            log.exception("reload failed, keeping the running settings")
+            return
         for pid, outbox in list(self.pipes.items()):
             if not send(outbox, message):
                 log.warning("worker pid=%d did not take the reload within %s s", pid, SEND_TIMEOUT_S)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import threading
 import time
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from alg.gateway.reload import Failed, Inbox, encode
 from alg.gateway.workers import port_slice, supervise, worker_settings
 from alg.ops.config import load_config
 
@@ -76,3 +78,51 @@ def test_a_signal_stops_every_worker_and_the_gateway_exits_cleanly() -> None:
         killer.join(10)
         os.close(ready_r)
         os.close(ready_w)
+
+
+def test_a_reload_that_raises_in_the_parent_keeps_the_gateway_and_the_next_one_reaches_the_worker() -> None:
+    got_r, got_w = os.pipe()
+    calls: list[int] = []
+
+    def reload() -> bytes:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug while reading the settings")
+        return encode(Failed("the second reload"))
+
+    def worker(index: int, inbox: int | None) -> int:
+        assert inbox is not None
+        stopped: list[int] = []
+        signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))
+        os.write(got_w, b"r")  # ready
+        messages: list[object] = []
+        deadline = time.monotonic() + 30
+        received = Inbox()
+        while not messages and time.monotonic() < deadline:
+            if select.select([inbox], [], [], 0.05)[0]:
+                messages = list(received.feed(os.read(inbox, 65536)))
+        os.write(got_w, b"m" if messages == [Failed("the second reload")] else b"x")
+        while not stopped and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return 0 if stopped else 9
+
+    def drive() -> None:
+        assert os.read(got_r, 1) == b"r"
+        os.kill(os.getpid(), signal.SIGHUP)  # reload() raises: logged, nothing sent
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:  # two pending SIGHUPs would be delivered as one
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGHUP)  # reload() works: the worker gets it
+        results.append(os.read(got_r, 1))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    results: list[bytes] = []
+    driver = threading.Thread(target=drive)
+    driver.start()
+    try:
+        assert supervise(1, worker, grace_s=5, reload=reload) == 0
+    finally:
+        driver.join(10)
+        os.close(got_r)
+        os.close(got_w)
+    assert results == [b"m"] and len(calls) == 2
