@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from alg.errors import ConfigError
 from alg.ops.config import Settings, apply_overrides
 from alg.ops.config_values import show_value
 
@@ -81,4 +82,8 @@ def merge(running: Settings, new: Settings) -> tuple[Settings, list[Waiting]]:
             waiting.append(Waiting(key, before, after))
             merged = _with(merged, key.split("."), before)
     assert isinstance(merged, Settings)
-    return apply_overrides(merged), waiting
+    try:
+        return apply_overrides(merged), waiting
+    except ConfigError as error:
+        kept = ", ".join(item.key for item in waiting)
+        raise ConfigError(f"{error} (with the running {kept} kept until a restart)") from error
