@@ -252,9 +252,16 @@ class Gateway:
         )
 
     def _replace_upstreams(self, settings: Settings) -> None:
-        """A new upstream pool and health checker; sessions routed by the old pool release it when they end."""
-        old = self.health
+        """A new upstream pool and health checker; sessions routed by the old pool release it when they end.
+        An upstream kept (same name and address) keeps what its checks found: a dead one stays skipped."""
+        old, before = self.health, self.upstreams
         self._setup_upstreams(settings)
+        if before is not None and self.upstreams is not None:
+            known = {(upstream.label, upstream.address): upstream.health for upstream in before.upstreams}
+            for upstream in self.upstreams.upstreams:
+                found = known.get((upstream.label, upstream.address))
+                if found is not None:
+                    upstream.health.healthy, upstream.health.streak = found.healthy, found.streak
         if old is not None:
             task = asyncio.create_task(old.stop(), name="health checks (replaced)")
             self._tasks.add(task)

@@ -3,15 +3,17 @@ and a gateway applying it to new sessions while the port pools and restart-only 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
 import pytest
+import yaml
 
 from alg.errors import ConfigError
 from alg.gateway.reload import Failed, Inbox, Reloader, encode, read_bundle
 from alg.gateway.server import Gateway
-from alg.ops.config import Settings, load_config
+from alg.ops.config import Settings, load_config, settings_from_mapping
 from alg.ops.config_reload import RESTART_KEYS, merge
 
 UPSTREAM = "198.51.100.10:21"
@@ -93,3 +95,21 @@ def test_what_the_parent_sends_is_what_the_worker_reads() -> None:
     received = [*inbox.feed(data[:7]), *inbox.feed(data[7:])]  # any split of the stream
     assert received == [bundle, Failed("why")]
     assert read_bundle(settings()).rules == bundle.rules
+
+
+def test_an_upstream_kept_by_a_reload_keeps_its_health() -> None:
+    pool = "{address: '198.51.100.10:21', name: a}, {address: '198.51.100.11:21', name: b}"
+    running = settings_from_mapping(yaml.safe_load(f"upstreams: [{pool}]"))
+    gateway = Gateway(running)
+    assert gateway.upstreams is not None
+    gateway.upstreams.upstreams[1].health.healthy = False  # b failed its checks
+    new = settings_from_mapping(yaml.safe_load(f"upstreams: [{pool}, {{address: '198.51.100.12:21', name: c}}]"))
+
+    async def reload() -> None:  # the old health checker is stopped by a task of the loop
+        gateway.reload(lambda: new)
+        await asyncio.sleep(0)
+
+    asyncio.run(reload())
+    assert gateway.upstreams is not None
+    health = {upstream.label: upstream.health.healthy for upstream in gateway.upstreams.upstreams}
+    assert health == {"a": True, "b": False, "c": True}
