@@ -25,19 +25,23 @@ from alg.ops.metrics import Metrics
 log = logging.getLogger("ftp_alg.tls")
 
 
+# TLS off on both sides: the settings model's defaults, which stay the only place they are written.
+_OFF = TlsSettings()
+
+
 @dataclass(slots=True)
 class TlsRuntime:
-    """What all sessions of one gateway share about TLS (built from settings.tls)."""
+    """What all sessions of one gateway share about TLS (built from settings.tls; TlsRuntime(): TLS off)."""
 
-    client_mode: str = "refuse"
-    client_data: str = "follow"
-    require_session_reuse: bool = False
-    handshake_timeout_s: float = 10.0
+    client_mode: str = _OFF.client.mode
+    client_data: str = _OFF.client.data
+    require_session_reuse: bool = _OFF.client.require_session_reuse
+    handshake_timeout_s: float = _OFF.client.handshake_timeout_s
     certificate: ServerCertificate | None = None
-    upstream_mode: str = "off"
-    upstream_data: str = "private"
+    upstream_mode: str = _OFF.upstream.mode
+    upstream_data: str = _OFF.upstream.data
     upstream_context: ssl.SSLContext | None = None
-    upstream_server_name: str | None = None
+    upstream_server_name: str | None = _OFF.upstream.server_name
 
     @property
     def policy(self) -> ftptls.TlsPolicy:
