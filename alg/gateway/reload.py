@@ -135,7 +135,8 @@ def encode(message: Bundle | Failed) -> bytes:
 
 
 def send(fd: int, data: bytes, timeout_s: float = SEND_TIMEOUT_S) -> bool:
-    """Write all of `data` to the non-blocking pipe `fd` within timeout_s; False when the reader is stuck."""
+    """Write all of `data` to the non-blocking pipe `fd` within timeout_s; False when the reader is stuck or
+    gone (a worker that died and is not reaped yet)."""
     deadline = time.monotonic() + timeout_s
     view = memoryview(data)
     while view:
@@ -145,6 +146,8 @@ def send(fd: int, data: bytes, timeout_s: float = SEND_TIMEOUT_S) -> bool:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([], [fd], [], left)[1]:
                 return False
+        except OSError:  # BrokenPipeError: nobody reads any more
+            return False
     return True
 
 

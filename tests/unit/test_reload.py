@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
 from alg.errors import ConfigError
-from alg.gateway.reload import Failed, Inbox, Reloader, encode, read_bundle
+from alg.gateway.reload import Failed, Inbox, Reloader, encode, read_bundle, send
 from alg.gateway.server import Gateway
 from alg.ops.config import Settings, load_config, settings_from_mapping
 from alg.ops.config_reload import RESTART_KEYS, merge
@@ -113,3 +114,17 @@ def test_an_upstream_kept_by_a_reload_keeps_its_health() -> None:
     assert gateway.upstreams is not None
     health = {upstream.label: upstream.health.healthy for upstream in gateway.upstreams.upstreams}
     assert health == {"a": True, "b": False, "c": True}
+
+
+def test_sending_to_a_worker_that_is_gone_or_stuck_fails_without_raising() -> None:
+    readable, writable = os.pipe()
+    os.set_blocking(writable, False)
+    try:
+        assert not send(writable, b"x" * (1 << 20), timeout_s=0.01)  # nobody reads: the pipe fills up
+        os.close(readable)
+        readable = -1
+        assert not send(writable, b"x")  # nobody ever will: EPIPE
+    finally:
+        os.close(writable)
+        if readable >= 0:
+            os.close(readable)
