@@ -46,6 +46,15 @@ def test_each_worker_gets_its_own_metrics_port() -> None:
     assert worker_settings(plain, 2) is plain
 
 
+def to_main_thread(signum: int) -> None:
+    """A signal for the supervisor, which waits in os.wait() on the main thread: sent to the process from this
+    thread, the kernel may deliver it to this thread (the main thread blocks it around each fork), and the main
+    thread would go on waiting without running its handler."""
+    main = threading.main_thread().ident
+    assert main is not None
+    signal.pthread_kill(main, signum)
+
+
 def test_a_worker_that_fails_at_start_stops_the_gateway_with_its_code() -> None:
     assert supervise(2, lambda index, inbox: 3, grace_s=1) == 3
 
@@ -68,7 +77,7 @@ def test_a_signal_stops_every_worker_and_the_gateway_exits_cleanly() -> None:
         got = b""
         while len(got) < 2:
             got += os.read(ready_r, 2)
-        os.kill(os.getpid(), signal.SIGTERM)
+        to_main_thread(signal.SIGTERM)
 
     killer = threading.Thread(target=stop_when_both_run)
     killer.start()
@@ -108,13 +117,13 @@ def test_a_reload_that_raises_in_the_parent_keeps_the_gateway_and_the_next_one_r
 
     def drive() -> None:
         assert os.read(got_r, 1) == b"r"
-        os.kill(os.getpid(), signal.SIGHUP)  # reload() raises: logged, nothing sent
+        to_main_thread(signal.SIGHUP)  # reload() raises: logged, nothing sent
         deadline = time.monotonic() + 10
         while not calls and time.monotonic() < deadline:  # two pending SIGHUPs would be delivered as one
             time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGHUP)  # reload() works: the worker gets it
+        to_main_thread(signal.SIGHUP)  # reload() works: the worker gets it
         results.append(os.read(got_r, 1))
-        os.kill(os.getpid(), signal.SIGTERM)
+        to_main_thread(signal.SIGTERM)
 
     results: list[bytes] = []
     driver = threading.Thread(target=drive)
