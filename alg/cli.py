@@ -12,12 +12,13 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 from alg import __version__
 from alg.errors import ConfigError
 from alg.ops.config import Settings, apply_overrides, load_config
+from alg.ops.config_yaml import ConfigProblems, each_problem
 from alg.ops.logs import quoted as _quoted
 from alg.ops.logs import setup_logging
 
@@ -231,11 +232,16 @@ def _load(args: argparse.Namespace) -> Settings:
     try:
         return load_config(args.config, **_overrides(args))
     except ConfigError as exc:
-        for dest in getattr(args, "from_environment", []):
-            flag = "--" + dest.replace("_", "-") + ":"
-            if str(exc).startswith(flag):
-                raise ConfigError(f"{ENVIRONMENT[dest]} (environment):{str(exc)[len(flag) :]}") from exc
-        raise
+        found = [_from_environment(args, problem) for problem in each_problem(exc)]
+        raise found[0] if len(found) == 1 else ConfigProblems(found) from exc
+
+
+def _from_environment(args: argparse.Namespace, problem: ConfigError) -> ConfigError:
+    for dest in getattr(args, "from_environment", []):
+        flag = "--" + dest.replace("_", "-") + ":"
+        if str(problem).startswith(flag):
+            return ConfigError(f"{ENVIRONMENT[dest]} (environment):{str(problem)[len(flag) :]}")
+    return problem
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -254,7 +260,9 @@ def _parser() -> argparse.ArgumentParser:
     run.epilog, run.formatter_class = ENVIRONMENT_HELP, argparse.RawDescriptionHelpFormatter
 
     check = commands.add_parser("check", help="validate settings and exit", description="Validate settings.")
-    check.add_argument("--config", metavar="FILE", required=True, help="YAML settings; flags override it")
+    check.add_argument(
+        "--config", metavar="FILE", help="YAML settings; flags override it (default: none, the flags alone are checked)"
+    )
     _add_overrides(check)
     check.set_defaults(handler=_cmd_check)
     check.epilog, check.formatter_class = ENVIRONMENT_HELP, argparse.RawDescriptionHelpFormatter
@@ -286,14 +294,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except ConfigError as exc:
-        return _fail(str(exc))
+        return _fail(*map(str, each_problem(exc)))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return code
 
 
-def _fail(message: str, code: int = EXIT_USAGE) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+def _fail(*messages: str, code: int = EXIT_USAGE) -> int:
+    for message in messages:
+        print(f"{PROG}: error: {message}", file=sys.stderr)
     return code
 
 
@@ -306,43 +315,55 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    """`run` minus the sockets: every problem `run` would refuse to start on (all of them, in its words), and
+    the TLS files' findings."""
+    from alg.ops.config_check import problems, warnings_for_user
+
     settings = _settings(args)
-    for line in _check_tls(settings):
+    found = problems(settings)
+    lines = _check_tls(settings, found)
+    lines += [f"warning: {text}" for text in warnings_for_user(settings)]
+    for line in lines:
         print(line)
+    if found:
+        return _fail(*map(str, found))
     print(f"ok: {summary(settings)}")
     return EXIT_OK
 
 
-def _check_tls(settings: Settings) -> list[str]:
-    """The TLS files, read and checked as the gateway will use them; ConfigError for one it cannot use."""
+def _check_tls(settings: Settings, found: list[ConfigError]) -> list[str]:
+    """What `check` adds about the TLS files: subject, chain, days left and warnings. Problems the gateway
+    would not name as precisely (a key of another certificate, chain order, expiry) join `found`; a file it
+    cannot read is there already, in `run`'s words."""
     from alg.ops.tlsfiles import check_ca_file, check_certificate
 
-    lines = []
+    lines: list[str] = []
     client, upstream = settings.tls.client, settings.tls.upstream
-    if client.cert is not None and client.key is not None:
-        report = check_certificate(client.cert, client.key)
-        lines.append(
-            f"tls.client.cert: {_quoted(report.subject)} chain={report.chain_length} days_left={report.days_left:.0f}"
-        )
-        lines.extend(f"warning: tls.client.cert: {text}" for text in report.warnings)
-        from alg.net.tls import server_context
-
-        try:
-            server_context(client.cert, client.key, client.min_version)
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"OpenSSL refuses the certificate or key: {error}", key="tls.client.cert") from error
-    if upstream.mode != "off":
-        if upstream.ca_file is not None:
+    try:
+        if client.cert is not None and client.key is not None:
+            report = check_certificate(client.cert, client.key)
+            days = f"days_left={report.days_left:.0f}"
+            lines.append(f"tls.client.cert: {_quoted(report.subject)} chain={report.chain_length} {days}")
+            lines.extend(f"warning: tls.client.cert: {text}" for text in report.warnings)
+        if upstream.mode != "off" and upstream.ca_file is not None:
             lines.append(f"tls.upstream.ca_file: {check_ca_file(upstream.ca_file)} certificate(s)")
-        if not upstream.verify:
-            lines.append("warning: tls.upstream.verify is false: the FTP server's certificate is not checked")
+    except ConfigError as error:
+        if not any(problem.key.startswith("tls.") for problem in found) or "cannot read" not in str(error):
+            found.append(error)
+    if upstream.mode != "off" and not upstream.verify:
+        lines.append("warning: tls.upstream.verify is false: the FTP server's certificate is not checked")
     return lines
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from alg.ops.config_check import problems
+
     settings = _settings(args)
+    found = problems(settings)  # what `check` reports, refused before anything is bound
+    if found:
+        return _fail(*map(str, found))
     setup_logging(settings.log)
-    return _serve(settings)
+    return _serve(settings, lambda: _settings(args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -452,30 +473,42 @@ def summary(settings: Settings) -> str:
     return " ".join(f"{key}={_quoted(str(value))}" for key, value in fields.items())
 
 
-def _serve(settings: Settings) -> int:
-    if settings.workers > 1:
-        from alg.gateway.workers import supervise, worker_settings
+def _serve(settings: Settings, load: Callable[[], Settings] | None = None) -> int:
+    """One process, or (workers, or `user:`) a parent that keeps its privileges to read the files again at
+    SIGHUP and workers that serve; `load` reads the settings again (None: the same ones, files read again)."""
+    if settings.workers == 1 and settings.user is None:
+        return _serve_worker(settings, 0, load=load)
+    from alg.gateway.reload import Reloader, encode
+    from alg.gateway.workers import supervise, worker_settings
 
-        return supervise(
-            settings.workers,
-            lambda index: _serve_worker(worker_settings(settings, index), index),
-            grace_s=settings.timeouts.shutdown_grace_s,
-        )
-    return _serve_worker(settings, 0)
+    reloader = Reloader(settings, load or (lambda: reloader.current))
+
+    def run_worker(index: int, inbox: int | None) -> int:
+        # reloader.current: a worker started again after a reload gets the settings in force.
+        return _serve_worker(worker_settings(reloader.current, index), index, inbox=inbox)
+
+    return supervise(
+        settings.workers,
+        run_worker,
+        grace_s=settings.timeouts.shutdown_grace_s,
+        reload=lambda: encode(reloader.read()),
+    )
 
 
-def _serve_worker(settings: Settings, worker: int) -> int:
+def _serve_worker(
+    settings: Settings, worker: int, *, load: Callable[[], Settings] | None = None, inbox: int | None = None
+) -> int:
     from alg.gateway.server import serve  # imported late: `check` needs none of the runtime
 
     try:
-        _run_loop(serve(settings, worker))
+        _run_loop(serve(settings, worker, load=load, inbox=inbox))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except ConfigError as exc:  # found only at run time, e.g. the user to drop privileges to
-        return _fail(str(exc), EXIT_USAGE)
+        return _fail(str(exc), code=EXIT_USAGE)
     except OSError as exc:  # typically binding: address in use, or a privileged port without rights
         logging.getLogger("alg.cli").debug("stopped by an OS error", exc_info=True)
-        return _fail(str(exc), EXIT_FAILED)
+        return _fail(str(exc), code=EXIT_FAILED)
     return EXIT_OK
 
 

@@ -64,7 +64,7 @@ class Transfer:
 class DataChannels:
     """Session's data-connection half (a mixin: it shares the session's state)."""
 
-    id: int
+    id: str  # WORKER-NUMBER, unique in the gateway (alg.ops.admin.session_id)
     context: GatewayContext
     client: Peer
     server: Peer | None

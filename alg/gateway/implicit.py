@@ -12,19 +12,42 @@ import asyncio
 import logging
 import socket
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from alg.ftp.addresses import HostPort
-from alg.gateway.frontdoor import ProxyRefused, receive_origin_before_tls
+from alg.gateway.frontdoor import Origin, ProxyRefused, receive_origin_before_tls
 from alg.gateway.peers import hostport
+from alg.gateway.secure import TlsRuntime
 from alg.net.listeners import listening_socket
 from alg.net.tls import reason_of
+from alg.ops.config import Settings
 from alg.ops.logs import fields
-
-if TYPE_CHECKING:
-    from alg.gateway.server import Gateway
+from alg.ops.metrics import Metrics
 
 log = logging.getLogger("ftp_alg.server")
+
+
+class Gateway(Protocol):
+    """What the listeners hand their connections to (alg.gateway.server.Gateway fits): this module does not
+    import the server, which starts it."""
+
+    settings: Settings
+    metrics: Metrics
+    tls: TlsRuntime
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def proxy_refused(self, refused: ProxyRefused) -> None: ...
+
+    async def accept(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        implicit_tls: bool = False,
+        origin: Origin | None = None,
+    ) -> None: ...
 
 
 class ImplicitListeners:
@@ -71,8 +94,7 @@ class ImplicitListeners:
             conn.close()
             return
         try:
-            settings = getattr(gateway.settings, "proxy_protocol", None)
-            origin = await receive_origin_before_tls(conn, settings, gateway.metrics)
+            origin = await receive_origin_before_tls(conn, gateway.settings.proxy_protocol, gateway.metrics)
         except (ProxyRefused, OSError) as refused:
             if isinstance(refused, ProxyRefused):
                 gateway.proxy_refused(refused)

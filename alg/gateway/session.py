@@ -67,7 +67,7 @@ class GatewayContext:
 class Session(UpstreamLeg, DataChannels):
     def __init__(
         self,
-        number: int,
+        number: str,
         context: GatewayContext,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,

@@ -159,12 +159,13 @@ class UpstreamPool:
 
     # --- host names ---
 
-    async def start(self) -> None:
-        """Resolve every upstream name (ConfigError naming the one that does not), then keep them fresh."""
+    async def start(self, *, strict: bool = True) -> None:
+        """Resolve every upstream name (strict: ConfigError naming the one that does not; else it is unhealthy
+        until it resolves), then keep them fresh."""
         for upstream in self.upstreams:
             if upstream.name is not None:
                 try:
-                    await self.resolve(upstream, strict=True)
+                    await self.resolve(upstream, strict=strict)
                 except NameNotResolved as error:
                     hint = "give a name this host resolves (/etc/hosts, DNS) or an IP address"
                     raise ConfigError(f"{error}; {hint}", key="upstream") from None
@@ -172,6 +173,23 @@ class UpstreamPool:
             if upstream.name is not None:
                 task = asyncio.create_task(self._keep_resolving(upstream), name=f"resolve {upstream.label}")
                 self._resolving.append(task)
+
+    def adopt(self, before: UpstreamPool) -> None:
+        """After a reload: an upstream kept (same label and name) starts from what the old pool knew, its
+        addresses and their health, so new sessions need not wait for a lookup."""
+        known = {(upstream.label, upstream.name): upstream for upstream in before.upstreams}
+        for upstream in self.upstreams:
+            found = known.get((upstream.label, upstream.name))
+            if found is None:
+                continue
+            upstream.health.healthy, upstream.health.streak = found.health.healthy, found.health.streak
+            if upstream.name is not None:
+                upstream.endpoints, upstream.address, upstream.unresolved = (
+                    list(found.endpoints),
+                    found.address,
+                    found.unresolved,
+                )
+            self._settle(upstream)
 
     async def stop(self) -> None:
         for task in self._resolving:

@@ -17,7 +17,7 @@ from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Any, TextIO
 
-from alg.ops.admin import TOKEN_ENV, read_token
+from alg.ops.admin import TOKEN_ENV, parse_session_id, read_token
 from alg.ops.logs import printable
 
 DEFAULT_URL = "http://127.0.0.1:9180"
@@ -53,10 +53,10 @@ def add_parser(commands: Any) -> None:
     sessions.add_argument("--json", action="store_true", help="print the gateway's JSON as it is (default: a table)")
 
 
-def _session_id(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
-        raise argparse.ArgumentTypeError(f"expected a session id (a whole number), got {text!r}")
-    return int(text)
+def _session_id(text: str) -> str:
+    if parse_session_id(text) is None:
+        raise argparse.ArgumentTypeError(f"expected a session id (WORKER-NUMBER, as listed), got {printable(text)!r}")
+    return text
 
 
 def _target(args: argparse.Namespace) -> tuple[str, str | None]:
@@ -114,8 +114,13 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.json:
         out.write(body.decode("utf-8", "replace"))
         return 0
-    sessions = json.loads(body)["sessions"]
-    out.write(table(sessions))
+    document = json.loads(body)
+    out.write(table(document["sessions"]))
+    silent = document.get("unreachable_workers") or []
+    if silent:
+        listed = ", ".join(printable(str(index)) for index in silent)
+        print(f"ftp-alg: warning: not listed: the sessions of worker(s) {listed} (no answer)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -245,6 +245,11 @@ class Metrics:
             "Requests to the admin endpoints (/sessions) refused with 401: no or a wrong bearer token.",
             registry=r,
         )
+        self.reloads = Counter(
+            "ftp_alg_reloads", "Settings reloads (SIGHUP) by result: ok, or failed (all kept).", ["result"], registry=r
+        )
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
         self.build_info = Info("ftp_alg_build", "Version of ftp-alg.", registry=r)
         self.build_info.info({"version": __version__})
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... (Linux /proc only)

@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from alg.ftp.addresses import HostPort
+from alg.gateway.secure import TlsRuntime
 from alg.ops import banner, http
 from alg.ops.config_sections import HealthCheck
 from alg.ops.metrics import Metrics
@@ -54,8 +55,15 @@ def gateway(*, upstream: HostPort | None = None, stopping: bool = False, ready: 
     event = asyncio.Event()
     if ready:
         event.set()
+    servers = (SimpleNamespace(address=upstream),) if upstream is not None else ()
     return SimpleNamespace(
-        stopping=stopping, ready=event, settings=SimpleNamespace(upstream=upstream), metrics=Metrics()
+        stopping=stopping,
+        ready=event,
+        settings=SimpleNamespace(upstream_servers=servers),
+        metrics=Metrics(),
+        tls=TlsRuntime(),
+        upstream_health=lambda: "unchecked",
+        probe_address=lambda: upstream,
     )
 
 
