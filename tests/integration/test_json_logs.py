@@ -47,15 +47,16 @@ def test_every_line_of_a_session_is_json_with_its_fields(
         return found[0]
 
     wait_for(
-        "the second session's end", lambda: any(e["msg"] == "session end" and e.get("session") == 2 for e in events())
+        "the second session's end",
+        lambda: any(e["msg"] == "session end" and e.get("session") == "0-2" for e in events()),
     )
-    start = one("session start", session=1, upstream="198.51.100.10:21")
-    assert start["client"].startswith("203.0.113.10:") and start["level"] == "info"
-    assert one("logged in", session=1)["user"] == "anonymous"
-    download = one("transfer", session=1, command="RETR")
+    start = one("session start", session="0-1", upstream="198.51.100.10:21")
+    assert start["client"].startswith("203.0.113.10:") and start["level"] == "info" and start["worker"] == 0
+    assert one("logged in", session="0-1")["user"] == "anonymous"
+    download = one("transfer", session="0-1", command="RETR")
     assert download["bytes"] == 64 * 1024 + 7 and download["path"] == "small.bin" and download["outcome"] == "complete"
-    assert one("transfer", session=1, command="STOR")["bytes_upload"] == 5000
-    refused = one("refused", session=2, verb="PORT", code=504)
+    assert one("transfer", session="0-1", command="STOR")["bytes_upload"] == 5000
+    refused = one("refused", session="0-2", verb="PORT", code=504)
     assert refused["rule"] and "198.51.100.10" in refused["detail"]
-    assert one("session end", session=1)["outcome"] == "quit"
+    assert one("session end", session="0-1")["outcome"] == "quit"
     assert all(" client=" not in e["msg"] and " upstream=" not in e["msg"] for e in events())
