@@ -13,14 +13,13 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from alg.errors import DataChannelError
 from alg.ftp import control as c
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.gateway import kerneldata, secure
+from alg.gateway.transfer import FAILURE_TEXT, INTERNAL_ERROR, Transfer
 from alg.net.dataplane import RelayResult, accept_from, connect_from, open_listener, relay
 from alg.net.tls import Leg, TlsTruncated, relay_legs
 from alg.ops.logs import printable
@@ -35,30 +34,6 @@ transfer_log = logging.getLogger("ftp_alg.transfer")
 
 # How long a TLS server leg is read and drained after its client leg broke (_linger).
 LINGER_S = 2.0
-
-# Why a data connection ended before any byte moved, as the client's 426 says it.
-_FAILURE_TEXT = {
-    "accept_timeout": "nobody connected to the data port in time",
-    "connect_failed": "the other end of the data connection could not be reached",
-    "connect_timeout": "the other end of the data connection did not answer in time",
-    "tls_truncated": "the FTP server's TLS data stream ended without close_notify (truncated)",
-}
-
-
-@dataclass(slots=True)
-class Transfer:
-    mode: str
-    verb: str | None = None
-    argument: bytes = b""
-    reply_code: int | None = None
-    task: asyncio.Task[None] | None = None
-    connected: bool = False  # both legs up: counted in data_channels_opened once its verb is known
-    counted: bool = False
-    client_tls: bool = False  # PROT P on the client's leg
-    server_tls: bool = False
-    kernel_end: Callable[[], None] | None = None  # carried by the kernel: called at the transfer's final reply
-    started: float = 0.0  # wall clock, once bytes may move (the live-sessions view shows it)
-    moved: ByteCounts | None = None  # (download, upload) so far, while relaying
 
 
 class DataChannels:
@@ -255,26 +230,35 @@ class DataChannels:
             finally:
                 metrics.data_active.dec()
                 moved = metrics.relay_finished(token)
+        except Exception:
+            # A bug, not the network: the transfer fails (426) whatever the server answers, and the session goes on.
+            self.log.exception("data connection failed ticket=%d reason=internal_error", ticket)
+            metrics.internal_error("data")
+            failure, failure_text = INTERNAL_ERROR, FAILURE_TEXT[INTERNAL_ERROR]
         finally:
             for sock in (accepted, connected):
                 if sock is not None:
                     sock.close()
-            if failure is not None:
-                metrics.data_failure(failure)
-                self.log.info("data connection failed ticket=%d reason=%s", ticket, failure)
-            if transfer.connected:
-                self._count_opened(transfer, final=True)
-            if moved is not None:
-                self._account(transfer, moved, time.monotonic() - started, failure or "complete")
+            try:
+                if failure is not None and failure != INTERNAL_ERROR:
+                    metrics.data_failure(failure)
+                    self.log.info("data connection failed ticket=%d reason=%s", ticket, failure)
+                if transfer.connected:
+                    self._count_opened(transfer, final=True)
+                if moved is not None:
+                    self._account(transfer, moved, time.monotonic() - started, failure or "complete")
+            except Exception:
+                self.log.exception("data connection bookkeeping failed ticket=%d", ticket)
+                metrics.internal_error("data")
             self._transfers.pop(ticket, None)
             # The idle timeout counts afresh from the end of a transfer, as servers' own do: a transfer longer
             # than idle_s must not get the session closed the moment it ends.
             self._last_activity = time.monotonic()
             if self.channel is not None and not self._closed.is_set():
-                if failure is not None and (moved is None or failure == "tls_truncated"):
-                    # No byte was relayed, or the server's TLS stream was cut: the transfer cannot have
-                    # completed, whatever the server answers.
-                    text = failure_text or _FAILURE_TEXT.get(failure, failure)
+                if failure is not None and (moved is None or failure in ("tls_truncated", INTERNAL_ERROR)):
+                    # No byte was relayed, the server's TLS stream was cut, or the gateway failed: the transfer
+                    # cannot have completed, whatever the server answers.
+                    text = failure_text or FAILURE_TEXT.get(failure, failure)
                     self._report(self.channel.data_endpoint_failed(ticket, text))
                 else:
                     self._report(self.channel.data_finished(ticket))

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from alg.ftp.addresses import HostPort, IPAddress
+from alg.gateway.transfer import FAILURE_TEXT, INTERNAL_ERROR, Transfer
 from alg.net.dataplane import Listener
 from alg.net.kernelpath import Carried, KernelPath, KernelPathUnavailable, carry, stop_listening
 from alg.net.nft import NftError
@@ -22,7 +23,6 @@ from alg.net.nftrules import Mapping, table_name
 log = logging.getLogger("ftp_alg.server")  # said at start, with the other start-up lines
 
 if TYPE_CHECKING:
-    from alg.gateway.datachannels import Transfer as _Transfer
     from alg.gateway.session import Session
 
 
@@ -34,7 +34,7 @@ def start(
     dialled: IPAddress,
     target: HostPort,
     source: IPAddress,
-    transfer: _Transfer,
+    transfer: Transfer,
 ) -> bool:
     """Map this data connection in the kernel and watch it; False when the relay must carry it."""
     path = session.context.kernel_path
@@ -75,7 +75,7 @@ def start(
 
 
 async def _carried(
-    session: Session, ticket: int, mapping: Mapping, listener: Listener, transfer: _Transfer, ended: asyncio.Event
+    session: Session, ticket: int, mapping: Mapping, listener: Listener, transfer: Transfer, ended: asyncio.Event
 ) -> None:
     context = session.context
     path, metrics, timeouts = context.kernel_path, context.metrics, context.timeouts
@@ -111,6 +111,11 @@ async def _carried(
         if not ended.is_set():
             failure = "aborted"  # ABOR, or the session closing under a running transfer
         raise
+    except Exception:
+        # A bug, not the network: the transfer fails (426) whatever the server answers, and the session goes on.
+        session.log.exception("data connection failed ticket=%d reason=internal_error", ticket)
+        metrics.internal_error("data")
+        failure = INTERNAL_ERROR
     finally:
         metrics.data_active.dec()
         moved = metrics.relay_finished(token)
@@ -124,7 +129,7 @@ async def _carried(
         )
         session._update_pools()
         transfer.connected = transfer.connected or state.counts.seen
-        if failure is not None:
+        if failure is not None and failure != INTERNAL_ERROR:
             metrics.data_failure(failure)
             session.log.info("data connection failed ticket=%d reason=%s", ticket, failure)
         if transfer.connected:
@@ -134,8 +139,10 @@ async def _carried(
         session._last_activity = time.monotonic()
         channel = session.channel
         if channel is not None and not session._closed.is_set():
-            if failure is not None and not state.counts.seen:
-                session._report(channel.data_endpoint_failed(ticket, "nobody connected to the data port in time"))
+            if failure == INTERNAL_ERROR:
+                session._report(channel.data_endpoint_failed(ticket, FAILURE_TEXT[INTERNAL_ERROR]))
+            elif failure is not None and not state.counts.seen:
+                session._report(channel.data_endpoint_failed(ticket, FAILURE_TEXT["accept_timeout"]))
             else:
                 session._report(channel.data_finished(ticket))
         if session._draining and not session._transfers:

@@ -21,8 +21,9 @@ from alg.ftp.tls import StartClientTls
 from alg.ftp.wire import reply
 from alg.gateway import peers, secure
 from alg.gateway.advertise import Advertiser
-from alg.gateway.datachannels import DataChannels, Transfer
+from alg.gateway.datachannels import DataChannels
 from alg.gateway.frontdoor import Origin
+from alg.gateway.transfer import Transfer
 from alg.gateway.upstreamleg import UpstreamLeg
 from alg.gateway.upstreams import Route
 from alg.net.dataplane import PortPool
@@ -125,8 +126,7 @@ class Session(UpstreamLeg, DataChannels):
             self.outcome = "shutdown"
             raise
         except Exception:  # the one place that catches everything: log it, answer, close
-            self.log.exception("session failed")
-            self.outcome = "error"
+            self._internal_error("session failed")
         finally:
             await self._teardown()
             metrics.session_ended(self.outcome)
@@ -134,6 +134,14 @@ class Session(UpstreamLeg, DataChannels):
                 "session end outcome=%s tls_client=%s tls_server=%s", self.outcome, self.tls_client, self.tls_server
             )
         return self.outcome
+
+    def _internal_error(self, what: str) -> None:
+        """A bug caught at a task's boundary: its traceback logged once, counted, a 421 to the client, closed."""
+        self.log.exception("%s reason=internal_error", what)
+        self.context.metrics.internal_error("session")
+        peers.write(self.client.writer, reply(421, "Service not available: the gateway failed (internal error)."))
+        self.outcome = "error"
+        self._closed.set()
 
     async def _start_client_tls(self) -> bool:
         """The client's control connection becomes TLS: at once (implicit), or after our 234 (AUTH TLS)."""
@@ -153,9 +161,12 @@ class Session(UpstreamLeg, DataChannels):
         return True
 
     async def _switch_client_tls(self) -> None:
-        if await self._start_client_tls() and self.channel is not None and not self._closed.is_set():
-            # execute() even with no actions: it is what lets the client pump read again.
-            self.execute(self.channel.client_tls_started())
+        try:
+            if await self._start_client_tls() and self.channel is not None and not self._closed.is_set():
+                # execute() even with no actions: it is what lets the client pump read again.
+                self.execute(self.channel.client_tls_started())
+        except Exception:
+            self._internal_error("client tls failed")
 
     async def _serve(self) -> None:
         assert self.server is not None
@@ -404,8 +415,12 @@ class Session(UpstreamLeg, DataChannels):
         channel = self.channel
         if channel is None or self._closed.is_set():
             return
-        actions = channel.abort_overdue()
-        self._report(actions)
+        try:
+            actions = channel.abort_overdue()
+            self._report(actions)
+        except Exception:  # a timer callback: nobody above it would log or count the error
+            self._internal_error("abort timer failed")
+            return
         if actions and channel.abort_unsettled and not self._closed.is_set():
             self._arm_abort_timer()
 
