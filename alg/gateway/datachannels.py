@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any, cast
 from alg.errors import DataChannelError
 from alg.ftp import control as c
 from alg.ftp.addresses import HostPort, IPAddress
+from alg.ftp.channelstate import DOWNLOAD_VERBS
 from alg.gateway import kerneldata, secure
 from alg.gateway.transfer import FAILURE_TEXT, INTERNAL_ERROR, Transfer
 from alg.net.dataplane import RelayResult, accept_from, connect_from, open_listener, relay
+from alg.net.delivery import DeliveryWatch
 from alg.net.tls import Leg, TlsTruncated, relay_legs
 from alg.ops.logs import printable
 from alg.ops.metrics import ByteCounts
@@ -207,15 +209,29 @@ class DataChannels:
             token = metrics.relay_started(transfer.moved)
             started = time.monotonic()
 
-            def first_eof() -> None:
+            def delivered() -> None:
+                transfer.delivered = True
                 self._report(self.channel.data_finished(ticket) if self.channel else [])
+
+            watch = DeliveryWatch(delivered)
+
+            def eof(forward: bool) -> None:
+                # Only the end of the transfer's own direction completes it (a download: the server's data has
+                # reached the client, and the client acknowledged it); a client that closes its side of a
+                # download early, or drops it with bytes still in our send buffer, has not received it.
+                if _carries(transfer, forward=forward):
+                    watch.sent(second if forward else first)
+                else:
+                    watch.look_again()  # a receiver closes after it has read (and acknowledged) everything
 
             try:
                 idle = timeouts.data_idle_s
                 if legs is None:  # plain on both legs: the zero-copy relay
-                    await relay(first, second, idle_timeout_s=idle, on_first_eof=first_eof, result=counts)
+                    await relay(first, second, idle_timeout_s=idle, on_eof=eof, result=counts)
                 else:
-                    await relay_legs(*legs, idle_timeout_s=idle, on_first_eof=first_eof, result=counts)
+                    await relay_legs(*legs, idle_timeout_s=idle, on_eof=eof, result=counts)
+                if not watch.settle():
+                    failure = "reset"  # both sides ended, but the receiver never acknowledged the last bytes
             except TimeoutError:
                 failure = "idle_timeout"
             except TlsTruncated:
@@ -228,6 +244,7 @@ class DataChannels:
                 failure = "aborted"  # ABOR, or the session closing under a running transfer
                 raise
             finally:
+                watch.stop()
                 metrics.data_active.dec()
                 moved = metrics.relay_finished(token)
         except Exception:
@@ -239,6 +256,10 @@ class DataChannels:
             for sock in (accepted, connected):
                 if sock is not None:
                     sock.close()
+            if failure is not None and transfer.delivered:
+                # The transfer's data had arrived (and its reply may have gone on): what broke after is no failure.
+                self.log.debug("data connection ended ticket=%d reason=%s after its transfer", ticket, failure)
+                failure = None
             try:
                 if failure is not None and failure != INTERNAL_ERROR:
                     metrics.data_failure(failure)
@@ -255,9 +276,9 @@ class DataChannels:
             # than idle_s must not get the session closed the moment it ends.
             self._last_activity = time.monotonic()
             if self.channel is not None and not self._closed.is_set():
-                if failure is not None and (moved is None or failure in ("tls_truncated", INTERNAL_ERROR)):
-                    # No byte was relayed, the server's TLS stream was cut, or the gateway failed: the transfer
-                    # cannot have completed, whatever the server answers.
+                if failure is not None:
+                    # The transfer's data did not all arrive (a leg broke or was cut, or the gateway failed): it
+                    # did not complete, whatever the server answers.
                     text = failure_text or FAILURE_TEXT.get(failure, failure)
                     self._report(self.channel.data_endpoint_failed(ticket, text))
                 else:
@@ -317,6 +338,15 @@ class DataChannels:
                 "outcome": outcome,
             },
         )
+
+
+def _carries(transfer: Transfer, *, forward: bool) -> bool:
+    """Does the relay's `forward` direction (accepted socket to connected one) carry the transfer's data?"""
+    if transfer.verb is None:
+        return True  # no command seen yet: whichever end comes first
+    download = transfer.verb in DOWNLOAD_VERBS
+    server_accepted = transfer.mode == "active"  # active: the server's leg is the accepted one
+    return forward == (download == server_accepted)
 
 
 def _byte_counts(result: RelayResult, mode: str) -> ByteCounts:

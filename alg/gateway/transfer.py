@@ -20,6 +20,9 @@ FAILURE_TEXT = {
     "connect_failed": "the other end of the data connection could not be reached",
     "connect_timeout": "the other end of the data connection did not answer in time",
     "tls_truncated": "the FTP server's TLS data stream ended without close_notify (truncated)",
+    "reset": "the data connection broke before the transfer completed",
+    "idle_timeout": "no data moved on the data connection for too long",
+    "aborted": "the transfer was aborted",
     INTERNAL_ERROR: "the gateway failed (internal error)",
 }
 
@@ -38,3 +41,5 @@ class Transfer:
     kernel_end: Callable[[], None] | None = None  # carried by the kernel: called at the transfer's final reply
     started: float = 0.0  # wall clock, once bytes may move (the live-sessions view shows it)
     moved: ByteCounts | None = None  # (download, upload) so far, while relaying
+    # The transfer's own direction delivered its end of file: it is complete, its final reply may go on.
+    delivered: bool = False

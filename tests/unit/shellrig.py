@@ -18,12 +18,16 @@ import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
+from pathlib import Path
 from typing import Any
+
+import trustme
 
 from alg.ftp.addresses import HostPort
 from alg.ftp.control import ChannelSettings
 from alg.gateway import secure
 from alg.gateway.session import GatewayContext, Session, Timeouts
+from alg.net.tls import ServerCertificate
 from alg.ops.metrics import Metrics
 
 LOOPBACK = "127.0.0.1"
@@ -207,6 +211,33 @@ class _ServerSession:
             self.listener = None
 
 
+# ---- TLS --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pki:
+    """A throwaway CA and a certificate for 127.0.0.1: the gateway's toward its clients, or a server's."""
+
+    directory: Path
+
+    def __post_init__(self) -> None:
+        self.ca = trustme.CA(organization_name="ftp-alg shell test CA")
+        cert = self.ca.issue_cert(LOOPBACK)
+        cert.private_key_and_cert_chain_pem.write_to_path(str(self.directory / "both.pem"))
+        cert.cert_chain_pems[0].write_to_path(str(self.directory / "cert.pem"))
+        cert.private_key_pem.write_to_path(str(self.directory / "key.pem"))
+
+    def runtime(self) -> secure.TlsRuntime:
+        """The gateway accepts AUTH TLS from clients with this certificate."""
+        certificate = ServerCertificate(self.directory / "cert.pem", self.directory / "key.pem", "TLSv1.2")
+        return secure.TlsRuntime(client_mode="allow", certificate=certificate)
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
 # ---- the raw client --------------------------------------------------------------------------------------------
 
 _PASSIVE = re.compile(rb"\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)")
@@ -245,12 +276,21 @@ class Client:
         await self.expect("PASS p", 230)
         await self.expect("TYPE I", 200)
 
-    async def pasv(self) -> socket.socket:
-        """PASV and the data connection to the port the gateway announced."""
+    async def secure(self, pki: Pki, *, protect: bool = True) -> None:
+        """AUTH TLS on the control connection, then PBSZ 0 and PROT P (or C)."""
+        await self.expect("AUTH TLS", 234)
+        await self.writer.start_tls(pki.client_context(), server_hostname=LOOPBACK)
+        await self.expect("PBSZ 0", 200)
+        await self.expect(f"PROT {'P' if protect else 'C'}", 200)
+
+    async def pasv(self, *, rcvbuf: int | None = None) -> socket.socket:
+        """PASV and the data connection to the port the gateway announced (`rcvbuf`: a small receive window)."""
         match = _PASSIVE.search(await self.expect("PASV", 227))
         assert match is not None
         numbers = [int(n) for n in match.groups()]
         sock = socket.socket()
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setblocking(False)
         async with asyncio.timeout(STEP_S):
             await asyncio.get_running_loop().sock_connect(sock, (LOOPBACK, numbers[4] * 256 + numbers[5]))
