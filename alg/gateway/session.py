@@ -11,61 +11,36 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 from alg.ftp import control as c
-from alg.ftp.addresses import HostPort, IPAddress
+from alg.ftp.addresses import HostPort
 from alg.ftp.tls import StartClientTls
 from alg.ftp.wire import reply
-from alg.gateway import peers, secure
-from alg.gateway.advertise import Advertiser
-from alg.gateway.datachannels import DataChannels
+from alg.gateway import peers, secure, upstreamleg
+from alg.gateway.context import GatewayContext, Timeouts
+from alg.gateway.datachannels import DataChannels, Ends
 from alg.gateway.frontdoor import Origin
+from alg.gateway.relaypath import DataTls
 from alg.gateway.transfer import Transfer
-from alg.gateway.upstreamleg import UpstreamLeg
 from alg.gateway.upstreams import Route
-from alg.net.dataplane import PortPool
-from alg.net.kernelpath import KernelPath
 from alg.net.tls import describe
 from alg.ops.logs import printable, redact
-from alg.ops.metrics import Metrics
+
+__all__ = ["GatewayContext", "Session", "Timeouts"]  # the context's home is alg.gateway.context
 
 log = logging.getLogger("ftp_alg.session")
-transfer_log = logging.getLogger("ftp_alg.transfer")
 
 # An ABOR during a transfer still unanswered after this long: the gateway closes the data connection itself.
 ABORT_GRACE_S = 1.0
 
 
-@dataclass(slots=True)
-class Timeouts:
-    upstream_connect_s: float = 10.0
-    login_s: float = 60.0
-    idle_s: float = 900.0
-    data_connect_s: float = 30.0
-    data_idle_s: float = 300.0
+class Session:
+    """The pumps of both control connections and the executor of the channel's actions; it *has* its data
+    channels (self.data) and gets its upstream from alg.gateway.upstreamleg.connect()."""
 
-
-@dataclass(slots=True)
-class GatewayContext:
-    """What all sessions of one gateway process share."""
-
-    channel_settings: c.ChannelSettings
-    timeouts: Timeouts
-    metrics: Metrics
-    public_pool: PortPool | None  # ports for listeners facing the public side
-    internal_pool: PortPool | None  # ports for listeners facing the internal side (None: any free port)
-    transparent: bool = False
-    public_address: IPAddress | None = None  # announced instead of our own address on the public side
-    public_address6: IPAddress | None = None  # the same, for IPv6 clients
-    tls: secure.TlsRuntime = field(default_factory=secure.TlsRuntime)
-    kernel_path: KernelPath | None = None  # data_path: kernel, where the kernel allows it
-    advertiser: Advertiser | None = None  # split horizon and port offset; None: public_address alone
-
-
-class Session(UpstreamLeg, DataChannels):
     def __init__(
         self,
         number: int,
@@ -94,7 +69,7 @@ class Session(UpstreamLeg, DataChannels):
         self.channel: c.ControlChannel | None = None
         self.outcome = "error"
         self._closed = asyncio.Event()
-        self._transfers: dict[int, Transfer] = {}
+        self.data: DataChannels | None = None  # once the upstream is connected
         self._last_activity = time.monotonic()
         self._draining = False
         self._quit = False  # the client said QUIT: the server closing next is the normal end
@@ -143,6 +118,61 @@ class Session(UpstreamLeg, DataChannels):
         self.outcome = "error"
         self._closed.set()
 
+    async def _connect_upstream(self) -> bool:
+        try:
+            upstream = await upstreamleg.connect(self.context, self.upstream, self.route, self.origin, self.log)
+        except upstreamleg.UpstreamFailed as failed:
+            peers.write(self.client.writer, reply(421, str(failed)))
+            with contextlib.suppress(OSError, ConnectionError):
+                await self.client.writer.drain()
+            self.outcome = failed.outcome
+            return False
+        self.upstream, self.server, self.tls_server = upstream.address, upstream.peer, upstream.tls
+        self.channel = c.ControlChannel(
+            self.client.address,
+            upstream.peer.address,
+            self.context.channel_settings,
+            client_secured=self.client_secured,
+            server_secured=upstream.secured,
+            server_private=upstream.private,
+        )
+        self.data = self._data_channels(self.channel, upstream.peer)
+        if upstream.banner:  # read by the route (to know the upstream is alive) or by the TLS negotiation
+            self._greeted(upstream.banner)
+        return True
+
+    def _data_channels(self, channel: c.ControlChannel, server: peers.Peer) -> DataChannels:
+        origin = self.origin
+        ends = Ends(
+            self.client.address, self.client.ours, origin.data_peer, origin.dialled.ip, server.address, server.ours
+        )
+        tls = DataTls(self._client_context, self._server_tls_session, self.upstream)
+        return DataChannels(
+            self.context, channel, ends, tls, self.log, session=self.id, report=self._report, at_rest=self._at_rest
+        )
+
+    def _server_tls_session(self) -> ssl.SSLSession | None:
+        """The upstream control connection's TLS session, for its data connections to resume."""
+        assert self.server is not None
+        ssl_object = self.server.writer.get_extra_info("ssl_object")
+        return ssl_object.session if ssl_object is not None else None
+
+    def _at_rest(self) -> None:
+        """A transfer ended. The idle timeout counts afresh from here, as servers' own do: a transfer longer than
+        idle_s must not get the session closed the moment it ends."""
+        self._last_activity = time.monotonic()
+        if self._draining and not self._busy:
+            self.drain()
+
+    def _greeted(self, banner: bytes) -> None:
+        """The upstream's banner, already read: to the client, or (per_user) held while the USER is replayed."""
+        assert self.channel is not None
+        actions = self.channel.server_data(banner)
+        if self.route is not None and self.route.replay is not None:
+            # The client had our own greeting and sent USER; the upstream's greeting goes no further.
+            actions = self.channel.client_data(self.route.replay)
+        self.execute(actions)
+
     async def _start_client_tls(self) -> bool:
         """The client's control connection becomes TLS: at once (implicit), or after our 234 (AUTH TLS)."""
         if self._client_context is None or not await secure.client_handshake(
@@ -188,13 +218,8 @@ class Session(UpstreamLeg, DataChannels):
         if self._tls_task is not None:
             self._tls_task.cancel()
             await asyncio.gather(self._tls_task, return_exceptions=True)
-        for transfer in self._transfers.values():
-            if transfer.task is not None:
-                transfer.task.cancel()
-        tasks = [t.task for t in self._transfers.values() if t.task is not None]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self._transfers.clear()
+        if self.data is not None:
+            await self.data.stop()
         for peer in (self.client, self.server):
             if peer is None:
                 continue
@@ -212,7 +237,7 @@ class Session(UpstreamLeg, DataChannels):
         the client before our 421."""
         self._draining = True
         at_rest = self.channel is None or self.channel.at_rest
-        if not self._transfers and at_rest and not self._closed.is_set():
+        if not self._busy and at_rest and not self._closed.is_set():
             peers.write(self.client.writer, reply(421, "Service shutting down."))
             self.close("shutdown")
 
@@ -229,7 +254,11 @@ class Session(UpstreamLeg, DataChannels):
 
     @property
     def transfers(self) -> list[Transfer]:
-        return list(self._transfers.values())
+        return list(self.data.transfers.values()) if self.data is not None else []
+
+    @property
+    def _busy(self) -> bool:
+        return self.data is not None and self.data.busy
 
     def close(self, outcome: str) -> None:
         if not self._closed.is_set():
@@ -276,7 +305,7 @@ class Session(UpstreamLeg, DataChannels):
             now = time.monotonic()
             if not channel.logged_in and now - started > timeouts.login_s:
                 self._timeout(f"Login timeout ({timeouts.login_s:g} s): closing control connection.")
-            elif not self._transfers and now - self._last_activity > timeouts.idle_s:
+            elif not self._busy and now - self._last_activity > timeouts.idle_s:
                 self._timeout(f"Idle timeout ({timeouts.idle_s:g} s): closing control connection.")
 
     def _timeout(self, text: str) -> None:
@@ -293,82 +322,91 @@ class Session(UpstreamLeg, DataChannels):
         Replies to the client in a row go out in one write (a 150 and its 226 often come in one read): one
         segment and one system call fewer per transfer. They are written before any action with effects.
         """
+        channel, data = self.channel, self.data
+        assert channel is not None and self.server is not None and data is not None
         queue: deque[c.Action] = deque(actions)
-        channel = self.channel
-        assert channel is not None and self.server is not None
-        metrics = self.context.metrics
         to_client: list[bytes] = []
         while queue:
             action = queue.popleft()
             if to_client and type(action) in _WRITE_FIRST:
                 self._write_client(to_client)
             match action:
-                case c.SendToClient(data):
-                    to_client.append(data)
-                case c.SendToServer(data, urgent):
-                    # Over TLS an urgent byte would land inside a TLS record: ABOR goes as a plain line.
-                    if urgent and self.server.writer.get_extra_info("ssl_object") is None:
-                        then = b""  # the ABOR line behind the synch goes in the same segment
-                        if queue and isinstance(queue[0], c.SendToServer) and not queue[0].urgent:
-                            then = queue.popleft().data  # type: ignore[union-attr]
-                        self._send_urgent(data, then)
-                        self._arm_abort_timer()
-                    else:
-                        peers.write(self.server.writer, data)
+                case c.SendToClient(line):
+                    to_client.append(line)
+                case c.SendToServer(line, urgent):
+                    self._send_server(line, urgent, queue)
                 case c.ListenForClient() | c.ListenForServer():
-                    queue.extend(self._open_data_endpoint(action))
-                case StartClientTls():
-                    # Now, before the loop runs again: the client cannot have seen our 234 yet, so what the
-                    # transport holds is plaintext sent behind AUTH, and its ClientHello stays in the kernel
-                    # for the TLS layer (read on, and the stream buffer would swallow it).
-                    self.client.writer.transport.pause_reading()  # type: ignore[attr-defined]
-                    self._tls_task = asyncio.create_task(self._switch_client_tls(), name=f"#{self.id} tls")
-                case c.CloseDataEndpoint(ticket):
-                    transfer = self._transfers.pop(ticket, None)
-                    if transfer is not None and transfer.task is not None:
-                        transfer.task.cancel()
-                case c.CloseSession(reason):
-                    self.log.info("closing: %s", reason)
-                    if "overlong" in reason:
-                        self.close("protocol_error")
-                    elif self._quit:  # whichever side closed first after QUIT
-                        self.close("quit")
-                    else:
-                        self.close("client_closed" if "client" in reason else "server_closed")
-                case c.CommandReceived(verb, line):
-                    metrics.command(verb)
-                    if self.log.isEnabledFor(logging.DEBUG):
-                        self.log.debug("command %s", printable(redact(line)))
-                    self._quit = self._quit or verb == "QUIT"
-                case c.Rewrote(kind, before, after):
-                    metrics.rewrote(kind)
-                    if self.log.isEnabledFor(logging.DEBUG):
-                        self.log.debug("rewrite %s: %s -> %s", kind, printable(before), printable(after))
-                case c.Translated(client_verb, server_verb):
-                    metrics.verb_translations.labels(client_verb, server_verb).inc()
-                    self.log.debug("translated %s -> %s", client_verb, server_verb)
-                case c.Refused(rule, verb, code, detail):
-                    metrics.refused(rule)
-                    self.log.info("refused rule=%s verb=%s code=%d detail=%s", rule, verb, code, printable(detail))
-                case c.LoggedIn(user):
-                    self.log.info("logged in user=%s", printable(user))
+                    queue.extend(data.open(action))
                 case c.TransferRequested(ticket, verb, argument):
-                    if ticket is not None and ticket in self._transfers:
-                        self._transfers[ticket].verb = verb
-                        self._transfers[ticket].argument = argument
-                        self._count_opened(self._transfers[ticket])
-                case c.TransferReplied(ticket, verb, code):
-                    if ticket is not None and ticket in self._transfers:
-                        self._transfers[ticket].reply_code = code
-                        if (end := self._transfers[ticket].kernel_end) is not None:
-                            self._write_client(to_client)
-                            end()  # kernel path: the reply goes on now; the client reads data to its end
-                            queue.extend(channel.data_finished(ticket))
+                    data.requested(ticket, verb, argument)
+                case c.TransferReplied(ticket, _, code):
+                    if ticket is not None and data.replied(ticket, code):  # the kernel path: the reply goes on now
+                        self._write_client(to_client)
+                        queue.extend(channel.data_finished(ticket))
+                case _:
+                    self._carry_out(action)
         self._write_client(to_client)
         self.client.can_read.set() if channel.wants_client_data else self.client.can_read.clear()
         self.server.can_read.set() if channel.wants_server_data else self.server.can_read.clear()
         if self._draining:
             self.drain()  # the reply just relayed may have been the last one owed
+
+    def _send_server(self, line: bytes, urgent: bool, queue: deque[c.Action]) -> None:
+        assert self.server is not None
+        # Over TLS an urgent byte would land inside a TLS record: ABOR goes as a plain line.
+        if urgent and self.server.writer.get_extra_info("ssl_object") is None:
+            then = b""  # the ABOR line behind the synch goes in the same segment
+            if queue and isinstance(queue[0], c.SendToServer) and not queue[0].urgent:
+                then = queue.popleft().data  # type: ignore[union-attr]
+            self._send_urgent(line, then)
+            self._arm_abort_timer()
+        else:
+            peers.write(self.server.writer, line)
+
+    def _carry_out(self, action: c.Action) -> None:
+        """The actions that are neither bytes to send nor data endpoints."""
+        match action:
+            case StartClientTls():
+                # Now, before the loop runs again: the client cannot have seen our 234 yet, so what the
+                # transport holds is plaintext sent behind AUTH, and its ClientHello stays in the kernel
+                # for the TLS layer (read on, and the stream buffer would swallow it).
+                self.client.writer.transport.pause_reading()  # type: ignore[attr-defined]
+                self._tls_task = asyncio.create_task(self._switch_client_tls(), name=f"#{self.id} tls")
+            case c.CloseDataEndpoint(ticket):
+                assert self.data is not None
+                self.data.close(ticket)
+            case c.CloseSession(reason):
+                self.log.info("closing: %s", reason)
+                if "overlong" in reason:
+                    self.close("protocol_error")
+                elif self._quit:  # whichever side closed first after QUIT
+                    self.close("quit")
+                else:
+                    self.close("client_closed" if "client" in reason else "server_closed")
+            case _:
+                self._note(action)
+
+    def _note(self, action: c.Action) -> None:
+        """Facts for metrics and logs."""
+        metrics = self.context.metrics
+        match action:
+            case c.CommandReceived(verb, line):
+                metrics.command(verb)
+                if self.log.isEnabledFor(logging.DEBUG):
+                    self.log.debug("command %s", printable(redact(line)))
+                self._quit = self._quit or verb == "QUIT"
+            case c.Rewrote(kind, before, after):
+                metrics.rewrote(kind)
+                if self.log.isEnabledFor(logging.DEBUG):
+                    self.log.debug("rewrite %s: %s -> %s", kind, printable(before), printable(after))
+            case c.Translated(client_verb, server_verb):
+                metrics.verb_translations.labels(client_verb, server_verb).inc()
+                self.log.debug("translated %s -> %s", client_verb, server_verb)
+            case c.Refused(rule, verb, code, detail):
+                metrics.refused(rule)
+                self.log.info("refused rule=%s verb=%s code=%d detail=%s", rule, verb, code, printable(detail))
+            case c.LoggedIn(user):
+                self.log.info("logged in user=%s", printable(user))
 
     def _write_client(self, parts: list[bytes]) -> None:
         if parts:

@@ -91,7 +91,8 @@ class _ServerSession:
     async def run(self) -> None:
         await self.say("220 scripted")
         while line := await self.reader.readline():
-            command = line.decode("latin-1").strip()
+            # An ABOR may come behind Telnet IP and synch (IAC IP IAC DM, the DM maybe taken out of band).
+            command = line.decode("latin-1").lstrip("\xff\xf4\xf2").strip()
             self.server.commands.append(command)
             verb, _, argument = command.partition(" ")
             handler = getattr(self, f"do_{verb.upper()}", None)
@@ -231,6 +232,16 @@ class Pki:
         """The gateway accepts AUTH TLS from clients with this certificate."""
         certificate = ServerCertificate(self.directory / "cert.pem", self.directory / "key.pem", "TLSv1.2")
         return secure.TlsRuntime(client_mode="allow", certificate=certificate)
+
+    def server_context(self) -> ssl.SSLContext:
+        """For a ScriptedServer that answers AUTH TLS."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.directory / "cert.pem", self.directory / "key.pem")
+        return context
+
+    def upstream_runtime(self) -> secure.TlsRuntime:
+        """The gateway's control connection toward the server is TLS (AUTH TLS, required); its data stays clear."""
+        return secure.TlsRuntime(upstream_mode="require", upstream_data="clear", upstream_context=self.client_context())
 
     def client_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from shellrig import PAYLOAD, Rig, records, rig, run, sha
 
-from alg.gateway import datachannels
+from alg.gateway import relaypath
 
 INTERNAL = "ftp_alg_internal_errors_total"
 
@@ -66,7 +66,7 @@ def test_a_relay_that_raises_mid_download_ends_it_with_426_not_the_servers_226(
     async def main() -> None:
         async with rig() as gateway:
             client = await gateway.logged_in()
-            monkeypatch.setattr(datachannels, "relay", relay_then_raise)
+            monkeypatch.setattr(relaypath, "relay", relay_then_raise)
             data, code = await client.retr()
             assert len(data) == 65536 and code == 426
             assert gateway.metric(INTERNAL, where="data") == 1
@@ -87,7 +87,7 @@ def test_a_connect_that_raises_before_the_227_gets_425_and_the_session_goes_on(
     async def main() -> None:
         async with rig() as gateway:
             client = await gateway.logged_in()
-            monkeypatch.setattr(datachannels, "connect_from", connect_raises)
+            monkeypatch.setattr(relaypath, "connect_from", connect_raises)
             code, _ = await client.command("PASV")
             assert code == 425
             assert gateway.metric(INTERNAL, where="data") == 1
