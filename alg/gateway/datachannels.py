@@ -90,7 +90,7 @@ class DataChannels:
     def close(self, ticket: int) -> None:
         """The channel is done with this endpoint (ABOR, a new PASV, an aborted transfer): cut it."""
         transfer = self.transfers.pop(ticket, None)
-        if transfer is not None and transfer.task is not None:
+        if transfer is not None and transfer.task is not None and not transfer.lingering:
             transfer.task.cancel()
 
     def requested(self, ticket: int | None, verb: str, argument: bytes) -> None:
@@ -114,6 +114,11 @@ class DataChannels:
     @property
     def busy(self) -> bool:
         return bool(self.transfers)
+
+    @property
+    def running(self) -> bool:
+        """A transfer command went out on one of the data connections (its ABOR ends a running transfer)."""
+        return any(transfer.verb is not None for transfer in self.transfers.values())
 
     async def stop(self) -> None:
         """The session is closing: every transfer cut, and waited for."""

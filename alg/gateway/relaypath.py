@@ -145,9 +145,14 @@ class RelayPath:
         except (ConnectionError, OSError, ssl.SSLError):
             ended.failure = "reset"
             if transfer.server_tls:
+                transfer.lingering = True
                 await _linger(connected if transfer.mode == "passive" else accepted)
         except asyncio.CancelledError:
             ended.failure = "aborted"  # ABOR, or the session closing under a running transfer
+            if transfer.server_tls:
+                # Cut (an ABOR the server left unanswered): the server's TLS leg still ends with a FIN and is
+                # drained, never a reset, which proftpd's mod_tls takes for a fatal error (_linger).
+                await _linger(connected if transfer.mode == "passive" else accepted)
             raise
         finally:
             watch.stop()

@@ -326,15 +326,18 @@ class Session:
         assert channel is not None and self.server is not None and data is not None
         queue: deque[c.Action] = deque(actions)
         to_client: list[bytes] = []
+        to_server: list[tuple[bytes, bool]] = []
         while queue:
             action = queue.popleft()
             if to_client and type(action) in _WRITE_FIRST:
                 self._write_client(to_client)
+            if to_server and not isinstance(action, c.SendToServer):
+                self._write_server(to_server)
             match action:
                 case c.SendToClient(line):
                     to_client.append(line)
                 case c.SendToServer(line, urgent):
-                    self._send_server(line, urgent, queue)
+                    to_server.append((line, urgent))
                 case c.ListenForClient() | c.ListenForServer():
                     queue.extend(data.open(action))
                 case c.TransferRequested(ticket, verb, argument):
@@ -345,23 +348,28 @@ class Session:
                         queue.extend(channel.data_finished(ticket))
                 case _:
                     self._carry_out(action)
+        self._write_server(to_server)
         self._write_client(to_client)
+        if channel.abort_unsettled and self._abort_timer is None and data.running:
+            # An ABOR during a transfer: whether the server answers it is checked after ABORT_GRACE_S, whatever
+            # the control leg toward it (over TLS no urgent data goes, but the server may still not answer).
+            self._arm_abort_timer()
         self.client.can_read.set() if channel.wants_client_data else self.client.can_read.clear()
         self.server.can_read.set() if channel.wants_server_data else self.server.can_read.clear()
         if self._draining:
             self.drain()  # the reply just relayed may have been the last one owed
 
-    def _send_server(self, line: bytes, urgent: bool, queue: deque[c.Action]) -> None:
+    def _write_server(self, parts: list[tuple[bytes, bool]]) -> None:
+        """Writes to the server in a row go out together: the synch (urgent) and the ABOR line behind it in one
+        segment, so a server that looks for the command when the urgent signal comes finds it there."""
         assert self.server is not None
+        urgent, rest = join_server_writes(parts)
+        parts.clear()
         # Over TLS an urgent byte would land inside a TLS record: ABOR goes as a plain line.
         if urgent and self.server.writer.get_extra_info("ssl_object") is None:
-            then = b""  # the ABOR line behind the synch goes in the same segment
-            if queue and isinstance(queue[0], c.SendToServer) and not queue[0].urgent:
-                then = queue.popleft().data  # type: ignore[union-attr]
-            self._send_urgent(line, then)
-            self._arm_abort_timer()
+            self._send_urgent(urgent, rest)
         else:
-            peers.write(self.server.writer, line)
+            peers.write(self.server.writer, urgent + rest)
 
     def _carry_out(self, action: c.Action) -> None:
         """The actions that are neither bytes to send nor data endpoints."""
@@ -465,6 +473,13 @@ class Session:
     def _report(self, actions: list[c.Action]) -> None:
         if actions and not self._closed.is_set():
             self.execute(actions)
+
+
+def join_server_writes(parts: list[tuple[bytes, bool]]) -> tuple[bytes, bytes]:
+    """Writes to the server in a row as (the part whose last byte is marked urgent, the part behind it): one
+    segment for all, whatever order the channel emitted them in. No urgent part: (b"", everything)."""
+    last = max((i for i, (_, urgent) in enumerate(parts) if urgent), default=-1)
+    return b"".join(data for data, _ in parts[: last + 1]), b"".join(data for data, _ in parts[last + 1 :])
 
 
 # Actions with effects beyond bookkeeping: the client's replies queued before them are written first.

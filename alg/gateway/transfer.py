@@ -48,6 +48,7 @@ class Transfer:
     moved: ByteCounts | None = None  # (download, upload) so far, while relaying
     # The transfer's own direction delivered its end of file: it is complete, its final reply may go on.
     delivered: bool = False
+    lingering: bool = False  # the server's TLS leg is drained after the client's broke: it ends by itself
 
 
 @dataclass(slots=True, frozen=True)
