@@ -3,13 +3,15 @@
 UpstreamFailed saying what the client's 421 says.
 
 Rules: a function of the context and the session's facts, no session state; whatever fails becomes one
-UpstreamFailed (a log line, the 421's text and the session's outcome), never a traceback.
+UpstreamFailed (a log line, the 421's text and the session's outcome), never a traceback; the 421 names no
+address of the internal side (the log line does).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -56,9 +58,9 @@ async def connect(
     except secure.UpstreamTlsFailed as error:
         raise _tls_failed(str(error), upstream, log) from error
     except (OSError, TimeoutError) as error:
-        why = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
-        log.warning("upstream unreachable upstream=%s error=%s", upstream, printable(why))
-        text = f"Service not available: the FTP server {upstream} cannot be reached ({why})."
+        log.warning("upstream unreachable upstream=%s error=%s", upstream, printable(str(error) or "timed out"))
+        # The client is told why, never where: the address of the internal side stays in the log.
+        text = f"Service not available: the FTP server cannot be reached ({_why(error)})."
         raise UpstreamFailed(text, "upstream_unreachable") from error
     context.metrics.upstream_connect_seconds.observe(time.monotonic() - started)
     peers.tune(writer, oob_inline=False)
@@ -92,6 +94,15 @@ async def _open(
     async with asyncio.timeout(timeout_s):
         reader, writer = await asyncio.open_connection(str(upstream.ip), upstream.port, limit=peers.READ_BYTES)
     return reader, writer, b"", upstream
+
+
+def _why(error: OSError | TimeoutError) -> str:
+    """The reason without the address: asyncio's own text names it ("Connect call failed ('10.0.0.5', 21)")."""
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if error.errno is not None:
+        return os.strerror(error.errno)
+    return "connection failed"
 
 
 def _tls_failed(why: str, upstream: HostPort, log: logging.LoggerAdapter[logging.Logger]) -> UpstreamFailed:
