@@ -48,6 +48,7 @@ class ScriptedServer:
     uploads: dict[str, bytes] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
     tls: ssl.SSLContext | None = None  # AUTH TLS answered with 234 and a handshake
+    data_timeout_s: float = STEP_S  # a data connection that does not come in time: 425
     port: int = 0
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -161,6 +162,10 @@ class _ServerSession:
         await self.say("150 opening")
         try:
             sock = await self._data()
+        except TimeoutError:
+            await self.say("425 no data connection")
+            return
+        try:
             with sock:
                 await asyncio.get_running_loop().sock_sendall(sock, data)
                 sock.shutdown(socket.SHUT_WR)
@@ -195,7 +200,7 @@ class _ServerSession:
 
     async def _data(self) -> socket.socket:
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(STEP_S):
+        async with asyncio.timeout(self.server.data_timeout_s):
             if self.listener is not None:
                 sock, _ = await loop.sock_accept(self.listener)
                 self.close()

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from shellrig import PAYLOAD, Rig, records, rig, run, sha
+from shellrig import PAYLOAD, Rig, ScriptedServer, records, rig, run, sha
 
-from alg.gateway import relaypath
+from alg.gateway import kerneldata, relaypath
 
 INTERNAL = "ftp_alg_internal_errors_total"
 
@@ -172,3 +173,41 @@ def test_shellrig_reads_a_whole_download_through_the_gateway() -> None:
         assert gateway.ended == ["quit"]
 
     run(main)
+
+
+class RaisingKernelCarrier:
+    """In the kernel path's place (no root here): it raises once the client's RETR has gone out."""
+
+    def __init__(self, job: Any) -> None:
+        self.job = job
+        self.path = SimpleNamespace(tasks=set())
+
+    def end(self) -> None:
+        pass
+
+    async def carry(self, *_: Any) -> None:
+        async with asyncio.timeout(10):
+            while self.job.transfer.verb is None:  # no event for it: bounded, and a few turns of the loop
+                await asyncio.sleep(0)
+        raise Injected("kernel path bug")
+
+
+def test_an_exception_in_the_kernel_path_is_behind_the_same_boundary(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        async with rig(server=ScriptedServer(data_timeout_s=0.5)) as gateway:
+            client = await gateway.logged_in()
+            with monkeypatch.context() as patch:
+                patch.setattr(kerneldata, "mapped", lambda _context, job, _log: RaisingKernelCarrier(job))
+                await client.expect("PASV", 227)  # mapped before it is announced
+                code, _ = await client.command("RETR file.bin")
+                if code == 150:
+                    code, _ = await client.reply()
+            assert code in (425, 426)  # the server found no data connection; never a 2xx
+            assert gateway.metric(INTERNAL, where="data") == 1
+            await the_session_goes_on(gateway, client)
+            assert not gateway.loop_errors, gateway.loop_errors
+
+    run(main)
+    traceback_logged_once(caplog)
