@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import ssl
 import time
 from collections import deque
@@ -363,11 +361,12 @@ class Session:
         """Writes to the server in a row go out together: the synch (urgent) and the ABOR line behind it in one
         segment, so a server that looks for the command when the urgent signal comes finds it there."""
         assert self.server is not None
-        urgent, rest = join_server_writes(parts)
+        urgent, rest = peers.join_writes(parts)
         parts.clear()
         # Over TLS an urgent byte would land inside a TLS record: ABOR goes as a plain line.
         if urgent and self.server.writer.get_extra_info("ssl_object") is None:
-            self._send_urgent(urgent, rest)
+            sent, sent_then = peers.write_urgent(self.server.writer, urgent, rest)
+            self.log.debug("sent urgent bytes=%d of %d, then %d of %d", sent, len(urgent), sent_then, len(rest))
         else:
             peers.write(self.server.writer, urgent + rest)
 
@@ -421,34 +420,6 @@ class Session:
             peers.write(self.client.writer, parts[0] if len(parts) == 1 else b"".join(parts))
             parts.clear()
 
-    def _send_urgent(self, data: bytes, then: bytes = b"") -> None:
-        """Write `data` with its last byte marked urgent (MSG_OOB), then `then` in the same TCP segment.
-
-        BSD ftp sends IAC IP IAC, then DM alone as urgent data, then ABOR: three segments. Held back with
-        MSG_MORE, the synch and the command arrive together, urgent pointer on DM, so a server that looks for
-        the command when the urgent signal comes finds it there."""
-        assert self.server is not None
-        transport = self.server.writer.transport
-        sock = self.server.writer.get_extra_info("socket")
-        if sock is None or transport.get_write_buffer_size() > 0:
-            peers.write(
-                self.server.writer, data + then
-            )  # the urgent mark cannot overtake queued bytes: send it plainly
-            return
-        # The transport owns the socket; a duplicate descriptor lets us pass flags it has no API for.
-        sent = sent_then = 0
-        try:
-            with socket.socket(fileno=os.dup(sock.fileno())) as raw:
-                sent = raw.send(data, socket.MSG_OOB | (socket.MSG_MORE if then else 0))
-                if sent == len(data) and then:
-                    sent_then = raw.send(then, socket.MSG_DONTWAIT)
-        except OSError:
-            pass
-        rest = data[sent:] + then[sent_then:]
-        if rest:
-            peers.write(self.server.writer, rest)
-        self.log.debug("sent urgent bytes=%d of %d, then %d of %d", sent, len(data), sent_then, len(then))
-
     def _arm_abort_timer(self) -> None:
         if self._abort_timer is not None:
             self._abort_timer.cancel()
@@ -473,13 +444,6 @@ class Session:
     def _report(self, actions: list[c.Action]) -> None:
         if actions and not self._closed.is_set():
             self.execute(actions)
-
-
-def join_server_writes(parts: list[tuple[bytes, bool]]) -> tuple[bytes, bytes]:
-    """Writes to the server in a row as (the part whose last byte is marked urgent, the part behind it): one
-    segment for all, whatever order the channel emitted them in. No urgent part: (b"", everything)."""
-    last = max((i for i, (_, urgent) in enumerate(parts) if urgent), default=-1)
-    return b"".join(data for data, _ in parts[: last + 1]), b"".join(data for data, _ in parts[last + 1 :])
 
 
 # Actions with effects beyond bookkeeping: the client's replies queued before them are written first.

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from shellrig import PAYLOAD, Pki, ScriptedServer, rig, run
 
-from alg.gateway.session import join_server_writes
+from alg.gateway.peers import join_writes
 
 BIG = PAYLOAD * 240  # 49 MB: far more than the path's buffers hold, so the server is still writing at the ABOR
 
@@ -47,7 +47,7 @@ def test_an_abor_the_server_leaves_unanswered_gets_the_download_ended_by_the_gat
 
 def test_server_writes_in_a_row_go_out_as_one_with_the_urgent_mark_on_the_last_urgent_byte() -> None:
     synch, abor = b"\xff\xf4\xff\xf2", b"ABOR\r\n"
-    assert join_server_writes([(synch, True), (abor, False)]) == (synch, abor)
-    assert join_server_writes([(abor, False)]) == (b"", abor)
-    assert join_server_writes([(b"NOOP\r\n", False), (synch, True), (abor, False)]) == (b"NOOP\r\n" + synch, abor)
-    assert join_server_writes([(abor, False), (b"NOOP\r\n", False)]) == (b"", abor + b"NOOP\r\n")
+    assert join_writes([(synch, True), (abor, False)]) == (synch, abor)
+    assert join_writes([(abor, False)]) == (b"", abor)
+    assert join_writes([(b"NOOP\r\n", False), (synch, True), (abor, False)]) == (b"NOOP\r\n" + synch, abor)
+    assert join_writes([(abor, False), (b"NOOP\r\n", False)]) == (b"", abor + b"NOOP\r\n")
