@@ -89,6 +89,9 @@ PROTECTIONS = ("clear", "tls")
 BYTE_DIRECTIONS = ("download", "upload")
 PROXY_REFUSAL_REASONS = ("untrusted", "missing", "malformed", "oversized", "timeout")
 POOLS = ("public", "internal")
+# Where an unexpected exception was caught at a task's error boundary: a data connection (its transfer ends with
+# 426) or a session (it ends with 421).
+INTERNAL_ERROR_PLACES = ("data", "session")
 
 _SETUP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _TRANSFER_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
@@ -250,6 +253,13 @@ class Metrics:
         )
         for result in ("ok", "failed"):
             self.reloads.labels(result)
+        self.internal_errors = Counter(
+            "ftp_alg_internal_errors",
+            "Unexpected exceptions (bugs) caught at a task's error boundary, by where: data (the transfer ended"
+            " with 426) or session (the session ended with 421). Each is logged once with its traceback.",
+            ["where"],
+            registry=r,
+        )
         self.build_info = Info("ftp_alg_build", "Version of ftp-alg.", registry=r)
         self.build_info.info({"version": __version__})
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... (Linux /proc only)
@@ -287,6 +297,8 @@ class Metrics:
         }
         for pool in POOLS:
             self.pool_size.labels(pool)
+        for where in INTERNAL_ERROR_PLACES:
+            self.internal_errors.labels(where)
         self._pool_in_use_series = {pool: self.pool_in_use.labels(pool) for pool in POOLS}
         self._declare_scaleout(r)
 
@@ -385,6 +397,9 @@ class Metrics:
     def data_failure(self, reason: str) -> None:
         reason = reason.replace("-", "_")
         self.data_failed.labels(reason if reason in DATA_FAILURES else "reset").inc()
+
+    def internal_error(self, where: str) -> None:
+        self.internal_errors.labels(where).inc()
 
     def session_ended(self, outcome: str) -> None:
         self.sessions.labels(outcome if outcome in SESSION_OUTCOMES else "error").inc()

@@ -34,7 +34,7 @@ T = TypeVar("T")
 Socket = socket.socket
 Arg = str | os.PathLike[str]
 
-# The only addresses the integration tests ever use (docs/DESIGN.md, "Address plan").
+# The only addresses the integration tests ever use (docs/architecture.md, "Tests").
 PUBLIC_NET = ipaddress.IPv4Network("203.0.113.0/24")
 INTERNAL_NET = ipaddress.IPv4Network("198.51.100.0/24")
 LAN_NET = ipaddress.IPv4Network("198.18.0.0/24")

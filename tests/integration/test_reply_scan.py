@@ -98,9 +98,6 @@ def test_refusals(reverse_topo: Topology, gateway: FtpServer) -> None:
     assert leaks(control.received.split(b"\n", 1)[0]) == []  # the banner
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the 421 names the upstream: its text is upstreamleg.py's (the shell engineer's fix)"
-)
 def test_upstream_down(reverse_topo: Topology, gateway: FtpServer) -> None:
     gateway.stop()
     control = RawFtp.open(reverse_topo.client, GW)
@@ -115,11 +112,6 @@ def test_the_log_keeps_the_upstream(reverse_topo: Topology, gateway: FtpServer, 
     assert "upstream=198.51.100.10:21" in reverse_topo.logs()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the 421 after a failed TLS handshake toward the upstream quotes OpenSSL's words, which name the "
-    "upstream ('certificate is not valid for ...'): upstreamleg.py/secure.py (the shell and ops engineers')",
-)
 def test_upstream_tls_failure(reverse_topo: Topology, ftp_server_factory: Callable[..., FtpServer], pki: Pki) -> None:
     ftp_server_factory("vsftpd", reverse_topo.server, tls=pki.wrong_name)  # a certificate for other.test only
     reverse_topo.gw.hosts_file(f"127.0.0.1 localhost\n198.51.100.10 {NAME}\n")

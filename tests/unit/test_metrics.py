@@ -24,6 +24,7 @@ from alg.ops.metrics import (
     DATA_DIRECTIONS,
     DATA_FAILURES,
     DATA_MODES,
+    INTERNAL_ERROR_PLACES,
     KNOWN_VERBS,
     POOLS,
     PROTECTIONS,
@@ -80,6 +81,7 @@ def test_every_labelled_series_exists_at_zero_from_start() -> None:
         *(("ftp_alg_refusals_total", {"reason": r}) for r in REFUSAL_REASONS),
         *(("ftp_alg_port_pool_size", {"pool": p}) for p in POOLS),
         *(("ftp_alg_port_pool_in_use", {"pool": p}) for p in POOLS),
+        *(("ftp_alg_internal_errors_total", {"where": w}) for w in INTERNAL_ERROR_PLACES),
         ("ftp_alg_sessions_active", {}),
         ("ftp_alg_data_channels_active", {}),
         ("ftp_alg_upstream_ready", {}),
@@ -208,6 +210,7 @@ def test_no_label_ever_carries_an_address_a_user_or_a_path() -> None:
         *REFUSAL_REASONS,
         *POOLS,
         *PROXY_REFUSAL_REASONS,
+        *INTERNAL_ERROR_PLACES,
         "1",  # PROXY protocol versions
         "2",
         __version__,
