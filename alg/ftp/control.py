@@ -35,6 +35,7 @@ from alg.ftp.addresses import HostPort
 from alg.ftp.channelstate import PROBING, TRANSFER_VERBS, Pending, Side, Ticket
 from alg.ftp.datanegotiation import DataNegotiation
 from alg.ftp.families import ServerFeatures
+from alg.ftp.reasons import Refusal, SessionOutcome
 from alg.ftp.tls import TlsPolicy
 from alg.ftp.wire import Command, LineFramer, Overlong, TelnetFilter, parse_command, parse_reply_line, reply
 
@@ -149,11 +150,11 @@ class ControlChannel(DataNegotiation):
         if self.closed:
             return []
         if not data:
-            return self._close("the client closed the control connection")
+            return self._close(SessionOutcome.CLIENT_CLOSED, "the client closed the control connection")
         if self._tls_ordered:
             # Bytes after our 234 and before the handshake are plaintext someone injected (CVE-2011-0411 class):
             # never executed.
-            return [Refused("tls_plaintext", "AUTH", 0, f"{len(data)} plaintext bytes before the TLS handshake")]
+            return [Refused(Refusal.TLS_PLAINTEXT, "AUTH", 0, f"{len(data)} plaintext bytes before the TLS handshake")]
         lines = self._client.framer.feed(data)
         self.client_lines += len(lines)
         self._client.backlog.extend(lines)
@@ -168,7 +169,7 @@ class ControlChannel(DataNegotiation):
                 out.append(SendToClient(reply(426, "Connection closed; transfer aborted: the FTP server went away.")))
             if not self._said_goodbye:
                 out.append(SendToClient(reply(421, "The FTP server closed the connection.")))
-            return out + self._close("the server closed the control connection")
+            return out + self._close(SessionOutcome.SERVER_CLOSED, "the server closed the control connection")
         self._server.backlog.extend(self._server.framer.feed(data))
         return self._run()
 
@@ -225,11 +226,11 @@ class ControlChannel(DataNegotiation):
                 out.extend(flushed)
         return out
 
-    def _close(self, reason: str) -> list[Action]:
+    def _close(self, reason: SessionOutcome, detail: str) -> list[Action]:
         self.closed = True
         out: list[Action] = [CloseDataEndpoint(t) for t in self._tickets]
         self._tickets.clear()
-        out.append(CloseSession(reason))
+        out.append(CloseSession(reason, detail))
         return out
 
     def _answer_locally(self, line: bytes, *, start_tls: bool = False) -> list[Action]:
@@ -256,30 +257,30 @@ class ControlChannel(DataNegotiation):
         self._client.framer = LineFramer(self.settings.max_line_bytes)
         out: list[Action] = [StartClientTls()]
         if dropped:
-            out.append(Refused("tls_plaintext", "AUTH", 0, f"{dropped} plaintext line(s) after AUTH TLS dropped"))
+            out.append(Refused(Refusal.TLS_PLAINTEXT, "AUTH", 0, f"{dropped} plaintext line(s) after AUTH TLS dropped"))
         return out
 
-    def _refuse(self, verb: str, code: int, rule: str, detail: str) -> list[Action]:
-        return [Refused(rule, verb, code, detail), *self._answer_locally(reply(code, detail))]
+    def _refuse(self, verb: str, code: int, reason: Refusal, detail: str, rule: str = "") -> list[Action]:
+        return [Refused(reason, verb, code, detail, rule), *self._answer_locally(reply(code, detail))]
 
     # ---- client lines ------------------------------------------------------------------------------------------
 
     def _client_line(self, line: bytes | Overlong) -> list[Action]:
         if isinstance(line, Overlong):
             limit = self.settings.max_line_bytes
-            return self._refuse("<overlong>", 500, "line-length", f"Command line too long (limit {limit} bytes)")
+            return self._refuse("<overlong>", 500, Refusal.LINE_LENGTH, f"Command line too long (limit {limit} bytes)")
         command = parse_command(line)
         if command is None:
-            return self._refuse("<syntax>", 500, "syntax", "Syntax error, command unrecognized")
+            return self._refuse("<syntax>", 500, Refusal.SYNTAX, "Syntax error, command unrecognized")
         out: list[Action] = [CommandReceived(command.verb, command.raw)]
         try:
             if self.settings.check_command is not None:
                 self.settings.check_command(command)
             out.extend(self._dispatch(command))
         except PolicyDenied as denied:
-            out.extend(self._refuse(command.verb, denied.reply_code, denied.rule, str(denied)))
+            out.extend(self._refuse(command.verb, denied.reply_code, denied.reason, str(denied), denied.rule))
         except FtpProtocolError as error:
-            out.extend(self._refuse(command.verb, error.reply_code, "syntax", str(error)))
+            out.extend(self._refuse(command.verb, error.reply_code, Refusal.SYNTAX, str(error)))
         return out
 
     def _dispatch(self, command: Command) -> list[Action]:
@@ -293,7 +294,7 @@ class ControlChannel(DataNegotiation):
             self.tls.starting = True
             return self._answer_locally(reply(234, "Proceed with TLS negotiation"), start_tls=True)
         if verb in UNSUPPORTED:
-            return self._refuse(verb, 502, "unsupported", UNSUPPORTED[verb])
+            return self._refuse(verb, 502, Refusal.UNSUPPORTED, UNSUPPORTED[verb])
         if verb in ("PORT", "EPRT"):
             return self._active(command)
         if verb in ("PASV", "EPSV"):
@@ -324,7 +325,7 @@ class ControlChannel(DataNegotiation):
     def _server_line(self, line: bytes | Overlong) -> list[Action]:
         if isinstance(line, Overlong):
             out: list[Action] = [SendToClient(reply(421, "The FTP server sent an unreadable reply; closing."))]
-            return out + self._close("the server sent an overlong line")
+            return out + self._close(SessionOutcome.PROTOCOL_ERROR, "the server sent an overlong line")
         parsed = parse_reply_line(line)
         if self._pending and self._pending[0].verb == "FEAT" and self._pending[0].local_reply is None:
             self.features.feat_line(line)
@@ -395,7 +396,7 @@ class ControlChannel(DataNegotiation):
             # address, so it is never passed on as it is.
             detail = "the FTP server sent a passive reply out of turn"
             line = reply(425, f"Can't open data connection: {detail}.")
-            refused: list[Action] = [Refused("server-reply", front.verb if front else "", 425, detail)]
+            refused: list[Action] = [Refused(Refusal.SERVER_REPLY, front.verb if front else "", 425, detail)]
             return refused + self._final_reply(425, line, single_line=True)
         if not self._pending or self._pending[0].local_reply is not None:
             self._said_goodbye = code in (221, 421)

@@ -30,6 +30,7 @@ from alg.ftp.actions import (
 from alg.ftp.addresses import HostPort
 from alg.ftp.channelstate import DOWNLOAD_VERBS, PROBING, TRANSFER_VERBS, Pending, Side, Ticket
 from alg.ftp.families import ServerFeatures
+from alg.ftp.reasons import Refusal
 from alg.ftp.wire import Command, reply
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ class DataNegotiation:
                 self._failed[ticket] = aborted  # bounded: one per transfer command still owed a reply
             return self._finished(ticket)
         refusal = reply(425, f"Can't open data connection: {reason}.")
-        out: list[Action] = [Refused("data-endpoint", record.verb, 425, reason)]
+        out: list[Action] = [Refused(Refusal.DATA_ENDPOINT, record.verb, 425, reason)]
         if record.passive:
             # The server's 227/229 is replaced by our refusal, in its place in the reply order.
             out.append(SendToClient(refusal))
@@ -178,11 +179,13 @@ class DataNegotiation:
     def _check_data_limit(self) -> None:
         if len(self._tickets) >= self.settings.max_data_channels:
             limit = self.settings.max_data_channels
-            raise PolicyDenied(f"Too many data connections open (limit {limit})", rule="limit", reply_code=425)
+            raise PolicyDenied(f"Too many data connections open (limit {limit})", reason=Refusal.LIMIT, reply_code=425)
 
     def _active(self, command: Command) -> list[Action]:
         if self._epsv_all:
-            raise PolicyDenied("After EPSV ALL only EPSV may open data connections", rule="syntax", reply_code=503)
+            raise PolicyDenied(
+                "After EPSV ALL only EPSV may open data connections", reason=Refusal.SYNTAX, reply_code=503
+            )
         if command.verb == "PORT":
             target = addresses.parse_port(command.argument)
         else:
@@ -193,13 +196,13 @@ class DataNegotiation:
             raise PolicyDenied(
                 f"{command.verb} refused: it names {target.ip}, but your connection comes from {self.client.ip}"
                 " (the client announced a LAN or third-party address; use passive mode)",
-                rule="bounce",
+                reason=Refusal.BOUNCE,
                 reply_code=504,
             )
         if target.port < self.settings.min_active_port:
             raise PolicyDenied(
                 f"{command.verb} refused: port {target.port} is privileged (below {self.settings.min_active_port})",
-                rule="bounce",
+                reason=Refusal.BOUNCE,
                 reply_code=504,
             )
         self._check_data_limit()
@@ -216,17 +219,19 @@ class DataNegotiation:
             self._pending.append(Pending("EPSV ALL"))
             return [SendToServer(command.raw)]
         if command.verb == "PASV" and self._epsv_all:
-            raise PolicyDenied("After EPSV ALL only EPSV may open data connections", rule="syntax", reply_code=503)
+            raise PolicyDenied(
+                "After EPSV ALL only EPSV may open data connections", reason=Refusal.SYNTAX, reply_code=503
+            )
         raw = command.raw
         if command.verb == "EPSV" and argument:
             family = b"2" if isinstance(self.client.ip, IPv6Address) else b"1"
             if argument != family:
                 raise PolicyDenied(
-                    f"Network protocol not supported, use ({family.decode()})", rule="syntax", reply_code=522
+                    f"Network protocol not supported, use ({family.decode()})", reason=Refusal.SYNTAX, reply_code=522
                 )
             raw = b"EPSV\r\n"  # the server side has its own family; let the server pick
         if command.verb == "PASV" and isinstance(self.client.ip, IPv6Address):
-            raise PolicyDenied("PASV cannot carry an IPv6 address; use EPSV", rule="syntax", reply_code=425)
+            raise PolicyDenied("PASV cannot carry an IPv6 address; use EPSV", reason=Refusal.SYNTAX, reply_code=425)
         self._check_data_limit()
         sent = self.features.verb_for_server(command.verb)
         out: list[Action] = []
@@ -344,7 +349,7 @@ class DataNegotiation:
             record = self._tickets.get(entry.ticket) if entry.ticket is not None else None
             if record is None or record.public is None or not isinstance(record.public.ip, IPv4Address):
                 detail = "Can't open data connection: the FTP server knows neither EPRT nor an IPv4 PORT for us"
-                return [Refused("unsupported", entry.verb, 425, detail), SendToClient(reply(425, detail))]
+                return [Refused(Refusal.UNSUPPORTED, entry.verb, 425, detail), SendToClient(reply(425, detail))]
             line = self._active_line(verb, record.public)
         else:
             line = verb.encode() + b"\r\n"
@@ -385,7 +390,7 @@ class DataNegotiation:
         """`verb` is what the server got, `client_verb` what the client sent (and the form of its reply)."""
         unusable = reply(425, "Can't open data connection: the FTP server's passive reply was not understood.")
         if not single_line or (verb, code) not in (("PASV", 227), ("EPSV", 229)):
-            return [Refused("server-reply", verb, 425, "unusable passive reply"), SendToClient(unusable)]
+            return [Refused(Refusal.SERVER_REPLY, verb, 425, "unusable passive reply"), SendToClient(unusable)]
         try:
             if code == 227:
                 announced, _, _ = addresses.find_227(line)
@@ -393,7 +398,7 @@ class DataNegotiation:
                 port, _, _ = addresses.find_229(line)
                 announced = HostPort(self.server.ip, port)
         except FtpProtocolError as error:
-            return [Refused("server-reply", verb, 425, str(error)), SendToClient(unusable)]
+            return [Refused(Refusal.SERVER_REPLY, verb, 425, str(error)), SendToClient(unusable)]
         target = announced
         out: list[Action] = []
         if self.settings.passive_target == "upstream":
@@ -405,7 +410,7 @@ class DataNegotiation:
                 # RFC 2577: a reply naming a third party is not followed; the upstream host is used instead.
                 target = HostPort(self.server.ip, announced.port)
                 detail = f"the server announced third-party address {announced.ip}; using {self.server.ip}"
-                out.append(Refused("bounce", verb, 0, detail))
+                out.append(Refused(Refusal.BOUNCE, verb, 0, detail))
         ticket, closed = self._new_ticket(passive=True, line=line, verb=client_verb)
         self._tickets[ticket].sent = verb
         out.extend(closed)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 from alg.errors import DataChannelError
 from alg.ftp import control as c
 from alg.ftp.addresses import HostPort, IPAddress
+from alg.ftp.reasons import DataFailure, Refusal
 from alg.gateway import kerneldata, secure
 from alg.net.dataplane import RelayResult, accept_from, connect_from, open_listener, relay
 from alg.net.tls import Leg, TlsTruncated, relay_legs
@@ -162,13 +163,13 @@ class DataChannels:
         timeouts = self.context.timeouts
         accepted: socket.socket | None = None
         connected: socket.socket | None = None
-        failure: str | None = None
+        failure: DataFailure | None = None
         failure_text: str | None = None  # for the client's 426, when the reason's stock text will not do
         moved: tuple[int, int] | None = None  # (download, upload) once a relay ran
         started = 0.0
 
         def stranger(ip: IPAddress) -> None:
-            metrics.refused("port_theft")
+            metrics.refused(Refusal.PORT_THEFT)
             self.log.warning("data port theft attempt ticket=%d from=%s expected=%s", ticket, ip, expected)
 
         async def connect_other_leg() -> socket.socket | None:
@@ -178,11 +179,11 @@ class DataChannels:
                 async with asyncio.timeout(timeouts.data_connect_s):
                     sock = await connect_from(source, target)
             except TimeoutError:
-                failure = "connect_timeout"
+                failure = DataFailure.CONNECT_TIMEOUT
                 return None
             except OSError as error:
                 self.log.warning("data connect failed ticket=%d target=%s error=%s", ticket, target, error)
-                failure = "connect_failed"
+                failure = DataFailure.CONNECT_FAILED
                 return None
             metrics.data_setup_seconds.observe(time.monotonic() - started)
             return sock
@@ -202,7 +203,7 @@ class DataChannels:
                 async with asyncio.timeout(timeouts.data_connect_s):
                     accepted = await accept_from(listener, expected, stranger)
             except TimeoutError:
-                failure = "accept_timeout"
+                failure = DataFailure.ACCEPT_TIMEOUT
                 return
             finally:
                 listener.close()
@@ -218,8 +219,8 @@ class DataChannels:
                     legs = await self._secure_legs(transfer, accepted, connected)
                 except secure.DataTlsFailed as error:
                     failure, failure_text = error.reason, str(error)
-                    if error.reason == "tls_session_reuse":
-                        metrics.refused("tls_session_reuse")
+                    if error.reason is DataFailure.TLS_SESSION_REUSE:
+                        metrics.refused(Refusal.TLS_SESSION_REUSE)
                     return
             transfer.connected = True
             if transfer.verb is not None:  # else counted when the client's RETR/STOR/LIST arrives
@@ -242,15 +243,15 @@ class DataChannels:
                 else:
                     await relay_legs(*legs, idle_timeout_s=idle, on_first_eof=first_eof, result=counts)
             except TimeoutError:
-                failure = "idle_timeout"
+                failure = DataFailure.IDLE_TIMEOUT
             except TlsTruncated:
-                failure = "tls_truncated"
+                failure = DataFailure.TLS_TRUNCATED
             except (ConnectionError, OSError, ssl.SSLError):
-                failure = "reset"
+                failure = DataFailure.RESET
                 if transfer.server_tls:
                     await _linger(connected if transfer.mode == "passive" else accepted)
             except asyncio.CancelledError:
-                failure = "aborted"  # ABOR, or the session closing under a running transfer
+                failure = DataFailure.ABORTED  # ABOR, or the session closing under a running transfer
                 raise
             finally:
                 metrics.data_active.dec()
@@ -271,7 +272,7 @@ class DataChannels:
             # than idle_s must not get the session closed the moment it ends.
             self._last_activity = time.monotonic()
             if self.channel is not None and not self._closed.is_set():
-                if failure is not None and (moved is None or failure == "tls_truncated"):
+                if failure is not None and (moved is None or failure is DataFailure.TLS_TRUNCATED):
                     # No byte was relayed, or the server's TLS stream was cut: the transfer cannot have
                     # completed, whatever the server answers.
                     text = failure_text or _FAILURE_TEXT.get(failure, failure)

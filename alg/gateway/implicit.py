@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from alg.ftp.addresses import HostPort
+from alg.ftp.reasons import Refusal
 from alg.gateway.frontdoor import ProxyRefused, receive_origin_before_tls
 from alg.gateway.peers import hostport
 from alg.net.listeners import listening_socket
@@ -87,7 +88,7 @@ class ImplicitListeners:
         except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
             outcome = "timeout" if isinstance(error, TimeoutError) else "failed"
             gateway.metrics.tls_handshake("client", "control", outcome)
-            gateway.metrics.refused("tls_handshake")
+            gateway.metrics.refused(Refusal.TLS_HANDSHAKE)
             log.info("implicit tls handshake %s reason=%s", outcome, reason_of(error))
             conn.close()
             return

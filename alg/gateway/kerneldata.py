@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from alg.ftp.addresses import HostPort, IPAddress
+from alg.ftp.reasons import DataFailure, Refusal
 from alg.net.dataplane import Listener
 from alg.net.kernelpath import Carried, KernelPath, KernelPathUnavailable, carry, stop_listening
 from alg.net.nft import NftError
@@ -81,11 +82,11 @@ async def _carried(
     path, metrics, timeouts = context.kernel_path, context.metrics, context.timeouts
     assert path is not None
     state = Carried()
-    failure: str | None = None
+    failure: DataFailure | None = None
     moved: tuple[int, int] | None = None
 
     def stranger(ip: IPAddress) -> None:
-        metrics.refused("port_theft")
+        metrics.refused(Refusal.PORT_THEFT)
         session.log.warning("data port theft attempt ticket=%d from=%s expected=%s", ticket, ip, mapping.peer)
 
     # Passive: the peer is the client (original direction = upload); active: the server (original = download).
@@ -109,7 +110,7 @@ async def _carried(
         failure = state.failure
     except asyncio.CancelledError:
         if not ended.is_set():
-            failure = "aborted"  # ABOR, or the session closing under a running transfer
+            failure = DataFailure.ABORTED  # ABOR, or the session closing under a running transfer
         raise
     finally:
         metrics.data_active.dec()

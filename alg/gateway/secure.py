@@ -19,6 +19,7 @@ from typing import Any
 from alg.errors import ConfigError
 from alg.ftp import tls as ftptls
 from alg.ftp.addresses import HostPort
+from alg.ftp.reasons import DataFailure, Refusal
 from alg.net.tls import Leg, PlainLeg, ServerCertificate, TlsLeg, reason_of, upstream_context
 from alg.ops.logs import printable
 from alg.ops.metrics import Metrics
@@ -185,12 +186,12 @@ async def client_handshake(
     except (ssl.SSLError, OSError, TimeoutError) as error:
         outcome = "timeout" if isinstance(error, TimeoutError) else "failed"
         metrics.tls_handshake("client", "control", outcome)
-        metrics.refused("tls_handshake")
+        metrics.refused(Refusal.TLS_HANDSHAKE)
         logger.info("client tls handshake %s reason=%s", outcome, printable(reason_of(error)))
         return False
     metrics.tls_handshake("client", "control", "ok")
     if dropped:
-        metrics.refused("tls_plaintext")
+        metrics.refused(Refusal.TLS_PLAINTEXT)
         logger.warning("dropped %d plaintext bytes sent after 234 before the TLS handshake", dropped)
     return True
 
@@ -234,11 +235,11 @@ async def wrap_data_legs(
                 await leg.handshake()
         except TimeoutError:
             metrics.tls_handshake(side, "data", "timeout")
-            raise DataTlsFailed(f"tls_handshake_{side}", f"the {side}'s TLS data handshake timed out") from None
+            raise DataTlsFailed(_HANDSHAKE_FAILURE[side], f"the {side}'s TLS data handshake timed out") from None
         except (ssl.SSLError, OSError) as error:
             metrics.tls_handshake(side, "data", "failed")
             raise DataTlsFailed(
-                f"tls_handshake_{side}", f"the {side}'s TLS data handshake failed: {reason_of(error)}"
+                _HANDSHAKE_FAILURE[side], f"the {side}'s TLS data handshake failed: {reason_of(error)}"
             ) from error
         metrics.tls_handshake(side, "data", "ok")
 
@@ -254,7 +255,7 @@ async def wrap_data_legs(
         with contextlib.suppress(OSError):
             await client_leg.close_write()
         raise DataTlsFailed(
-            "tls_session_reuse",
+            DataFailure.TLS_SESSION_REUSE,
             "the data connection did not resume the control connection's TLS session (session reuse required)",
         )
     if isinstance(server_leg, TlsLeg) and server_session is not None and not server_leg.session_reused:
@@ -263,6 +264,9 @@ async def wrap_data_legs(
 
 
 class DataTlsFailed(Exception):
-    def __init__(self, reason: str, text: str) -> None:
+    def __init__(self, reason: DataFailure, text: str) -> None:
         super().__init__(text)
         self.reason = reason
+
+
+_HANDSHAKE_FAILURE = {"client": DataFailure.TLS_HANDSHAKE_CLIENT, "server": DataFailure.TLS_HANDSHAKE_SERVER}

@@ -18,6 +18,7 @@ from typing import Any
 from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.control import ChannelSettings
+from alg.ftp.reasons import Refusal, SessionOutcome
 from alg.ftp.wire import reply
 from alg.gateway import kerneldata, secure
 from alg.gateway.advertise import Advertiser
@@ -214,7 +215,7 @@ class Gateway:
         """A new control connection; `origin` when it was read already (implicit FTPS: before the handshake)."""
         peername = writer.get_extra_info("peername")
         if peername is None:  # reset before we looked (uvloop then has no address): nothing to answer
-            self.metrics.session_ended("client_closed")
+            self.metrics.session_ended(SessionOutcome.CLIENT_CLOSED)
             writer.close()
             return
         if origin is None:
@@ -246,8 +247,8 @@ class Gateway:
         if refusal is None and upstream is None:
             refusal = "No FTP server to connect you to."
         if refusal is not None or upstream is None:
-            self.metrics.refused("limit")
-            self.metrics.session_ended("refused_limit")
+            self.metrics.refused(Refusal.LIMIT)
+            self.metrics.session_ended(SessionOutcome.REFUSED_LIMIT)
             log.info("connection refused client=%s reason=%s", client, refusal)
             with contextlib.suppress(Exception):
                 writer.write(reply(421, refusal or "Refused."))
@@ -265,7 +266,7 @@ class Gateway:
         if self.upstreams is not None:
             route, secured = await self._route(reader, writer, secured=implicit_tls)
             if route is None:
-                self.metrics.session_ended("client_closed")
+                self.metrics.session_ended(SessionOutcome.CLIENT_CLOSED)
                 writer.close()
                 return
             upstream = route.first
@@ -316,13 +317,13 @@ class Gateway:
 
     def proxy_refused(self, refused: ProxyRefused) -> None:
         self.metrics.proxy_refused(refused.reason)
-        self.metrics.session_ended("refused_acl")
+        self.metrics.session_ended(SessionOutcome.REFUSED_ACL)
         log.warning("proxy protocol refused reason=%s detail=%s", refused.reason, refused)
 
     async def _refuse_by_policy(self, writer: asyncio.StreamWriter, client: IPAddress, text: str) -> None:
         """421 and close, before any upstream is contacted (rules: clients, destinations)."""
-        self.metrics.refused("acl")
-        self.metrics.session_ended("refused_acl")
+        self.metrics.refused(Refusal.ACL)
+        self.metrics.session_ended(SessionOutcome.REFUSED_ACL)
         log.info("connection refused client=%s reason=acl text=%s", client, text)
         with contextlib.suppress(Exception):
             writer.write(reply(421, text))
@@ -346,7 +347,7 @@ class Gateway:
                 async with asyncio.timeout(grace_s):
                     await self._empty.wait()
         for session in list(self.sessions.values()):
-            session.close("shutdown")
+            session.close(SessionOutcome.SHUTDOWN)
         for server in self._servers:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
@@ -370,8 +371,8 @@ class Gateway:
                 with conn, contextlib.suppress(OSError):
                     conn.setblocking(False)
                     conn.send(reply(421, "Service shutting down."))
-                self.metrics.refused("limit")
-                self.metrics.session_ended("refused_limit")
+                self.metrics.refused(Refusal.LIMIT)
+                self.metrics.session_ended(SessionOutcome.REFUSED_LIMIT)
 
     def close_kernel_path(self) -> None:
         """Delete our nftables table; connections already established keep flowing (conntrack)."""

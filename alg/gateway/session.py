@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from alg.ftp import control as c
 from alg.ftp.addresses import HostPort, IPAddress
+from alg.ftp.reasons import Refusal, SessionOutcome
 from alg.ftp.tls import StartClientTls
 from alg.ftp.wire import reply
 from alg.gateway import peers, secure
@@ -91,7 +92,7 @@ class Session(UpstreamLeg, DataChannels):
         self.client = peers.Peer(reader, writer, address, ours)
         self.server: peers.Peer | None = None
         self.channel: c.ControlChannel | None = None
-        self.outcome = "error"
+        self.outcome = SessionOutcome.ERROR
         self._closed = asyncio.Event()
         self._transfers: dict[int, Transfer] = {}
         self._last_activity = time.monotonic()
@@ -122,11 +123,11 @@ class Session(UpstreamLeg, DataChannels):
             if await self._connect_upstream():
                 await self._serve()
         except asyncio.CancelledError:
-            self.outcome = "shutdown"
+            self.outcome = SessionOutcome.SHUTDOWN
             raise
         except Exception:  # the one place that catches everything: log it, answer, close
             self.log.exception("session failed")
-            self.outcome = "error"
+            self.outcome = SessionOutcome.ERROR
         finally:
             await self._teardown()
             metrics.session_ended(self.outcome)
@@ -145,8 +146,8 @@ class Session(UpstreamLeg, DataChannels):
             self.context.metrics,
             self.log,
         ):
-            self.outcome = "tls_failed"
-            self.close("tls_failed")
+            self.outcome = SessionOutcome.TLS_FAILED
+            self.close(SessionOutcome.TLS_FAILED)
             return False
         self.tls_client = describe(self.client.writer.get_extra_info("ssl_object"))
         self.log.info("tls client %s", self.tls_client)
@@ -203,13 +204,13 @@ class Session(UpstreamLeg, DataChannels):
         at_rest = self.channel is None or self.channel.at_rest
         if not self._transfers and at_rest and not self._closed.is_set():
             peers.write(self.client.writer, reply(421, "Service shutting down."))
-            self.close("shutdown")
+            self.close(SessionOutcome.SHUTDOWN)
 
     def end(self) -> None:
         """Ended by an administrator: a 421 to the client, then close (transfers in flight are cut)."""
         if not self._closed.is_set():
             peers.write(self.client.writer, reply(421, "Session ended by the administrator."))
-            self.close("ended_by_admin")
+            self.close(SessionOutcome.ENDED_BY_ADMIN)
 
     @property
     def last_activity(self) -> float:
@@ -220,7 +221,7 @@ class Session(UpstreamLeg, DataChannels):
     def transfers(self) -> list[Transfer]:
         return list(self._transfers.values())
 
-    def close(self, outcome: str) -> None:
+    def close(self, outcome: SessionOutcome) -> None:
         if not self._closed.is_set():
             self.outcome = outcome
             self._closed.set()
@@ -270,9 +271,9 @@ class Session(UpstreamLeg, DataChannels):
 
     def _timeout(self, text: str) -> None:
         self.log.info("timeout %s", text)
-        self.context.metrics.refused("timeout")
+        self.context.metrics.refused(Refusal.TIMEOUT)
         peers.write(self.client.writer, reply(421, text))
-        self.close("timeout")
+        self.close(SessionOutcome.TIMEOUT)
 
     # ---- actions ---------------------------------------------------------------------------------------------
 
@@ -316,14 +317,11 @@ class Session(UpstreamLeg, DataChannels):
                     transfer = self._transfers.pop(ticket, None)
                     if transfer is not None and transfer.task is not None:
                         transfer.task.cancel()
-                case c.CloseSession(reason):
-                    self.log.info("closing: %s", reason)
-                    if "overlong" in reason:
-                        self.close("protocol_error")
-                    elif self._quit:  # whichever side closed first after QUIT
-                        self.close("quit")
-                    else:
-                        self.close("client_closed" if "client" in reason else "server_closed")
+                case c.CloseSession(reason, detail):
+                    self.log.info("closing: %s", detail)
+                    # After QUIT, whichever side closed first ended it normally.
+                    quit_ = self._quit and reason is not SessionOutcome.PROTOCOL_ERROR
+                    self.close(SessionOutcome.QUIT if quit_ else reason)
                 case c.CommandReceived(verb, line):
                     metrics.command(verb)
                     if self.log.isEnabledFor(logging.DEBUG):
@@ -336,9 +334,11 @@ class Session(UpstreamLeg, DataChannels):
                 case c.Translated(client_verb, server_verb):
                     metrics.verb_translations.labels(client_verb, server_verb).inc()
                     self.log.debug("translated %s -> %s", client_verb, server_verb)
-                case c.Refused(rule, verb, code, detail):
-                    metrics.refused(rule)
-                    self.log.info("refused rule=%s verb=%s code=%d detail=%s", rule, verb, code, printable(detail))
+                case c.Refused(reason, verb, code, detail, rule):
+                    metrics.refused(reason)
+                    self.log.info(
+                        "refused rule=%s verb=%s code=%d detail=%s", rule or reason, verb, code, printable(detail)
+                    )
                 case c.LoggedIn(user):
                     self.log.info("logged in user=%s", printable(user))
                 case c.TransferRequested(ticket, verb, argument):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from alg.ftp import control as c
 from alg.ftp.addresses import HostPort
+from alg.ftp.reasons import SessionOutcome
 from alg.ftp.wire import reply
 from alg.gateway import peers, secure
 from alg.net.tls import describe, reason_of
@@ -38,7 +39,7 @@ class UpstreamLeg:
     channel: c.ControlChannel | None
     client_secured: bool
     tls_server: str
-    outcome: str
+    outcome: SessionOutcome
     log: logging.LoggerAdapter[logging.Logger]
 
     def execute(self, actions: list[c.Action]) -> None:
@@ -75,7 +76,7 @@ class UpstreamLeg:
             peers.write(self.client.writer, reply(421, text))
             with contextlib.suppress(OSError, ConnectionError):
                 await self.client.writer.drain()
-            self.outcome = "upstream_unreachable"
+            self.outcome = SessionOutcome.UPSTREAM_UNREACHABLE
             return False
         self.context.metrics.upstream_connect_seconds.observe(time.monotonic() - started)
         peers.tune(writer, oob_inline=False)
@@ -121,5 +122,5 @@ class UpstreamLeg:
         peers.write(self.client.writer, reply(421, f"Service not available: TLS to the FTP server failed ({why})."))
         with contextlib.suppress(OSError, ConnectionError):
             await self.client.writer.drain()
-        self.outcome = "tls_failed"
+        self.outcome = SessionOutcome.TLS_FAILED
         return False

@@ -104,7 +104,7 @@ def test_plaintext_pipelined_after_auth_is_dropped_never_executed() -> None:
     out = ch.client_data(b"AUTH TLS\r\nUSER evil\r\nDELE x\r\nPART")
     assert to_server(out) == b""
     refused = [a for a in out if isinstance(a, Refused)]
-    assert refused and refused[0].rule == "tls_plaintext"
+    assert refused and refused[0].reason == "tls_plaintext"
     # Bytes that still arrive before the handshake reports done are dropped too.
     later = ch.client_data(b"IAL\r\nRMD /\r\n")
     assert to_server(later) == b"" and any(isinstance(a, Refused) for a in later)
@@ -127,7 +127,7 @@ def test_require_mode_refuses_login_before_auth_with_530_saying_tls_is_required(
     ch = channel("require")
     out = ch.client_data(b"USER ftp\r\n")
     assert to_client(out).startswith(b"530 TLS required")
-    assert [a.rule for a in out if isinstance(a, Refused)] == ["tls_required"]
+    assert [a.reason for a in out if isinstance(a, Refused)] == ["tls_required"]
     assert to_server(out) == b""
     assert to_server(ch.client_data(b"FEAT\r\n")) == b"FEAT\r\n"  # what does not log in still works
 
