@@ -18,6 +18,10 @@ from alg.ftp.wire import Command, LineFramer, Overlong
 
 DOWNLOAD_VERBS = frozenset(("RETR", "LIST", "NLST", "MLSD"))
 TRANSFER_VERBS = frozenset(("RETR", "STOR", "STOU", "APPE", "LIST", "NLST", "MLSD"))
+# A running transfer's own final reply (RFC 959 5.4, after its 1xx: 226, 250, 425, 426, 451, 551, 552; and the
+# 421 any command may get, and the transient 450/452 servers use for local errors). Other codes that come while
+# later commands are owed are theirs (control.py).
+TRANSFER_DONE = frozenset((226, 250, 421, 425, 426, 450, 451, 452, 551, 552))
 
 CommandCheck = Callable[[Command], None]  # raises PolicyDenied to refuse
 DataPeerCheck = Callable[[IPv4Address | IPv6Address, IPv4Address | IPv6Address], bool]  # (peer, expected)
@@ -56,6 +60,7 @@ class Pending:
     probe: bool = False  # the client's next lines wait for this reply (a refusal would be retried first)
     fence: bool = False  # ABOR: a NOOP of ours follows it; NOOP: that one, its reply never the client's
     ended: bool = False  # a download whose data connection the gateway ended as its ABOR went unanswered
+    started: bool = False  # a transfer that had its 1xx: its final reply is one of TRANSFER_DONE
 
 
 @dataclass(slots=True)

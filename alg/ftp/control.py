@@ -3,6 +3,15 @@
 Rules: replies reach the client in the order of the commands that caused them, ours included; a line that needs a
 data endpoint is held (with everything behind it) until the session reports the endpoint ready or failed; a
 227/229 is acted on only as the single-line final reply to an outstanding PASV/EPSV; no I/O, no clocks.
+
+Commands sent during a transfer (RFC 959 4.1.3: STAT, ABOR, QUIT; servers answer more) are answered as the
+server answers them. Once a transfer has had its 1xx, its own final reply is one of TRANSFER_DONE (RFC 959 5.4:
+226, 250, 425, 426, 451, 551, 552, and 421/450/452); any other final reply that comes while later commands are
+owed answers the first of them, and reaches the client at once, before the transfer's. Measured (directly,
+plain and TLS): proftpd and pyftpdlib answer STAT (multi-line 211), NOOP, QUIT and REIN at once, the 226 when
+the data is done; pure-ftpd answers them "500 Unknown command" at once (QUIT: "426 ABORT" for the transfer,
+then a 226 of its own); vsftpd reads no command before the transfer's 226 and answers in order after it. ABOR
+keeps its own pairing (datanegotiation.py); a 221 means the server leaves: nothing of ours follows it.
 """
 
 from __future__ import annotations
@@ -30,7 +39,16 @@ from alg.ftp.actions import (
     Translated,
 )
 from alg.ftp.addresses import HostPort
-from alg.ftp.channelstate import PROBING, TRANSFER_VERBS, ChannelSettings, ChannelState, Pending, Side, Ticket
+from alg.ftp.channelstate import (
+    PROBING,
+    TRANSFER_DONE,
+    TRANSFER_VERBS,
+    ChannelSettings,
+    ChannelState,
+    Pending,
+    Side,
+    Ticket,
+)
 from alg.ftp.datanegotiation import DataNegotiation
 from alg.ftp.families import ServerFeatures
 from alg.ftp.reasons import Refusal, SessionOutcome
@@ -60,6 +78,10 @@ __all__ = [
 ]
 
 # ---- settings ----------------------------------------------------------------------------------------------
+
+# Commands whose replies the pairing of a reply during a transfer never takes out of turn (their own logic pairs
+# them: ABOR in datanegotiation.py, the data verbs by their tickets, FEAT by its rewrite).
+_IN_TURN_ONLY = TRANSFER_VERBS | {"ABOR", "PASV", "EPSV", "PORT", "EPRT", "EPSV ALL", "FEAT"}
 
 # Commands whose replies would carry addresses we do not translate (RFC 1639 LPRT/LPSV, SPSV, pure-ftpd's P@SW)
 # or that the gateway cannot take part in (RFC 2228 ADAT): refused so clients fall back. AUTH, PBSZ, PROT and
@@ -117,7 +139,8 @@ class ControlChannel:
         self._kept: list[bytes] | None = None  # lines of a transfer's multi-line final reply, kept together
         self._kept_bytes = 0
         self._feat: list[bytes] | None = None  # a multi-line FEAT reply, rewritten once complete
-        self._said_goodbye = False  # the server's last final reply was 221 or 421
+        self._said_goodbye = False  # the server said 221 or 421: it is leaving
+        self._server_gone = False  # its end of stream came while a transfer's reply waited for the data
 
     # ---- the data half's facts and state, under the channel's names ------------------------------------------
 
@@ -201,14 +224,22 @@ class ControlChannel:
         if self.closed:
             return []
         if not data:
-            out: list[Action] = []
-            if any(entry.verb in TRANSFER_VERBS for entry in self.state.pending):
-                out.append(SendToClient(reply(426, "Connection closed; transfer aborted: the FTP server went away.")))
-            if not self._said_goodbye:
-                out.append(SendToClient(reply(421, "The FTP server closed the connection.")))
-            return out + self._close(SessionOutcome.SERVER_CLOSED, "the server closed the control connection")
+            if self.state.held_reply is not None:
+                # pyftpdlib after a QUIT during a transfer: 221, the 226, then it closes, while the gateway may
+                # still be delivering the data; the 226 goes once the data has, then the session closes (_run).
+                self._server_gone = True
+                return []
+            return self._server_closed()
         self.state.server_side.backlog.extend(self.state.server_side.framer.feed(data))
         return self._run()
+
+    def _server_closed(self) -> list[Action]:
+        out: list[Action] = []
+        if not self._said_goodbye and any(entry.verb in TRANSFER_VERBS for entry in self.state.pending):
+            out.append(SendToClient(reply(426, "Connection closed; transfer aborted: the FTP server went away.")))
+        if not self._said_goodbye:
+            out.append(SendToClient(reply(421, "The FTP server closed the connection.")))
+        return out + self._close(SessionOutcome.SERVER_CLOSED, "the server closed the control connection")
 
     def client_tls_started(self) -> list[Action]:
         """The client's TLS handshake after our 234 is done: its commands are read again."""
@@ -266,6 +297,8 @@ class ControlChannel:
                 flushed = self._flush_local_replies()
                 progressed = progressed or bool(flushed)
                 out.extend(flushed)
+        if self._server_gone and self.state.server_side.waiting_for is None and not self.closed:
+            out.extend(self._server_closed())  # its last replies are out
         return out
 
     def _close(self, reason: SessionOutcome, detail: str) -> list[Action]:
@@ -382,7 +415,7 @@ class ControlChannel:
                 line = tls.rewrite_feat([*self._feat, line], offer_tls=self.tls.offers_tls)
                 self._feat = None
             if parsed.code < 200 and not suppressed:
-                return [SendToClient(line)]  # a multi-line preliminary reply (pure-ftpd's 150-) ends
+                return self._preliminary(line)  # a multi-line preliminary reply (pure-ftpd's 150-) ends
             return self._final_reply(parsed.code, line, single_line=False)
         if parsed.code is None:
             return [SendToClient(line)]  # not a reply line: passed on, acted on never
@@ -397,17 +430,37 @@ class ControlChannel:
                 self._feat = [line]  # the features the client sees are the gateway's (alg.ftp.tls)
                 return []
             live_transfer = front is not None and verb in TRANSFER_VERBS and front.ticket in self.state.tickets
-            if 200 <= parsed.code < 300 and live_transfer:
+            own = parsed.code in TRANSFER_DONE or len(self.data.owed()) < 2
+            if 200 <= parsed.code < 300 and live_transfer and own:
                 # A transfer's final reply may not reach the client before its data (pure-ftpd: "226-Options"),
                 # so the whole reply is kept until its last line decides.
                 self._kept = [line]
                 return []
             return [SendToClient(line)]
         if parsed.code < 200:
-            return [SendToClient(line)]
+            return self._preliminary(line)
         if self.state.pending and self.state.pending[0].verb == "FEAT":
             line = tls.rewrite_feat([line], offer_tls=self.tls.offers_tls)
         return self._final_reply(parsed.code, line, single_line=True)
+
+    def _answered_during_transfer(self, code: int) -> Pending | None:
+        """The entry a final reply answers when it is not the running transfer's own (module docstring): the
+        command right behind the transfer, taken out of the queue; None: the usual front entry."""
+        pending = self.state.pending
+        if len(pending) < 2 or code in TRANSFER_DONE:
+            return None
+        transfer, later = pending[0], pending[1]
+        if not transfer.started or later.local_reply is not None or later.fence or later.verb in _IN_TURN_ONLY:
+            return None
+        del pending[1]
+        return later
+
+    def _preliminary(self, line: bytes) -> list[Action]:
+        """A 1xx: the transfer at the front is now running (its final reply is one of TRANSFER_DONE)."""
+        front = self.state.pending[0] if self.state.pending else None
+        if front is not None and front.verb in TRANSFER_VERBS and front.local_reply is None:
+            front.started = True
+        return [SendToClient(line)]
 
     def _continuation(self, line: bytes) -> list[Action]:
         if self._suppress_multiline:
@@ -441,11 +494,11 @@ class ControlChannel:
             refused: list[Action] = [Refused(Refusal.SERVER_REPLY, front.verb if front else "", 425, detail)]
             return refused + self._final_reply(425, line, single_line=True)
         if not self.state.pending or self.state.pending[0].local_reply is not None:
-            self._said_goodbye = code in (221, 421)
+            self._said_goodbye = self._said_goodbye or code in (221, 421)
             return [SendToClient(line)]  # unsolicited (a 421 on idle, say): passed on, acted on never
-        entry = self.state.pending.popleft()
+        entry = self._answered_during_transfer(code) or self.state.pending.popleft()
         verb = entry.verb
-        self._said_goodbye = code in (221, 421)
+        self._said_goodbye = self._said_goodbye or code in (221, 421)
         if entry.fence and verb == "NOOP":
             return []  # our own NOOP after an ABOR (abort_overdue): its reply is ours
         if entry.sent:

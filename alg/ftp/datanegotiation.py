@@ -254,7 +254,7 @@ class DataNegotiation:
         to close before it replies (proftpd); the gateway ends the data connection, as the ABOR asked. Once
         the transfer is answered and the ABOR is not, the server may have been idle when the synch came, and
         pure-ftpd then ignores synch and ABOR alike: a NOOP of ours tells (its 200 first: no answer comes)."""
-        owed = self._owed()
+        owed = self.owed()
         if self.state.closed or not any(entry.verb == "ABOR" for entry in owed):
             return []
         if owed[0].verb == "ABOR":
@@ -279,7 +279,7 @@ class DataNegotiation:
                 out.append(CloseDataEndpoint(entry.ticket))
         return out
 
-    def _owed(self) -> list[Pending]:
+    def owed(self) -> list[Pending]:
         """The entries still waiting for a reply of the server's (not the gateway's own, queued in turn)."""
         return [entry for entry in self.state.pending if entry.local_reply is None]
 
@@ -288,7 +288,7 @@ class DataNegotiation:
         A server that was idle when the synch came may ignore synch and ABOR alike (pure-ftpd): the NOOP's 200
         then comes first and the gateway answers the ABOR itself (control.py), at once, while the client still
         waits for it; a server that answers the ABOR answers our NOOP after it, and that 200 is swallowed."""
-        owed = [entry for entry in self._owed() if entry is not unanswered]
+        owed = [entry for entry in self.owed() if entry is not unanswered]
         if self.state.closed or len(owed) != 1 or owed[0].verb != "ABOR" or owed[0].fence:
             return []  # a later command's reply tells already, or the NOOP is on its way
         owed[0].fence = True
@@ -299,7 +299,7 @@ class DataNegotiation:
         """A server reply that cannot answer the ABOR-related entries at the front of the queue: they are settled
         (taken off, with the replies the client gets from the gateway for them) and the reply is paired again
         (None: it is the front entry's own)."""
-        owed = self._owed()
+        owed = self.owed()
         front = self.state.pending[0] if self.state.pending and self.state.pending[0].local_reply is None else None
         if front is None:
             return None
@@ -326,7 +326,7 @@ class DataNegotiation:
     @property
     def abort_unsettled(self) -> bool:
         """An ABOR is owed a reply and the gateway has not yet sent its NOOP after it: the timer runs on."""
-        return not self.state.closed and any(entry.verb == "ABOR" and not entry.fence for entry in self._owed())
+        return not self.state.closed and any(entry.verb == "ABOR" and not entry.fence for entry in self.owed())
 
     # ---- server replies ----------------------------------------------------------------------------------------
 
