@@ -61,6 +61,8 @@ class Pending:
     fence: bool = False  # ABOR: a NOOP of ours follows it; NOOP: that one, its reply never the client's
     ended: bool = False  # a download whose data connection the gateway ended as its ABOR went unanswered
     started: bool = False  # a transfer that had its 1xx: its final reply is one of TRANSFER_DONE
+    own: bool = False  # a PBSZ/PROT of the gateway's own (after REIN or a new USER): its reply is never the client's
+    resets: bool = False  # REIN, or USER when logged in: accepted, the server starts the session over
 
 
 @dataclass(slots=True)

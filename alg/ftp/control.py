@@ -370,15 +370,11 @@ class ControlChannel:
             return self._answer_locally(reply(234, "Proceed with TLS negotiation"), start_tls=True)
         if verb in UNSUPPORTED:
             return self._refuse(verb, 502, Refusal.UNSUPPORTED, UNSUPPORTED[verb])
-        if verb in ("PORT", "EPRT"):
-            return self.data.active(command)
-        if verb in ("PASV", "EPSV"):
-            return self.data.passive(command)
+        if verb in ("PORT", "EPRT", "PASV", "EPSV"):
+            return self._data_command(command)
+        resets = verb == "REIN" or (verb == "USER" and self.logged_in)
         if verb == "USER":
             self.user = command.argument.decode("utf-8", "replace")[:128]
-            self.logged_in = False
-        elif verb == "REIN":
-            self.logged_in = False
         if verb == "ABOR":
             running = any(
                 entry.verb in TRANSFER_VERBS and (entry.ticket is None or entry.ticket in self.state.tickets)
@@ -387,13 +383,61 @@ class ControlChannel:
             self.state.pending.append(Pending(verb))
             return self.data.abort(running)
         out: list[Action] = []
+        if isinstance(decision, tls.Forward) and self.tls.upstream_stale:
+            out.extend(self._own_commands([b"PBSZ 0\r\n"]))  # the server forgot it; ours was answered here
+            self.tls.upstream_stale = False
         ticket = None
         if verb in TRANSFER_VERBS:
             ticket = self.state.armed
             out.append(TransferRequested(ticket, verb, command.argument))
-        self.state.pending.append(Pending(verb, ticket=ticket, argument=command.argument))
+        self.state.pending.append(Pending(verb, ticket=ticket, argument=command.argument, resets=resets))
         out.append(SendToServer(command.raw))
         return out
+
+    def _data_command(self, command: Command) -> list[Action]:
+        """PASV/EPSV/PORT/EPRT; first, if the server forgot PBSZ/PROT (REIN, a new USER), the gateway's own PBSZ 0
+        and PROT at the level its server leg uses, queued in front of the data command's reply."""
+        before = len(self.state.pending)
+        active = command.verb in ("PORT", "EPRT")
+        out = self.data.active(command) if active else self.data.passive(command)  # raises before any change
+        if not self.tls.upstream_stale or command.argument.strip().upper() == b"ALL":
+            return out
+        self.tls.upstream_stale = False
+        level = b"P" if self.tls.server_private else b"C"
+        own = [Pending(verb, own=True) for verb in ("PBSZ", "PROT")]
+        for offset, entry in enumerate(own):
+            self.state.pending.insert(before + offset, entry)
+        return [SendToServer(b"PBSZ 0\r\n"), SendToServer(b"PROT " + level + b"\r\n"), *out]
+
+    def _own_commands(self, lines: list[bytes]) -> list[Action]:
+        for line in lines:
+            self.state.pending.append(Pending(line.split()[0].decode(), own=True))
+        return [SendToServer(line) for line in lines]
+
+    def _own_reply(self, entry: Pending, code: int) -> list[Action]:
+        """The reply to a PBSZ/PROT of the gateway's own: never the client's. A refused PROT would leave the server's
+        data connections at another level than the gateway's leg: the session ends, as when it starts (tls.py)."""
+        if entry.verb != "PROT" or 200 <= code < 300:
+            return []
+        detail = f"the FTP server refused PROT after a new login ({code})"
+        refused: list[Action] = [Refused(Refusal.SERVER_REPLY, "PROT", 421, detail)]
+        closing = [
+            SendToClient(reply(421, f"Service not available: {detail}.")),
+            *self._close(SessionOutcome.TLS_FAILED, detail),
+        ]
+        return refused + closing
+
+    def _login_reply(self, entry: Pending, code: int) -> list[Action]:
+        """USER/PASS/REIN answered: the login state follows the server's, and so does its TLS state (tls.py)."""
+        accepted = 200 <= code < 300 if entry.verb == "REIN" else code in (230, 331)
+        if entry.verb != "PASS" and accepted:
+            self.logged_in = False
+            if entry.resets:
+                self.tls.session_reset(rein=entry.verb == "REIN")
+        if entry.verb in ("USER", "PASS") and code == 230:
+            self.logged_in = True
+            return [LoggedIn(self.user or "")]
+        return []
 
     # ---- server lines ------------------------------------------------------------------------------------------
 
@@ -450,7 +494,9 @@ class ControlChannel:
         if len(pending) < 2 or code in TRANSFER_DONE:
             return None
         transfer, later = pending[0], pending[1]
-        if not transfer.started or later.local_reply is not None or later.fence or later.verb in _IN_TURN_ONLY:
+        if not transfer.started or later.local_reply is not None or later.fence or later.own:
+            return None
+        if later.verb in _IN_TURN_ONLY:
             return None
         del pending[1]
         return later
@@ -501,6 +547,8 @@ class ControlChannel:
         self._said_goodbye = self._said_goodbye or code in (221, 421)
         if entry.fence and verb == "NOOP":
             return []  # our own NOOP after an ABOR (abort_overdue): its reply is ours
+        if entry.own:
+            return self._own_reply(entry, code)
         if entry.sent:
             if entry.probe and self.state.client_side.waiting_for == PROBING:
                 self.state.client_side.waiting_for = None  # the probe's answer is in (one probe at a time)
@@ -520,9 +568,8 @@ class ControlChannel:
                 self.state.armed = None
         elif verb == "PROT" and 200 <= code < 300:
             self.tls.prot_accepted(entry.argument)
-        elif verb in ("USER", "PASS") and code == 230:
-            self.logged_in = True
-            out.append(LoggedIn(self.user or ""))
+        elif verb in ("USER", "PASS", "REIN"):
+            out.extend(self._login_reply(entry, code))
         elif verb in TRANSFER_VERBS:
             out.append(TransferReplied(entry.ticket, verb, code))
             out.extend(self.data.fence_abor())

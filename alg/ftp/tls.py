@@ -66,6 +66,7 @@ class ClientTls:
     client_private: bool = False  # PROT P accepted for the client's data connections
     server_secured: bool = False  # the server's control connection is TLS
     server_private: bool = False  # the server's data connections use TLS
+    upstream_stale: bool = False  # the server forgot PBSZ/PROT: the gateway sends them before the next data command
 
     def decide(self, command: Command, *, transfer: bool) -> Decision:
         verb = command.verb
@@ -111,6 +112,18 @@ class ClientTls:
         """The server accepted a forwarded PROT: both legs now use that level."""
         private = argument.strip().upper() == b"P"
         self.client_private = self.server_private = private
+
+    def session_reset(self, *, rein: bool) -> None:
+        """The server accepted REIN or a new USER. REIN puts a session back to where it was at connect (RFC 959
+        4.1.1), PBSZ/PROT included (pyftpdlib forgets them on a new USER too): the client's leg goes back to
+        PROT C after REIN, and the server gets PBSZ 0 and its leg's PROT again before the next data command. A
+        new USER keeps the client's level: servers that keep theirs (proftpd's 230) are told the same again."""
+        if rein:
+            self.client_private = False
+            if self.policy.upstream_data == "follow":
+                self.server_private = False
+        if self.server_secured and self.policy.upstream_data != "clear":
+            self.upstream_stale = True
 
     def tls_started(self) -> None:
         self.starting = False
