@@ -7,11 +7,13 @@ data endpoint is held (with everything behind it) until the session reports the 
 Commands sent during a transfer (RFC 959 4.1.3: STAT, ABOR, QUIT; servers answer more) are answered as the
 server answers them. Once a transfer has had its 1xx, its own final reply is one of TRANSFER_DONE (RFC 959 5.4:
 226, 250, 425, 426, 451, 551, 552, and 421/450/452); any other final reply that comes while later commands are
-owed answers the first of them, and reaches the client at once, before the transfer's. Measured (directly,
-plain and TLS): proftpd and pyftpdlib answer STAT (multi-line 211), NOOP, QUIT and REIN at once, the 226 when
-the data is done; pure-ftpd answers them "500 Unknown command" at once (QUIT: "426 ABORT" for the transfer,
-then a 226 of its own); vsftpd reads no command before the transfer's 226 and answers in order after it. ABOR
-keeps its own pairing (datanegotiation.py); a 221 means the server leaves: nothing of ours follows it.
+owed answers the first of them, and reaches the client at once, before the transfer's. Measured directly
+(tests/integration/test_conformance.py; proftpd, pure-ftpd and vsftpd also under TLS): proftpd and pyftpdlib
+answer STAT (multi-line 211), NOOP, QUIT and REIN during a download at once (proftpd during an upload only as
+data arrives) and send the 226 when the data is done; pure-ftpd answers them "500 Unknown command" at once
+(QUIT: "426 ABORT" for the transfer, then a 226 of its own); vsftpd reads no command before the transfer's 226
+and answers in order after it. ABOR keeps its own pairing (datanegotiation.py); a 221 means the server leaves:
+nothing of ours follows it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,223 @@
+"""The conformance matrix (issue 25): the same raw client, directly and through the gateway, gets the same replies
+in the same order, and the same bytes.
+
+Commands sent during a transfer (STAT, NOOP, QUIT, REIN) on downloads and uploads, passive and active, in plain
+FTP and under PROT P, against vsftpd, proftpd, pure-ftpd and pyftpdlib; REIN and a second login in plain and TLS
+sessions. ABOR during a transfer has its own matrix (test_abort_e2e.py, test_ftps_gateway.py). Deliberate
+differences from a direct connection are listed in docs/on-the-wire.md; none shows in these exchanges.
+Servers that answer during a download (proftpd, pyftpdlib) must be answered before the data ends through the
+gateway too: that is the point of it (a client waiting for a STAT's reply before it reads on would deadlock).
+One topology for the module; the servers' cases run side by side (one thread per server, each in order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from ftps import FtpsWorld, build_world
+from midtransfer import CLIENT, SESSION_CLIENT
+from pki import Pki
+
+pytestmark = pytest.mark.netns
+
+BIG_NAME, BIG_SIZE = "mid.bin", 32 << 20  # far more than the path's buffers: the transfer runs when the command comes
+MID_COMMANDS = ("STAT", "NOOP", "QUIT", "REIN")
+TRANSFER_DONE = r"(226|250|421|425|426|450|451|452|551|552) "  # a transfer's own final reply (alg.ftp.channelstate)
+# name in the world -> (kind, TLS, answers commands during a transfer at once)
+SERVERS = {
+    "plain": ("vsftpd", False, False),
+    "pyftpdlib": ("pyftpdlib", False, True),
+    "proftpd-plain": ("proftpd", False, True),
+    "pure-ftpd-plain": ("pure-ftpd", False, False),
+    "vsftpd": ("vsftpd", True, False),
+    "proftpd": ("proftpd", True, True),
+    "pure-ftpd": ("pure-ftpd", True, False),
+}
+EXTRA = {
+    "pyftpdlib": (2124, (30400, 30419)),
+    "proftpd-plain": (2125, (30420, 30439)),
+    "pure-ftpd-plain": (2126, (30440, 30459)),
+}
+
+
+@dataclass
+class Conformance:
+    world: FtpsWorld
+    gateway_ports: dict[str, int]
+    big_sha256: str
+
+
+@pytest.fixture(scope="module")
+def conformance(pki: Pki, request: pytest.FixtureRequest) -> Iterator[Conformance]:
+    for world in build_world(pki, request, abor_file=False):
+        for name, (port, passive) in EXTRA.items():
+            world.add_server(name, SERVERS[name][0], port, passive, None)
+        payload = random.Random(BIG_SIZE).randbytes(BIG_SIZE)
+        for server in world.servers.values():
+            server.put_file(BIG_NAME, payload)
+        ports = {name: world.gateway(name, tls_both=tls)[1] for name, (_, tls, _) in SERVERS.items()}
+        yield Conformance(world, ports, hashlib.sha256(payload).hexdigest())
+
+
+def run(conformance: Conformance, name: str, script: str, spec: dict, *, direct: bool) -> object:
+    world = conformance.world
+    server = world.servers[name]
+    spec = {
+        **spec,
+        "host": str(server.addr if direct else world.topo.public_addr),
+        "port": server.port if direct else conformance.gateway_ports[name],
+        "user": server.user,
+        "password": server.password,
+        "tls": SERVERS[name][1],
+    }
+    host = world.topo.server if direct else world.topo.client
+    done = host.run([sys.executable, "-c", script], input=json.dumps(spec), timeout=60)
+    assert done.returncode == 0, f"{name} direct={direct}: {done.stderr[-2000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---- commands during a transfer ------------------------------------------------------------------------------
+
+
+def mid_cases(name: str) -> list[tuple[str, str, bool]]:
+    """Each command on a download and an upload, one passive and one active (pyftpdlib: passive only, as it
+    does not answer a new session's USER while an active-mode one is still closing)."""
+    cases = []
+    for index, command in enumerate(MID_COMMANDS):
+        for turn, direction in enumerate(("download", "upload")):
+            passive = name == "pyftpdlib" or (index + turn) % 2 == 0
+            cases.append((command, direction, passive))
+    return cases
+
+
+def shape(events: list[list[str]], *, at_once: bool) -> list[str]:
+    """What must match: each reply line's code and dash (continuation lines and texts are the server's own
+    words, timing figures included), and where the data ended and the control connection closed. Where the
+    server answers at once, also where the data ended among the replies."""
+    out = []
+    for kind, text in events:
+        if kind == "reply":
+            if re.match(r"\d{3}[ -]", text):
+                out.append(text[:4])
+            continue
+        shown = text.startswith("sent ") or text == "control_closed" or (at_once and text == "data_end")
+        if shown:
+            out.append(f"<{text}>")
+    return out
+
+
+def same_bytes(got: dict, uploaded: Path | None, download_sha256: str) -> bool:
+    """After a 226 and the client's whole data: the download's bytes are the file's, the upload's file is what
+    the client sent. (A transfer the server cut short, after QUIT say, has no bytes to compare.)"""
+    events = got["events"]
+    finals = [text for kind, text in events[1:] if kind == "reply" and re.match(TRANSFER_DONE, text)]
+    complete = ["mark", "data_end"] in events and bool(finals) and finals[0][:3] in ("226", "250")
+    if not complete:
+        return True
+    if uploaded is None:
+        return bool(got["sha256"] == download_sha256)
+    return hashlib.sha256(uploaded.read_bytes()).hexdigest() == got["sha256"]
+
+
+def mid_transfer(conformance: Conformance, name: str) -> list[str]:
+    """Every case of one server, directly then through the gateway; the differences found, in words."""
+    server = conformance.world.servers[name]
+    answers_at_once = SERVERS[name][2]
+    problems = []
+    for command, direction, passive in mid_cases(name):
+        where = f"{name} {command} during a {'passive' if passive else 'active'} {direction}"
+        results = {}
+        for direct in (True, False):
+            upload = f"upload/{command}-{direction}-{passive}-{'direct' if direct else 'gateway'}.bin"
+            spec = {
+                "direction": direction,
+                "passive": passive,
+                "file": BIG_NAME if direction == "download" else upload,
+                "before": 256 << 10,
+                "commands": [command],
+                "wait": 1.0,
+                "early_close": False,
+                "after_blocks": 16,
+                "settle": 1.0,
+                "then": "NOOP",
+            }
+            got = run(conformance, name, CLIENT, spec, direct=direct)
+            assert isinstance(got, dict)
+            results[direct] = got
+            arrived = server.path(upload) if direction == "upload" else None
+            if not same_bytes(got, arrived, conformance.big_sha256):
+                problems.append(f"{where} direct={direct}: the {direction}'s bytes differ")
+        # proftpd reads commands during an upload only as data arrives: when the reply comes, relative to the
+        # client's end of data, is its own timing, not the gateway's.
+        at_once = answers_at_once and direction == "download"
+        direct_shape = shape(results[True]["events"], at_once=at_once)
+        gateway_shape = shape(results[False]["events"], at_once=at_once)
+        if direct_shape != gateway_shape:
+            problems.append(f"{where}:\n   direct  {direct_shape}\n   gateway {gateway_shape}")
+    return problems
+
+
+def test_commands_during_a_transfer_get_the_same_replies_in_the_same_order(conformance: Conformance) -> None:
+    with ThreadPoolExecutor(len(SERVERS)) as pool:
+        found = dict(zip(SERVERS, pool.map(lambda name: mid_transfer(conformance, name), SERVERS), strict=True))
+    problems = [problem for name in SERVERS for problem in found[name]]
+    assert not problems, "\n".join(problems) + conformance.world.topo.logs()[-3000:]
+
+
+# ---- REIN and a second login ---------------------------------------------------------------------------------
+
+SESSION = [
+    "USER $USER",
+    "PASS $PASS",
+    "TYPE I",
+    "RETR small.bin",
+    "REIN",  # pyftpdlib: 230, and the session is as at connect (TYPE A again); the others refuse it
+    "USER $USER",
+    "PASS $PASS",
+    "TYPE I",
+    "RETR small.bin",
+    "USER $USER",  # pyftpdlib: 331, a new login; proftpd: 230 as it was; vsftpd, pure-ftpd: 530
+    "PASS $PASS",
+    "TYPE I",
+    "RETR small.bin",
+    "NOOP",
+    "QUIT",
+]
+
+
+def session_shape(steps: list[list[str]]) -> list[str]:
+    return [f"{step[0]} {' '.join(part[:3] for part in step[1:3])}" for step in steps]
+
+
+def relogin(conformance: Conformance, name: str) -> list[str]:
+    tls = SERVERS[name][1]
+    steps = (["PBSZ 0", "PROT P"] if tls else []) + SESSION
+    spec = {"steps": steps, "protected": tls}
+    problems = []
+    results = {direct: run(conformance, name, SESSION_CLIENT, spec, direct=direct) for direct in (True, False)}
+    expected = hashlib.sha256(conformance.world.servers[name].path("small.bin").read_bytes()).hexdigest()
+    for direct, got in results.items():
+        assert isinstance(got, list)
+        for step in got:
+            if step[0] == "RETR" and len(step) == 4 and step[2].startswith("226") and step[3] != expected:
+                problems.append(f"{name} direct={direct}: a RETR after {step} brought other bytes")
+    direct_shape, gateway_shape = session_shape(results[True]), session_shape(results[False])  # type: ignore[arg-type]
+    if direct_shape != gateway_shape:
+        problems.append(f"{name} REIN and second login:\n   direct  {direct_shape}\n   gateway {gateway_shape}")
+    return problems
+
+
+def test_rein_and_a_second_login_leave_the_session_as_the_server_has_it(conformance: Conformance) -> None:
+    with ThreadPoolExecutor(len(SERVERS)) as pool:
+        found = dict(zip(SERVERS, pool.map(lambda name: relogin(conformance, name), SERVERS), strict=True))
+    problems = [problem for name in SERVERS for problem in found[name]]
+    assert not problems, "\n".join(problems) + conformance.world.topo.logs()[-3000:]
