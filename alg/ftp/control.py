@@ -421,7 +421,7 @@ class ControlChannel:
         data connections at another level than the gateway's leg: the session ends, as when it starts (tls.py)."""
         if entry.verb != "PROT" or 200 <= code < 300:
             return []
-        detail = f"the FTP server refused PROT after a new login ({code})"
+        detail = f"the FTP server refused PROT after REIN or a new login ({code})"
         refused: list[Action] = [Refused(Refusal.SERVER_REPLY, "PROT", 421, detail)]
         closing = [
             SendToClient(reply(421, f"Service not available: {detail}.")),
@@ -476,8 +476,8 @@ class ControlChannel:
                 self._feat = [line]  # the features the client sees are the gateway's (alg.ftp.tls)
                 return []
             live_transfer = front is not None and verb in TRANSFER_VERBS and front.ticket in self.state.tickets
-            own = parsed.code in TRANSFER_DONE or len(self.data.owed()) < 2
-            if 200 <= parsed.code < 300 and live_transfer and own:
+            its_own = parsed.code in TRANSFER_DONE or len(self.data.owed()) < 2  # not a later command's
+            if 200 <= parsed.code < 300 and live_transfer and its_own:
                 # A transfer's final reply may not reach the client before its data (pure-ftpd: "226-Options"),
                 # so the whole reply is kept until its last line decides.
                 self._kept = [line]
