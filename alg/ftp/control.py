@@ -53,6 +53,7 @@ from alg.ftp.channelstate import (
 )
 from alg.ftp.datanegotiation import DataNegotiation
 from alg.ftp.families import ServerFeatures
+from alg.ftp.multiline import Handling, MultilineReply
 from alg.ftp.reasons import Refusal, SessionOutcome
 from alg.ftp.wire import Command, LineFramer, Overlong, TelnetFilter, parse_command, parse_reply_line, reply
 
@@ -136,11 +137,7 @@ class ControlChannel:
             urgent_abort=not server_secured,
         )
         self.data = DataNegotiation(self.state, run=self._run, answer_locally=self._answer_locally)
-        self._multiline: int | None = None  # code of the multi-line reply in progress
-        self._suppress_multiline = False
-        self._kept: list[bytes] | None = None  # lines of a transfer's multi-line final reply, kept together
-        self._kept_bytes = 0
-        self._feat: list[bytes] | None = None  # a multi-line FEAT reply, rewritten once complete
+        self._multiline = MultilineReply(self.settings.max_server_line_bytes)
         self._said_goodbye = False  # the server said 221 or 421: it is leaving
         self._server_gone = False  # its end of stream came while a transfer's reply waited for the data
 
@@ -450,44 +447,42 @@ class ControlChannel:
         parsed = parse_reply_line(line)
         if self.state.pending and self.state.pending[0].verb == "FEAT" and self.state.pending[0].local_reply is None:
             self.features.feat_line(line)
-        if self._multiline is not None:
-            if parsed.code != self._multiline or parsed.more:
-                return self._continuation(line)
-            self._multiline = None
-            suppressed, self._suppress_multiline = self._suppress_multiline, False
-            if self._kept is not None:
-                line, self._kept, self._kept_bytes = b"".join(self._kept) + line, None, 0
-            if self._feat is not None:
-                line = tls.rewrite_feat([*self._feat, line], offer_tls=self.tls.offers_tls)
-                self._feat = None
-            if parsed.code < 200 and not suppressed:
+        if self._multiline.code is not None:
+            if parsed.code != self._multiline.code or parsed.more:
+                return _to_client(self._multiline.continuation(line))
+            handling, lines = self._multiline.end(line)
+            if handling is Handling.FEAT:
+                line = tls.rewrite_feat(lines, offer_tls=self.tls.offers_tls)
+            elif handling is Handling.KEEP:
+                line = b"".join(lines)
+            if parsed.code < 200 and handling is not Handling.SUPPRESS:
                 return self._preliminary(line)  # a multi-line preliminary reply (pure-ftpd's 150-) ends
             return self._final_reply(parsed.code, line, single_line=False)
         if parsed.code is None:
             return [SendToClient(line)]  # not a reply line: passed on, acted on never
         if parsed.more:
-            self._multiline = parsed.code
-            front = self.state.pending[0] if self.state.pending else None
-            verb = front.verb if front is not None else ""
-            if parsed.code in (227, 229) and verb in ("PASV", "EPSV"):
-                self._suppress_multiline = True  # it may name the internal address; never forwarded
-                return []
-            if verb == "FEAT":
-                self._feat = [line]  # the features the client sees are the gateway's (alg.ftp.tls)
-                return []
-            live_transfer = front is not None and verb in TRANSFER_VERBS and front.ticket in self.state.tickets
-            its_own = parsed.code in TRANSFER_DONE or len(self.data.owed()) < 2  # not a later command's
-            if 200 <= parsed.code < 300 and live_transfer and its_own:
-                # A transfer's final reply may not reach the client before its data (pure-ftpd: "226-Options"),
-                # so the whole reply is kept until its last line decides.
-                self._kept = [line]
-                return []
-            return [SendToClient(line)]
+            return _to_client(self._multiline.start(parsed.code, line, self._handling(parsed.code)))
         if parsed.code < 200:
             return self._preliminary(line)
         if self.state.pending and self.state.pending[0].verb == "FEAT":
             line = tls.rewrite_feat([line], offer_tls=self.tls.offers_tls)
         return self._final_reply(parsed.code, line, single_line=True)
+
+    def _handling(self, code: int) -> Handling:
+        """What a multi-line reply's continuation lines get, decided at its first line."""
+        front = self.state.pending[0] if self.state.pending else None
+        verb = front.verb if front is not None else ""
+        if code in (227, 229) and verb in ("PASV", "EPSV"):
+            return Handling.SUPPRESS  # it may name the internal address; never forwarded
+        if verb == "FEAT":
+            return Handling.FEAT  # the features the client sees are the gateway's (alg.ftp.tls)
+        live_transfer = front is not None and verb in TRANSFER_VERBS and front.ticket in self.state.tickets
+        its_own = code in TRANSFER_DONE or len(self.data.owed()) < 2  # not a later command's
+        if 200 <= code < 300 and live_transfer and its_own:
+            # A transfer's final reply may not reach the client before its data (pure-ftpd: "226-Options"),
+            # so the whole reply is kept until its last line decides.
+            return Handling.KEEP
+        return Handling.PASS
 
     def _answered_during_transfer(self, code: int) -> Pending | None:
         """The entry a final reply answers when it is not the running transfer's own (module docstring): the
@@ -509,25 +504,6 @@ class ControlChannel:
         if front is not None and front.verb in TRANSFER_VERBS and front.local_reply is None:
             front.started = True
         return [SendToClient(line)]
-
-    def _continuation(self, line: bytes) -> list[Action]:
-        if self._suppress_multiline:
-            return []
-        if self._feat is not None:
-            if len(self._feat) < 256:  # bounded; a longer list is not a feature list
-                self._feat.append(line)
-                return []
-            feat, self._feat = self._feat, None
-            return [SendToClient(b"".join(feat) + line)]
-        if self._kept is None:
-            return [SendToClient(line)]
-        self._kept.append(line)
-        self._kept_bytes += len(line)
-        if self._kept_bytes > self.settings.max_server_line_bytes:
-            # Too long to keep: pass it on; only its last line will wait for the data.
-            kept, self._kept, self._kept_bytes = self._kept, None, 0
-            return [SendToClient(b"".join(kept))]
-        return []
 
     def _final_reply(self, code: int, line: bytes, *, single_line: bool) -> list[Action]:
         front = self.state.pending[0] if self.state.pending and self.state.pending[0].local_reply is None else None
@@ -579,3 +555,7 @@ class ControlChannel:
                 return out + self.data.transfer_reply(entry.ticket, code, line)
         out.append(SendToClient(line))
         return out
+
+
+def _to_client(data: bytes) -> list[Action]:
+    return [SendToClient(data)] if data else []
