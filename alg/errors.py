@@ -11,6 +11,8 @@ FtpAlgError
 
 from __future__ import annotations
 
+from alg.ftp.reasons import DataFailure, Refusal
+
 
 class FtpAlgError(Exception):
     """Base of everything ftp-alg raises on purpose."""
@@ -34,14 +36,17 @@ class ServerProtocolError(FtpProtocolError):
 
 
 class PolicyDenied(FtpAlgError):
-    def __init__(self, message: str, *, rule: str, reply_code: int = 504) -> None:
+    """`reason` is counted; `rule` names the configured rule for the log (the reason itself when there is none)."""
+
+    def __init__(self, message: str, *, reason: Refusal, rule: str = "", reply_code: int = 504) -> None:
         super().__init__(message)
-        self.rule = rule
+        self.reason = reason
+        self.rule = rule or reason.value
         self.reply_code = reply_code
 
 
 class DataChannelError(FtpAlgError):
-    def __init__(self, message: str, *, reason: str, reply_code: int = 425) -> None:
+    def __init__(self, message: str, *, reason: DataFailure, reply_code: int = 425) -> None:
         super().__init__(message)
         self.reason = reason
         self.reply_code = reply_code

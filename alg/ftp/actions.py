@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alg.ftp.addresses import HostPort
+from alg.ftp.reasons import Refusal, SessionOutcome
 
 # ---- actions: orders for the session (imperative) and facts for logs and metrics (past tense) -------------
 
@@ -57,7 +58,8 @@ class StartClientTls:
 
 @dataclass(frozen=True, slots=True)
 class CloseSession:
-    reason: str
+    reason: SessionOutcome
+    detail: str = ""  # in words, for the log
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +85,11 @@ class Translated:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    rule: str  # bounce, syntax, line-length, unsupported, policy, data-endpoint, limit
+    reason: Refusal
     verb: str
     reply_code: int
     detail: str
+    rule: str = ""  # the configured rule that refused it (alg.ops.rules), when there is one; else the reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,16 +2,15 @@
 endpoints the session opens, the translated verb retried once (RFC 6384), a transfer's final reply held until
 its data has drained.
 
-Rules: pure, as the rest of ControlChannel (a mixin sharing its state); a 227/229 is acted on only as the
-single-line final reply to an outstanding PASV/EPSV; an address that a reply cannot carry is refused, never
-written wrong.
+Rules: pure, as the rest of ControlChannel (its part, sharing the channel's ChannelState); a 227/229 is acted
+on only as the single-line final reply to an outstanding PASV/EPSV; an address that a reply cannot carry is
+refused, never written wrong.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
-from typing import TYPE_CHECKING
 
 from alg.errors import FtpProtocolError, PolicyDenied
 from alg.ftp import addresses, wire
@@ -28,46 +27,35 @@ from alg.ftp.actions import (
     Translated,
 )
 from alg.ftp.addresses import HostPort
-from alg.ftp.channelstate import DOWNLOAD_VERBS, PROBING, TRANSFER_VERBS, Pending, Side, Ticket
-from alg.ftp.families import ServerFeatures
+from alg.ftp.channelstate import DOWNLOAD_VERBS, PROBING, TRANSFER_VERBS, ChannelState, Pending, Ticket
+from alg.ftp.reasons import Refusal
 from alg.ftp.wire import Command, reply
-
-if TYPE_CHECKING:
-    from alg.ftp import tls
-    from alg.ftp.control import ChannelSettings
 
 
 class DataNegotiation:
-    """ControlChannel's data-connection half (a mixin: the state is the channel's)."""
+    """The control channel's data-connection half. It shares the channel's `ChannelState` and keeps its own
+    failed transfers, ticket numbers and EPSV ALL; `run` and `answer_locally` are the channel's engine (a line
+    released or a reply of ours queued in its turn)."""
 
-    settings: ChannelSettings
-    tls: tls.ClientTls
-    features: ServerFeatures
-    client: HostPort
-    server: HostPort
-    closed: bool
-    _client: Side
-    _server: Side
-    _pending: deque[Pending]
-    _tickets: dict[int, Ticket]
-    _next_ticket: int
-    _armed: int | None
-    _held_reply: bytes | None
-    _failed: dict[int, bytes]
-    _epsv_all: bool
-    urgent_abort: bool
-
-    def _run(self) -> list[Action]:
-        raise NotImplementedError
-
-    def _answer_locally(self, line: bytes, *, start_tls: bool = False) -> list[Action]:
-        raise NotImplementedError
+    def __init__(
+        self,
+        state: ChannelState,
+        *,
+        run: Callable[[], list[Action]],
+        answer_locally: Callable[[bytes], list[Action]],
+    ) -> None:
+        self.state = state
+        self._run = run
+        self._answer_locally = answer_locally
+        self.failed: dict[int, bytes] = {}  # ticket -> our 426, for a transfer whose data connection broke
+        self._next_ticket = 1
+        self._epsv_all = False
 
     # ---- facts from the session ----------------------------------------------------------------------------
 
     def data_endpoint_ready(self, ticket: int, public: HostPort) -> list[Action]:
-        record = self._tickets.get(ticket)
-        if record is None or record.ready or self.closed:
+        record = self.state.tickets.get(ticket)
+        if record is None or record.ready or self.state.closed:
             return []
         record.ready = True
         out: list[Action] = []
@@ -85,11 +73,11 @@ class DataNegotiation:
                 after = addresses.rewrite_229(record.line, public.port) if same else addresses.format_229(public.port)
                 out.append(Rewrote("epsv", record.line, after))
             out.append(SendToClient(after))
-            self._armed = ticket
-            self._server.waiting_for = None
+            self.state.armed = ticket
+            self.state.server_side.waiting_for = None
         else:
             record.public = public
-            verb = self.features.verb_for_server(record.verb)
+            verb = self.state.features.verb_for_server(record.verb)
             if verb == "PORT" and not isinstance(public.ip, IPv4Address):
                 verb = "EPRT"
             after = self._active_line(verb, public)
@@ -97,56 +85,56 @@ class DataNegotiation:
             if verb != record.verb:
                 out.append(Translated(record.verb, verb))
             out.append(SendToServer(after))
-            probe = self.features.may_refuse(verb)
-            self._pending.append(Pending(record.verb, ticket=ticket, sent=verb, probe=probe))
-            self._armed = ticket
-            self._client.waiting_for = PROBING if probe else None
+            probe = self.state.features.may_refuse(verb)
+            self.state.pending.append(Pending(record.verb, ticket=ticket, sent=verb, probe=probe))
+            self.state.armed = ticket
+            self.state.client_side.waiting_for = PROBING if probe else None
         return out + self._run()
 
     def data_endpoint_failed(self, ticket: int, reason: str) -> list[Action]:
-        record = self._tickets.pop(ticket, None)
-        if record is None or self.closed:
+        record = self.state.tickets.pop(ticket, None)
+        if record is None or self.state.closed:
             return []
         if record.ready:
             # Already announced, maybe in use: a transfer whose data connection broke is not reported as
             # complete, whatever the server says (it may have written everything into the gateway's buffers).
-            if self._armed == ticket:
-                self._armed = None
+            if self.state.armed == ticket:
+                self.state.armed = None
             aborted = reply(426, f"Connection closed; transfer aborted: {reason}.")
-            if self._server.waiting_for == ticket and self._held_reply is not None:
-                self._held_reply = aborted
-            elif any(entry.ticket == ticket and entry.verb in TRANSFER_VERBS for entry in self._pending):
-                self._failed[ticket] = aborted  # bounded: one per transfer command still owed a reply
+            if self.state.server_side.waiting_for == ticket and self.state.held_reply is not None:
+                self.state.held_reply = aborted
+            elif any(entry.ticket == ticket and entry.verb in TRANSFER_VERBS for entry in self.state.pending):
+                self.failed[ticket] = aborted  # bounded: one per transfer command still owed a reply
             return self._finished(ticket)
         refusal = reply(425, f"Can't open data connection: {reason}.")
-        out: list[Action] = [Refused("data-endpoint", record.verb, 425, reason)]
+        out: list[Action] = [Refused(Refusal.DATA_ENDPOINT, record.verb, 425, reason)]
         if record.passive:
             # The server's 227/229 is replaced by our refusal, in its place in the reply order.
             out.append(SendToClient(refusal))
-            self._server.waiting_for = None
+            self.state.server_side.waiting_for = None
         else:
-            self._client.waiting_for = None
+            self.state.client_side.waiting_for = None
             out.extend(self._answer_locally(refusal))
         return out + self._run()
 
     def data_connected(self, ticket: int) -> list[Action]:
-        record = self._tickets.get(ticket)
+        record = self.state.tickets.get(ticket)
         if record is not None:
             record.connected = True
         return []
 
     def data_finished(self, ticket: int) -> list[Action]:
         """The data connection ended, or at least one direction delivered its end of file."""
-        record = self._tickets.pop(ticket, None)
-        if record is None or self.closed:
+        record = self.state.tickets.pop(ticket, None)
+        if record is None or self.state.closed:
             return []
-        if self._armed == ticket:
-            self._armed = None
+        if self.state.armed == ticket:
+            self.state.armed = None
         return self._finished(ticket)
 
     @property
     def open_tickets(self) -> frozenset[int]:
-        return frozenset(self._tickets)
+        return frozenset(self.state.tickets)
 
     @staticmethod
     def _active_line(verb: str, public: HostPort) -> bytes:
@@ -154,100 +142,104 @@ class DataNegotiation:
         return verb.encode() + b" " + argument + b"\r\n"
 
     def _finished(self, ticket: int) -> list[Action]:
-        if self._server.waiting_for == ticket and self._held_reply is not None:
-            held, self._held_reply = self._held_reply, None
-            self._server.waiting_for = None
+        if self.state.server_side.waiting_for == ticket and self.state.held_reply is not None:
+            held, self.state.held_reply = self.state.held_reply, None
+            self.state.server_side.waiting_for = None
             return [SendToClient(held), *self._run()]
         return []
 
     def _new_ticket(self, passive: bool, line: bytes, verb: str) -> tuple[int, list[Action]]:
         out: list[Action] = []
         # A new PASV/PORT replaces an endpoint that no transfer has used.
-        for number, record in list(self._tickets.items()):
-            if not record.connected and number == self._armed:
-                del self._tickets[number]
+        for number, record in list(self.state.tickets.items()):
+            if not record.connected and number == self.state.armed:
+                del self.state.tickets[number]
                 out.append(CloseDataEndpoint(number))
-                self._armed = None
+                self.state.armed = None
         ticket = self._next_ticket
         self._next_ticket += 1
-        self._tickets[ticket] = Ticket(passive=passive, line=line, verb=verb)
+        self.state.tickets[ticket] = Ticket(passive=passive, line=line, verb=verb)
         return ticket, out
 
     # ---- client commands ---------------------------------------------------------------------------------------
 
     def _check_data_limit(self) -> None:
-        if len(self._tickets) >= self.settings.max_data_channels:
-            limit = self.settings.max_data_channels
-            raise PolicyDenied(f"Too many data connections open (limit {limit})", rule="limit", reply_code=425)
+        if len(self.state.tickets) >= self.state.settings.max_data_channels:
+            limit = self.state.settings.max_data_channels
+            raise PolicyDenied(f"Too many data connections open (limit {limit})", reason=Refusal.LIMIT, reply_code=425)
 
-    def _active(self, command: Command) -> list[Action]:
+    def active(self, command: Command) -> list[Action]:
         if self._epsv_all:
-            raise PolicyDenied("After EPSV ALL only EPSV may open data connections", rule="syntax", reply_code=503)
+            raise PolicyDenied(
+                "After EPSV ALL only EPSV may open data connections", reason=Refusal.SYNTAX, reply_code=503
+            )
         if command.verb == "PORT":
             target = addresses.parse_port(command.argument)
         else:
             target = addresses.parse_eprt(command.argument)
-        if target.ip != self.client.ip and self.settings.port_address_mismatch == "rewrite":
-            target = HostPort(self.client.ip, target.port)
-        if target.ip != self.client.ip:
+        if target.ip != self.state.client.ip and self.state.settings.port_address_mismatch == "rewrite":
+            target = HostPort(self.state.client.ip, target.port)
+        if target.ip != self.state.client.ip:
             raise PolicyDenied(
-                f"{command.verb} refused: it names {target.ip}, but your connection comes from {self.client.ip}"
+                f"{command.verb} refused: it names {target.ip}, but your connection comes from {self.state.client.ip}"
                 " (the client announced a LAN or third-party address; use passive mode)",
-                rule="bounce",
+                reason=Refusal.BOUNCE,
                 reply_code=504,
             )
-        if target.port < self.settings.min_active_port:
+        if target.port < (lowest := self.state.settings.min_active_port):
             raise PolicyDenied(
-                f"{command.verb} refused: port {target.port} is privileged (below {self.settings.min_active_port})",
-                rule="bounce",
+                f"{command.verb} refused: port {target.port} is privileged (below {lowest})",
+                reason=Refusal.BOUNCE,
                 reply_code=504,
             )
         self._check_data_limit()
         ticket, out = self._new_ticket(passive=False, line=command.raw, verb=command.verb)
-        self._client.waiting_for = ticket
-        out.append(ListenForServer(ticket, target, self.tls.client_private, self.tls.server_private))
+        self.state.client_side.waiting_for = ticket
+        out.append(ListenForServer(ticket, target, self.state.tls.client_private, self.state.tls.server_private))
         return out
 
-    def _passive(self, command: Command) -> list[Action]:
+    def passive(self, command: Command) -> list[Action]:
         argument = command.argument.strip().upper()
         if command.verb == "EPSV" and argument == b"ALL":
             # RFC 2428 section 4: from now on only EPSV; the server enforces it too.
             self._epsv_all = True
-            self._pending.append(Pending("EPSV ALL"))
+            self.state.pending.append(Pending("EPSV ALL"))
             return [SendToServer(command.raw)]
         if command.verb == "PASV" and self._epsv_all:
-            raise PolicyDenied("After EPSV ALL only EPSV may open data connections", rule="syntax", reply_code=503)
+            raise PolicyDenied(
+                "After EPSV ALL only EPSV may open data connections", reason=Refusal.SYNTAX, reply_code=503
+            )
         raw = command.raw
         if command.verb == "EPSV" and argument:
-            family = b"2" if isinstance(self.client.ip, IPv6Address) else b"1"
+            family = b"2" if isinstance(self.state.client.ip, IPv6Address) else b"1"
             if argument != family:
                 raise PolicyDenied(
-                    f"Network protocol not supported, use ({family.decode()})", rule="syntax", reply_code=522
+                    f"Network protocol not supported, use ({family.decode()})", reason=Refusal.SYNTAX, reply_code=522
                 )
             raw = b"EPSV\r\n"  # the server side has its own family; let the server pick
-        if command.verb == "PASV" and isinstance(self.client.ip, IPv6Address):
-            raise PolicyDenied("PASV cannot carry an IPv6 address; use EPSV", rule="syntax", reply_code=425)
+        if command.verb == "PASV" and isinstance(self.state.client.ip, IPv6Address):
+            raise PolicyDenied("PASV cannot carry an IPv6 address; use EPSV", reason=Refusal.SYNTAX, reply_code=425)
         self._check_data_limit()
-        sent = self.features.verb_for_server(command.verb)
+        sent = self.state.features.verb_for_server(command.verb)
         out: list[Action] = []
         if sent != command.verb:
             raw = sent.encode() + b"\r\n"
             out.append(Translated(command.verb, sent))
-        probe = self.features.may_refuse(sent)
-        self._pending.append(Pending(command.verb, sent=sent, probe=probe))
+        probe = self.state.features.may_refuse(sent)
+        self.state.pending.append(Pending(command.verb, sent=sent, probe=probe))
         if probe:
-            self._client.waiting_for = PROBING
+            self.state.client_side.waiting_for = PROBING
         return [*out, SendToServer(raw)]
 
     # ---- ABOR --------------------------------------------------------------------------------------------------
 
-    def _abort(self, running: bool) -> list[Action]:
+    def abort(self, running: bool) -> list[Action]:
         """ABOR as servers are written for, whatever the client sent (RFC 959 4.1.3, RFC 854): IAC IP, then the
         synch IAC DM with the urgent mark on DM, then the command. ftplib marks its newline urgent and a plain
         ABOR marks nothing: vsftpd, proftpd and pure-ftpd answer either with 500 or miss it during a transfer.
         With no transfer running (none owed a reply with its data connection still open) the server reads
         commands as usual, and a plain ABOR is what it answers: pure-ftpd answers a synch when idle with nothing."""
-        if not self.urgent_abort or not running:
+        if not self.state.urgent_abort or not running:
             return [SendToServer(wire.ABORT_COMMAND)]
         # One urgent send for the whole synch (its last byte, DM, marked), ABOR straight behind it in the same
         # segment (alg.gateway.session): a server that looks for the command on the urgent signal finds it.
@@ -262,16 +254,16 @@ class DataNegotiation:
         to close before it replies (proftpd); the gateway ends the data connection, as the ABOR asked. Once
         the transfer is answered and the ABOR is not, the server may have been idle when the synch came, and
         pure-ftpd then ignores synch and ABOR alike: a NOOP of ours tells (its 200 first: no answer comes)."""
-        owed = self._owed()
-        if self.closed or not any(entry.verb == "ABOR" for entry in owed):
+        owed = self.owed()
+        if self.state.closed or not any(entry.verb == "ABOR" for entry in owed):
             return []
         if owed[0].verb == "ABOR":
-            return self._fence_abor()
+            return self.fence_abor()
         transfer = owed[0]
         if len(owed) == 2 and transfer.verb in DOWNLOAD_VERBS and (transfer.ticket is None or transfer.ended):
             # A tick ago the gateway ended the data connection and the server has still answered neither:
             # pure-ftpd, its data peer gone before it wrote (the kernel data path), answers nothing.
-            return self._fence_abor(unanswered=transfer)
+            return self.fence_abor(unanswered=transfer)
         out: list[Action] = []
         for entry in owed:
             if entry.verb == "ABOR":
@@ -281,42 +273,42 @@ class DataNegotiation:
             # Downloads only: an upload's data connection closed by us would read as its complete end.
             if entry.verb in DOWNLOAD_VERBS and entry.ticket is not None and not entry.ended:
                 entry.ended = True
-                self._tickets.pop(entry.ticket, None)
-                if self._armed == entry.ticket:
-                    self._armed = None
+                self.state.tickets.pop(entry.ticket, None)
+                if self.state.armed == entry.ticket:
+                    self.state.armed = None
                 out.append(CloseDataEndpoint(entry.ticket))
         return out
 
-    def _owed(self) -> list[Pending]:
+    def owed(self) -> list[Pending]:
         """The entries still waiting for a reply of the server's (not the gateway's own, queued in turn)."""
-        return [entry for entry in self._pending if entry.local_reply is None]
+        return [entry for entry in self.state.pending if entry.local_reply is None]
 
-    def _fence_abor(self, unanswered: Pending | None = None) -> list[Action]:
+    def fence_abor(self, unanswered: Pending | None = None) -> list[Action]:
         """The transfer is answered, the ABOR is not, and nothing follows it: a NOOP of ours goes right behind.
         A server that was idle when the synch came may ignore synch and ABOR alike (pure-ftpd): the NOOP's 200
         then comes first and the gateway answers the ABOR itself (control.py), at once, while the client still
         waits for it; a server that answers the ABOR answers our NOOP after it, and that 200 is swallowed."""
-        owed = [entry for entry in self._owed() if entry is not unanswered]
-        if self.closed or len(owed) != 1 or owed[0].verb != "ABOR" or owed[0].fence:
+        owed = [entry for entry in self.owed() if entry is not unanswered]
+        if self.state.closed or len(owed) != 1 or owed[0].verb != "ABOR" or owed[0].fence:
             return []  # a later command's reply tells already, or the NOOP is on its way
         owed[0].fence = True
-        self._pending.append(Pending("NOOP", fence=True))
+        self.state.pending.append(Pending("NOOP", fence=True))
         return [SendToServer(b"NOOP\r\n")]
 
-    def _settle_before_abor_reply(self, code: int) -> list[Action] | None:
+    def settle_before_abor_reply(self, code: int) -> list[Action] | None:
         """A server reply that cannot answer the ABOR-related entries at the front of the queue: they are settled
         (taken off, with the replies the client gets from the gateway for them) and the reply is paired again
         (None: it is the front entry's own)."""
-        owed = self._owed()
-        front = self._pending[0] if self._pending and self._pending[0].local_reply is None else None
+        owed = self.owed()
+        front = self.state.pending[0] if self.state.pending and self.state.pending[0].local_reply is None else None
         if front is None:
             return None
         if front.verb in TRANSFER_VERBS and code == 200 and _fenced(owed, 1):
             # Our NOOP's 200 (a transfer never gets one) and neither the transfer nor its ABOR was answered:
             # the client gets both replies from us, as RFC 959 4.1.3 orders them.
-            self._pending.popleft()
-            if self._armed == front.ticket:
-                self._armed = None
+            self.state.pending.popleft()
+            if self.state.armed == front.ticket:
+                self.state.armed = None
             aborted = reply(426, "Transfer aborted: the FTP server did not answer it.")
             return [TransferReplied(front.ticket, front.verb, 426), SendToClient(aborted)]
         if front.verb == "ABOR" and _not_for_abor(code) and len(owed) > 1:
@@ -325,7 +317,7 @@ class DataNegotiation:
             # ABOR that came when it was idle; the pairing moves on instead of shifting by one. If it is our NOOP
             # being answered, the client still waits for the ABOR's reply and gets a 226 from us (RFC 959 4.1.3);
             # a client that already sent its next command would take a late 226 for that command's reply.
-            self._pending.popleft()
+            self.state.pending.popleft()
             if _fenced(owed, 0):
                 return [SendToClient(reply(226, "ABOR done: the transfer had already ended."))]
             return []
@@ -334,83 +326,83 @@ class DataNegotiation:
     @property
     def abort_unsettled(self) -> bool:
         """An ABOR is owed a reply and the gateway has not yet sent its NOOP after it: the timer runs on."""
-        return not self.closed and any(entry.verb == "ABOR" and not entry.fence for entry in self._owed())
+        return not self.state.closed and any(entry.verb == "ABOR" and not entry.fence for entry in self.owed())
 
     # ---- server replies ----------------------------------------------------------------------------------------
 
-    def _retry(self, entry: Pending, verb: str) -> list[Action]:
+    def retry(self, entry: Pending, verb: str) -> list[Action]:
         """The server does not know EPSV/EPRT: the same request in the RFC 959 form, in the same place."""
         if entry.verb in ("PORT", "EPRT"):
-            record = self._tickets.get(entry.ticket) if entry.ticket is not None else None
+            record = self.state.tickets.get(entry.ticket) if entry.ticket is not None else None
             if record is None or record.public is None or not isinstance(record.public.ip, IPv4Address):
                 detail = "Can't open data connection: the FTP server knows neither EPRT nor an IPv4 PORT for us"
-                return [Refused("unsupported", entry.verb, 425, detail), SendToClient(reply(425, detail))]
+                return [Refused(Refusal.UNSUPPORTED, entry.verb, 425, detail), SendToClient(reply(425, detail))]
             line = self._active_line(verb, record.public)
         else:
             line = verb.encode() + b"\r\n"
-        self._pending.appendleft(
+        self.state.pending.appendleft(
             Pending(entry.verb, ticket=entry.ticket, argument=entry.argument, sent=verb, probe=True)
         )
-        self._client.waiting_for = PROBING  # still: the retry's reply comes before the client's next lines
+        self.state.client_side.waiting_for = PROBING  # still: the retry's reply comes before the client's next lines
         out: list[Action] = [SendToServer(line)]
         if verb != entry.verb:
             out.insert(0, Translated(entry.verb, verb))
         return out
 
-    def _transfer_reply(self, ticket: int, code: int, line: bytes) -> list[Action]:
-        if self._armed == ticket:
-            self._armed = None  # one transfer per PASV/PORT
-        failed = self._failed.pop(ticket, None)
+    def transfer_reply(self, ticket: int, code: int, line: bytes) -> list[Action]:
+        if self.state.armed == ticket:
+            self.state.armed = None  # one transfer per PASV/PORT
+        failed = self.failed.pop(ticket, None)
         if failed is not None and code < 300:
             return [SendToClient(failed)]
-        record = self._tickets.get(ticket)
+        record = self.state.tickets.get(ticket)
         if record is None:
             return [SendToClient(line)]
-        aborted = any(entry.verb == "ABOR" for entry in self._pending)
+        aborted = any(entry.verb == "ABOR" for entry in self.state.pending)
         if code < 300 and not aborted:
             # Success means the data moved; the server may report it before we accepted or relayed the data
             # connection, so the 226 waits until our relay has delivered it (bounded by the data timeouts).
-            self._held_reply = line
-            self._server.waiting_for = ticket
+            self.state.held_reply = line
+            self.state.server_side.waiting_for = ticket
             return []
         if not record.connected or aborted:
             # Aborted (a 426, or a 226 that crossed the ABOR: the client reads no more data either way): the
             # gateway ends the data connection on both legs. proftpd sends the ABOR's 226 only once its data peer
             # has closed, and tnftp closes only after that 226: directly they wait ~10 s.
-            del self._tickets[ticket]
+            del self.state.tickets[ticket]
             return [CloseDataEndpoint(ticket), SendToClient(line)]
         return [SendToClient(line)]
 
-    def _passive_reply(self, verb: str, code: int, line: bytes, single_line: bool, *, client_verb: str) -> list[Action]:
+    def passive_reply(self, verb: str, code: int, line: bytes, single_line: bool, *, client_verb: str) -> list[Action]:
         """`verb` is what the server got, `client_verb` what the client sent (and the form of its reply)."""
         unusable = reply(425, "Can't open data connection: the FTP server's passive reply was not understood.")
         if not single_line or (verb, code) not in (("PASV", 227), ("EPSV", 229)):
-            return [Refused("server-reply", verb, 425, "unusable passive reply"), SendToClient(unusable)]
+            return [Refused(Refusal.SERVER_REPLY, verb, 425, "unusable passive reply"), SendToClient(unusable)]
         try:
             if code == 227:
                 announced, _, _ = addresses.find_227(line)
             else:
                 port, _, _ = addresses.find_229(line)
-                announced = HostPort(self.server.ip, port)
+                announced = HostPort(self.state.server.ip, port)
         except FtpProtocolError as error:
-            return [Refused("server-reply", verb, 425, str(error)), SendToClient(unusable)]
+            return [Refused(Refusal.SERVER_REPLY, verb, 425, str(error)), SendToClient(unusable)]
         target = announced
         out: list[Action] = []
-        if self.settings.passive_target == "upstream":
+        if self.state.settings.passive_target == "upstream":
             # The server's idea of its own address is often private (NAT): use the host we reached it at.
-            target = HostPort(self.server.ip, announced.port)
-        elif announced.ip != self.server.ip:
-            check = self.settings.allow_data_peer
-            if check is None or not check(announced.ip, self.server.ip):
+            target = HostPort(self.state.server.ip, announced.port)
+        elif announced.ip != self.state.server.ip:
+            check = self.state.settings.allow_data_peer
+            if check is None or not check(announced.ip, self.state.server.ip):
                 # RFC 2577: a reply naming a third party is not followed; the upstream host is used instead.
-                target = HostPort(self.server.ip, announced.port)
-                detail = f"the server announced third-party address {announced.ip}; using {self.server.ip}"
-                out.append(Refused("bounce", verb, 0, detail))
+                target = HostPort(self.state.server.ip, announced.port)
+                detail = f"the server announced third-party address {announced.ip}; using {self.state.server.ip}"
+                out.append(Refused(Refusal.BOUNCE, verb, 0, detail))
         ticket, closed = self._new_ticket(passive=True, line=line, verb=client_verb)
-        self._tickets[ticket].sent = verb
+        self.state.tickets[ticket].sent = verb
         out.extend(closed)
-        self._server.waiting_for = ticket
-        out.append(ListenForClient(ticket, target, self.tls.client_private, self.tls.server_private))
+        self.state.server_side.waiting_for = ticket
+        out.append(ListenForClient(ticket, target, self.state.tls.client_private, self.state.tls.server_private))
         return out
 
 

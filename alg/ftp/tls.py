@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from alg.ftp.actions import StartClientTls as StartClientTls
+from alg.ftp.reasons import Refusal
 from alg.ftp.wire import Command, LineFramer, Overlong, parse_reply_line, reply
 
 # ---- actions and settings --------------------------------------------------------------------------------------
@@ -39,7 +40,7 @@ class Answer:
 
     code: int
     text: str
-    rule: str | None = None
+    rule: Refusal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,40 +66,41 @@ class ClientTls:
     client_private: bool = False  # PROT P accepted for the client's data connections
     server_secured: bool = False  # the server's control connection is TLS
     server_private: bool = False  # the server's data connections use TLS
+    upstream_stale: bool = False  # the server forgot PBSZ/PROT: the gateway sends them before the next data command
 
     def decide(self, command: Command, *, transfer: bool) -> Decision:
         verb = command.verb
         mode = self.policy.client_mode
         if verb == "AUTH":
             if mode == "refuse":
-                return Answer(502, "AUTH TLS is not offered by this gateway; continue in plain FTP", "tls_off")
+                return Answer(502, "AUTH TLS is not offered by this gateway; continue in plain FTP", Refusal.TLS_OFF)
             if command.argument.strip().upper() not in TLS_MECHANISMS:
-                return Answer(504, "Security mechanism not understood; use AUTH TLS", "unsupported")
+                return Answer(504, "Security mechanism not understood; use AUTH TLS", Refusal.UNSUPPORTED)
             if self.secured:
-                return Answer(503, "Already using TLS", "syntax")
+                return Answer(503, "Already using TLS", Refusal.SYNTAX)
             return StartTls()
         if verb == "CCC":
             # RFC 4217 13: CCC would leave the 227/PORT lines in clear, but the server leg may still need TLS,
             # and whoever reads the control channel could then hijack the session; the gateway keeps TLS.
-            return Answer(533, "CCC refused: the gateway keeps the control connection encrypted", "unsupported")
+            return Answer(533, "CCC refused: the gateway keeps the control connection encrypted", Refusal.UNSUPPORTED)
         if verb in ("PBSZ", "PROT"):
             if not self.secured:
-                return Answer(503, f"{verb} needs AUTH TLS first", "syntax")
+                return Answer(503, f"{verb} needs AUTH TLS first", Refusal.SYNTAX)
             if verb == "PBSZ":
                 return Answer(200, "PBSZ=0")  # RFC 4217 8: TLS has no buffer size; always 0
             return self._prot(command.argument.strip().upper())
         if mode == "require" and not self.secured and verb in _LOGIN_VERBS:
-            return Answer(530, "TLS required: this gateway accepts logins only after AUTH TLS", "tls_required")
+            return Answer(530, "TLS required: this gateway accepts logins only after AUTH TLS", Refusal.TLS_REQUIRED)
         if transfer and self.policy.client_data == "require" and not self.client_private:
             # RFC 4217 9: a server that requires protected data answers 521 to a transfer under PROT C.
-            return Answer(521, "Data connections must be encrypted: send PBSZ 0 and PROT P", "tls_required")
+            return Answer(521, "Data connections must be encrypted: send PBSZ 0 and PROT P", Refusal.TLS_REQUIRED)
         return None
 
     def _prot(self, level: bytes) -> Decision:
         if level not in (b"C", b"P"):
-            return Answer(536, "Only PROT C and PROT P are supported", "syntax")
+            return Answer(536, "Only PROT C and PROT P are supported", Refusal.SYNTAX)
         if level == b"C" and self.policy.client_data == "require":
-            return Answer(534, "PROT C refused: this gateway requires encrypted data connections", "tls_required")
+            return Answer(534, "PROT C refused: this gateway requires encrypted data connections", Refusal.TLS_REQUIRED)
         if self.server_secured and self.policy.upstream_data == "follow":
             return Forward()  # the server's leg takes the same level; its answer decides both
         self.client_private = level == b"P"
@@ -108,6 +110,18 @@ class ClientTls:
         """The server accepted a forwarded PROT: both legs now use that level."""
         private = argument.strip().upper() == b"P"
         self.client_private = self.server_private = private
+
+    def session_reset(self, *, rein: bool) -> None:
+        """The server accepted REIN or a new USER. REIN puts a session back to where it was at connect (RFC 959
+        4.1.1), PBSZ/PROT included (pyftpdlib forgets them on a new USER too): the client's leg goes back to
+        PROT C after REIN, and the server gets PBSZ 0 and its leg's PROT again before the next data command. A
+        new USER keeps the client's level: servers that keep theirs (proftpd's 230) are told the same again."""
+        if rein:
+            self.client_private = False
+            if self.policy.upstream_data == "follow":
+                self.server_private = False
+        if self.server_secured and self.policy.upstream_data != "clear":
+            self.upstream_stale = True
 
     def tls_started(self) -> None:
         self.starting = False

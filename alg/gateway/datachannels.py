@@ -17,6 +17,7 @@ from typing import Any
 from alg.errors import DataChannelError
 from alg.ftp import control as c
 from alg.ftp.addresses import HostPort, IPAddress
+from alg.ftp.reasons import Refusal
 from alg.gateway import kerneldata
 from alg.gateway.context import GatewayContext
 from alg.gateway.relaypath import DataTls, RelayPath
@@ -146,7 +147,7 @@ class DataChannels:
         self._report(self.channel.data_finished(job.ticket))
 
     def stranger(self, job: DataJob, ip: IPAddress) -> None:
-        self.context.metrics.refused("port_theft")
+        self.context.metrics.refused(Refusal.PORT_THEFT)
         self.log.warning(
             "data port theft attempt", extra=fields(ticket=job.ticket, **{"from": ip}, expected=job.expected)
         )
@@ -229,7 +230,7 @@ class DataChannels:
             # The transfer's data had arrived (and its reply may have gone on): what broke after is no failure.
             self.log.debug("data connection ended after its transfer", extra=fields(ticket=job.ticket, reason=failure))
             failure = None
-        if failure is not None and failure != INTERNAL_ERROR:
+        if failure is not None:
             self.context.metrics.data_failure(failure)
             self.log.info("data connection failed", extra=fields(ticket=job.ticket, reason=failure))
         if transfer.connected:

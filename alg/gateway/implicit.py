@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from alg.ftp.addresses import HostPort
+from alg.ftp.reasons import Refusal
 from alg.gateway.frontdoor import Origin, ProxyRefused, receive_origin_before_tls
 from alg.gateway.peers import hostport
 from alg.gateway.secure import TlsRuntime
@@ -110,7 +111,7 @@ class ImplicitListeners:
         except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
             outcome = "timeout" if isinstance(error, TimeoutError) else "failed"
             gateway.metrics.tls_handshake("client", "control", outcome)
-            gateway.metrics.refused("tls_handshake")
+            gateway.metrics.refused(Refusal.TLS_HANDSHAKE)
             log.info("implicit tls handshake %s", outcome, extra=fields(reason=reason_of(error)))
             conn.close()
             return

@@ -15,6 +15,7 @@ import logging
 import time
 
 from alg.ftp.addresses import HostPort
+from alg.ftp.reasons import DataFailure
 from alg.gateway.context import GatewayContext
 from alg.gateway.transfer import DataJob, Ended, TransferEvents
 from alg.net.kernelpath import Carried, KernelPath, KernelPathUnavailable, carry, stop_listening
@@ -68,7 +69,7 @@ class KernelCarrier:
             ended.failure = state.failure
         except asyncio.CancelledError:
             if not self._ended.is_set():
-                ended.failure = "aborted"  # ABOR, or the session closing under a running transfer
+                ended.failure = DataFailure.ABORTED  # ABOR, or the session closing under a running transfer
             raise
         finally:
             metrics.data_active.dec()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from alg.ftp.addresses import HostPort
 from alg.ftp.channelstate import DOWNLOAD_VERBS
+from alg.ftp.reasons import DataFailure, Refusal
 from alg.gateway import secure
 from alg.gateway.context import GatewayContext
 from alg.gateway.transfer import DataJob, Ended, Transfer, TransferEvents
@@ -80,11 +81,11 @@ class RelayPath:
             async with asyncio.timeout(self.context.timeouts.data_connect_s):
                 sock = await connect_from(job.source, job.target)
         except TimeoutError:
-            ended.failure = "connect_timeout"
+            ended.failure = DataFailure.CONNECT_TIMEOUT
             return None
         except OSError as error:
             self.log.warning("data connect failed", extra=fields(ticket=job.ticket, target=job.target, error=error))
-            ended.failure = "connect_failed"
+            ended.failure = DataFailure.CONNECT_FAILED
             return None
         self.context.metrics.data_setup_seconds.observe(time.monotonic() - started)
         return sock
@@ -94,7 +95,7 @@ class RelayPath:
             async with asyncio.timeout(self.context.timeouts.data_connect_s):
                 return await accept_from(job.listener, job.expected, lambda ip: events.stranger(job, ip))
         except TimeoutError:
-            ended.failure = "accept_timeout"
+            ended.failure = DataFailure.ACCEPT_TIMEOUT
             return None
         finally:
             job.listener.close()
@@ -110,8 +111,8 @@ class RelayPath:
                 legs = await self._secure_legs(transfer, accepted, connected)
             except secure.DataTlsFailed as error:
                 ended.failure, ended.text = error.reason, str(error)
-                if error.reason == "tls_session_reuse":
-                    metrics.refused("tls_session_reuse")
+                if error.reason is DataFailure.TLS_SESSION_REUSE:
+                    metrics.refused(Refusal.TLS_SESSION_REUSE)
                 return
         events.relaying(job)
         metrics.data_protected(transfer.client_tls, transfer.server_tls)
@@ -138,18 +139,19 @@ class RelayPath:
             else:
                 await relay_legs(*legs, idle_timeout_s=idle, on_eof=eof, result=counts)
             if not watch.settle():
-                ended.failure = "reset"  # both sides ended, but the receiver never acknowledged the last bytes
+                # Both sides ended, but the receiver never acknowledged the last bytes.
+                ended.failure = DataFailure.RESET
         except TimeoutError:
-            ended.failure = "idle_timeout"
+            ended.failure = DataFailure.IDLE_TIMEOUT
         except TlsTruncated:
-            ended.failure = "tls_truncated"
+            ended.failure = DataFailure.TLS_TRUNCATED
         except (ConnectionError, OSError, ssl.SSLError):
-            ended.failure = "reset"
+            ended.failure = DataFailure.RESET
             if transfer.server_tls:
                 transfer.lingering = True
                 await _linger(connected if transfer.mode == "passive" else accepted)
         except asyncio.CancelledError:
-            ended.failure = "aborted"  # ABOR, or the session closing under a running transfer
+            ended.failure = DataFailure.ABORTED  # ABOR, or the session closing under a running transfer
             if transfer.server_tls:
                 # Cut (an ABOR the server left unanswered): the server's TLS leg still ends with a FIN and is
                 # drained, never a reset, which proftpd's mod_tls takes for a fatal error (_linger).

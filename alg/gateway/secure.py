@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from alg.ftp import tls as ftptls
 from alg.ftp.addresses import HostPort
+from alg.ftp.reasons import DataFailure, Refusal
 from alg.net.tls import Leg, PlainLeg, ServerCertificate, TlsLeg, reason_of
 from alg.ops.config_check import client_tls_on, load_certificate, load_upstream_context
 from alg.ops.config_sections import TlsSettings
@@ -175,12 +176,12 @@ async def client_handshake(
     except (ssl.SSLError, OSError, TimeoutError) as error:
         outcome = "timeout" if isinstance(error, TimeoutError) else "failed"
         metrics.tls_handshake("client", "control", outcome)
-        metrics.refused("tls_handshake")
+        metrics.refused(Refusal.TLS_HANDSHAKE)
         logger.info("client tls handshake %s reason=%s", outcome, printable(reason_of(error)))
         return False
     metrics.tls_handshake("client", "control", "ok")
     if dropped:
-        metrics.refused("tls_plaintext")
+        metrics.refused(Refusal.TLS_PLAINTEXT)
         logger.warning("dropped %d plaintext bytes sent after 234 before the TLS handshake", dropped)
     return True
 
@@ -230,7 +231,7 @@ async def wrap_data_legs(
         with contextlib.suppress(OSError):
             await client_leg.close_write()
         raise DataTlsFailed(
-            "tls_session_reuse",
+            DataFailure.TLS_SESSION_REUSE,
             "the data connection did not resume the control connection's TLS session (session reuse required)",
         )
     if isinstance(server_leg, TlsLeg) and server_session is not None and not server_leg.session_reused:
@@ -247,15 +248,18 @@ async def _handshake(leg: Leg, side: str, metrics: Metrics, timeout_s: float) ->
             await leg.handshake()
     except TimeoutError:
         metrics.tls_handshake(side, "data", "timeout")
-        raise DataTlsFailed(f"tls_handshake_{side}", f"the {side}'s TLS data handshake timed out") from None
+        raise DataTlsFailed(_HANDSHAKE_FAILURE[side], f"the {side}'s TLS data handshake timed out") from None
     except (ssl.SSLError, OSError) as error:
         metrics.tls_handshake(side, "data", "failed")
         text = f"the {side}'s TLS data handshake failed: {reason_of(error)}"
-        raise DataTlsFailed(f"tls_handshake_{side}", text) from error
+        raise DataTlsFailed(_HANDSHAKE_FAILURE[side], text) from error
     metrics.tls_handshake(side, "data", "ok")
 
 
 class DataTlsFailed(Exception):
-    def __init__(self, reason: str, text: str) -> None:
+    def __init__(self, reason: DataFailure, text: str) -> None:
         super().__init__(text)
         self.reason = reason
+
+
+_HANDSHAKE_FAILURE = {"client": DataFailure.TLS_HANDSHAKE_CLIENT, "server": DataFailure.TLS_HANDSHAKE_SERVER}

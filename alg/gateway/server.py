@@ -21,6 +21,7 @@ from alg import __version__
 from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.control import ChannelSettings
+from alg.ftp.reasons import Refusal, SessionOutcome
 from alg.ftp.wire import reply
 from alg.gateway import advertise, kerneldata, secure
 from alg.gateway.advertise import Advertiser
@@ -315,7 +316,7 @@ class Gateway:
     ) -> None:
         """A new control connection; `origin` when it was read already (implicit FTPS: before the handshake)."""
         if writer.get_extra_info("peername") is None:  # reset before we looked (uvloop then has no address)
-            self.metrics.session_ended("client_closed")
+            self.metrics.session_ended(SessionOutcome.CLIENT_CLOSED)
             writer.close()
             return
         if origin is None:
@@ -333,7 +334,7 @@ class Gateway:
         if self.upstreams is not None:
             route, secured = await self._route(reader, writer, secured=implicit_tls)
             if route is None:
-                self.metrics.session_ended("client_closed")
+                self.metrics.session_ended(SessionOutcome.CLIENT_CLOSED)
                 writer.close()
                 return
             upstream = route.first
@@ -359,8 +360,8 @@ class Gateway:
         if refusal is None and upstream is None:
             refusal = "No FTP server to connect you to."
         if refusal is not None or upstream is None:
-            self.metrics.refused("limit")
-            self.metrics.session_ended("refused_limit")
+            self.metrics.refused(Refusal.LIMIT)
+            self.metrics.session_ended(SessionOutcome.REFUSED_LIMIT)
             log.info("connection refused", extra=fields(client=client, reason=refusal))
             await _refuse(writer, refusal or "Refused.")
             return None
@@ -426,13 +427,13 @@ class Gateway:
 
     def proxy_refused(self, refused: ProxyRefused) -> None:
         self.metrics.proxy_refused(refused.reason)
-        self.metrics.session_ended("refused_acl")
+        self.metrics.session_ended(SessionOutcome.REFUSED_ACL)
         log.warning("proxy protocol refused", extra=fields(reason=refused.reason, detail=str(refused)))
 
     async def _refuse_by_policy(self, writer: asyncio.StreamWriter, client: IPAddress, text: str) -> None:
         """421 and close, before any upstream is contacted (rules: clients, destinations)."""
-        self.metrics.refused("acl")
-        self.metrics.session_ended("refused_acl")
+        self.metrics.refused(Refusal.ACL)
+        self.metrics.session_ended(SessionOutcome.REFUSED_ACL)
         log.info("connection refused", extra=fields(client=client, reason="acl", text=text))
         await _refuse(writer, text)
 
@@ -455,7 +456,7 @@ class Gateway:
                 async with asyncio.timeout(grace_s):
                     await self._empty.wait()
         for session in list(self.sessions.values()):
-            session.close("shutdown")
+            session.close(SessionOutcome.SHUTDOWN)
         for server in self._servers:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
@@ -479,8 +480,8 @@ class Gateway:
                 with conn, contextlib.suppress(OSError):
                     conn.setblocking(False)
                     conn.send(reply(421, "Service shutting down."))
-                self.metrics.refused("limit")
-                self.metrics.session_ended("refused_limit")
+                self.metrics.refused(Refusal.LIMIT)
+                self.metrics.session_ended(SessionOutcome.REFUSED_LIMIT)
 
     def close_kernel_path(self) -> None:
         """Delete our nftables table; connections already established keep flowing (conntrack)."""

@@ -15,6 +15,7 @@ from collections import deque
 
 from alg.ftp import control as c
 from alg.ftp.addresses import HostPort
+from alg.ftp.reasons import Refusal, SessionOutcome
 from alg.ftp.tls import StartClientTls
 from alg.ftp.wire import reply
 from alg.gateway import peers, secure, upstreamleg
@@ -65,7 +66,7 @@ class Session:
         self.client = peers.Peer(reader, writer, address, ours)
         self.server: peers.Peer | None = None
         self.channel: c.ControlChannel | None = None
-        self.outcome = "error"
+        self.outcome = SessionOutcome.ERROR
         self._closed = asyncio.Event()
         self.data: DataChannels | None = None  # once the upstream is connected
         self._last_activity = time.monotonic()
@@ -96,7 +97,7 @@ class Session:
             if await self._connect_upstream():
                 await self._serve()
         except asyncio.CancelledError:
-            self.outcome = "shutdown"
+            self.outcome = SessionOutcome.SHUTDOWN
             raise
         except Exception:  # the one place that catches everything: log it, answer, close
             self._internal_error("session failed")
@@ -112,7 +113,7 @@ class Session:
         self.log.exception(what, extra=fields(reason="internal_error"))
         self.context.metrics.internal_error("session")
         peers.write(self.client.writer, reply(421, "Service not available: the gateway failed (internal error)."))
-        self.outcome = "error"
+        self.outcome = SessionOutcome.ERROR
         self._closed.set()
 
     async def _connect_upstream(self) -> bool:
@@ -180,8 +181,8 @@ class Session:
             self.context.metrics,
             self.log,
         ):
-            self.outcome = "tls_failed"
-            self.close("tls_failed")
+            self.outcome = SessionOutcome.TLS_FAILED
+            self.close(SessionOutcome.TLS_FAILED)
             return False
         self.tls_client = describe(self.client.writer.get_extra_info("ssl_object"))
         self.log.info("tls client", extra=fields(tls=self.tls_client))
@@ -236,13 +237,13 @@ class Session:
         at_rest = self.channel is None or self.channel.at_rest
         if not self._busy and at_rest and not self._closed.is_set():
             peers.write(self.client.writer, reply(421, "Service shutting down."))
-            self.close("shutdown")
+            self.close(SessionOutcome.SHUTDOWN)
 
     def end(self) -> None:
         """Ended by an administrator: a 421 to the client, then close (transfers in flight are cut)."""
         if not self._closed.is_set():
             peers.write(self.client.writer, reply(421, "Session ended by the administrator."))
-            self.close("ended_by_admin")
+            self.close(SessionOutcome.ENDED_BY_ADMIN)
 
     @property
     def last_activity(self) -> float:
@@ -257,7 +258,7 @@ class Session:
     def _busy(self) -> bool:
         return self.data is not None and self.data.busy
 
-    def close(self, outcome: str) -> None:
+    def close(self, outcome: SessionOutcome) -> None:
         if not self._closed.is_set():
             self.outcome = outcome
             self._closed.set()
@@ -309,9 +310,9 @@ class Session:
 
     def _timeout(self, text: str) -> None:
         self.log.info("timeout", extra=fields(reason=text))
-        self.context.metrics.refused("timeout")
+        self.context.metrics.refused(Refusal.TIMEOUT)
         peers.write(self.client.writer, reply(421, text))
-        self.close("timeout")
+        self.close(SessionOutcome.TIMEOUT)
 
     # ---- actions ---------------------------------------------------------------------------------------------
 
@@ -383,14 +384,11 @@ class Session:
             case c.CloseDataEndpoint(ticket):
                 assert self.data is not None
                 self.data.close(ticket)
-            case c.CloseSession(reason):
-                self.log.info("closing", extra=fields(reason=reason))
-                if "overlong" in reason:
-                    self.close("protocol_error")
-                elif self._quit:  # whichever side closed first after QUIT
-                    self.close("quit")
-                else:
-                    self.close("client_closed" if "client" in reason else "server_closed")
+            case c.CloseSession(reason, detail):
+                self.log.info("closing", extra=fields(reason=reason, detail=detail))
+                # After QUIT, whichever side closed first ended it normally.
+                quit_ = self._quit and reason is not SessionOutcome.PROTOCOL_ERROR
+                self.close(SessionOutcome.QUIT if quit_ else reason)
             case _:
                 self._note(action)
 
@@ -410,9 +408,10 @@ class Session:
             case c.Translated(client_verb, server_verb):
                 metrics.verb_translations.labels(client_verb, server_verb).inc()
                 self.log.debug("translated %s -> %s", client_verb, server_verb)
-            case c.Refused(rule, verb, code, detail):
-                metrics.refused(rule)
-                self.log.info("refused", extra=fields(rule=rule, verb=verb, code=code, detail=printable(detail)))
+            case c.Refused(reason, verb, code, detail, rule):
+                metrics.refused(reason)
+                refused = fields(rule=rule or reason, verb=verb, code=code, detail=printable(detail))
+                self.log.info("refused", extra=refused)
             case c.LoggedIn(user):
                 self.log.info("logged in", extra=fields(user=printable(user)))
 

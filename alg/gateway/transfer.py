@@ -13,21 +13,22 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from alg.ftp.addresses import HostPort, IPAddress
+from alg.ftp.reasons import DataFailure
 from alg.net.dataplane import Listener
 from alg.ops.metrics import ByteCounts
 
-# An unexpected exception in a data task: counted in ftp_alg_internal_errors_total, not as a data failure.
-INTERNAL_ERROR = "internal_error"
+# An unexpected exception in a data task: a data failure, and also counted in ftp_alg_internal_errors_total.
+INTERNAL_ERROR = DataFailure.INTERNAL_ERROR
 
 # Why a transfer failed, as the client's 426 (or 425, before the address was announced) says it.
-FAILURE_TEXT = {
-    "accept_timeout": "nobody connected to the data port in time",
-    "connect_failed": "the other end of the data connection could not be reached",
-    "connect_timeout": "the other end of the data connection did not answer in time",
-    "tls_truncated": "the FTP server's TLS data stream ended without close_notify (truncated)",
-    "reset": "the data connection broke before the transfer completed",
-    "idle_timeout": "no data moved on the data connection for too long",
-    "aborted": "the transfer was aborted",
+FAILURE_TEXT: dict[DataFailure, str] = {
+    DataFailure.ACCEPT_TIMEOUT: "nobody connected to the data port in time",
+    DataFailure.CONNECT_FAILED: "the other end of the data connection could not be reached",
+    DataFailure.CONNECT_TIMEOUT: "the other end of the data connection did not answer in time",
+    DataFailure.TLS_TRUNCATED: "the FTP server's TLS data stream ended without close_notify (truncated)",
+    DataFailure.RESET: "the data connection broke before the transfer completed",
+    DataFailure.IDLE_TIMEOUT: "no data moved on the data connection for too long",
+    DataFailure.ABORTED: "the transfer was aborted",
     INTERNAL_ERROR: "the gateway failed (internal error)",
 }
 
@@ -69,7 +70,7 @@ class DataJob:
 class Ended:
     """How a data connection ended, as its data path saw it; the data channels finish it in one place."""
 
-    failure: str | None = None  # None: the transfer's data arrived
+    failure: DataFailure | None = None  # None: the transfer's data arrived
     text: str | None = None  # for the client's 426, when the failure's stock text will not do
     moved: tuple[int, int] | None = None  # (download, upload), once bytes could move
     seconds: float = 0.0

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from alg.ftp.addresses import HostPort
+from alg.ftp.reasons import SessionOutcome
 from alg.gateway import peers, secure
 from alg.gateway.context import GatewayContext
 from alg.gateway.frontdoor import Origin
@@ -37,7 +38,7 @@ class Upstream:
 class UpstreamFailed(Exception):
     """The upstream could not be reached or secured; str() is the client's 421 text."""
 
-    def __init__(self, text: str, outcome: str) -> None:
+    def __init__(self, text: str, outcome: SessionOutcome) -> None:
         super().__init__(text)
         self.outcome = outcome
 
@@ -61,7 +62,7 @@ async def connect(
         log.warning("upstream unreachable", extra=fields(upstream=upstream, error=printable(str(error) or "timed out")))
         # The client is told why, never where: the address of the internal side stays in the log.
         text = f"Service not available: the FTP server cannot be reached ({_why(error)})."
-        raise UpstreamFailed(text, "upstream_unreachable") from error
+        raise UpstreamFailed(text, SessionOutcome.UPSTREAM_UNREACHABLE) from error
     context.metrics.upstream_connect_seconds.observe(time.monotonic() - started)
     peers.tune(writer, oob_inline=False)
     address, ours = peers.ends(writer)
@@ -108,4 +109,4 @@ def _why(error: OSError | TimeoutError) -> str:
 def _tls_failed(why: str, upstream: HostPort, log: logging.LoggerAdapter[logging.Logger]) -> UpstreamFailed:
     log.warning("upstream tls failed", extra=fields(upstream=upstream, reason=printable(why)))
     # OpenSSL's reason can name the server ("certificate is not valid for 'ftp.internal.example'"): log only.
-    return UpstreamFailed("Service not available: TLS to the FTP server failed.", "tls_failed")
+    return UpstreamFailed("Service not available: TLS to the FTP server failed.", SessionOutcome.TLS_FAILED)

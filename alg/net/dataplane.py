@@ -17,6 +17,7 @@ from ipaddress import IPv6Address, ip_address
 
 from alg.errors import DataChannelError
 from alg.ftp.addresses import HostPort, IPAddress
+from alg.ftp.reasons import DataFailure
 from alg.net.relay import RelayResult, relay
 
 __all__ = ["Listener", "PortPool", "RelayResult", "accept_from", "connect_from", "open_listener", "peer_ip", "relay"]
@@ -83,7 +84,7 @@ def open_listener(ip: IPAddress, pool: PortPool | None) -> Listener:
         if pool is not None:
             taken = pool.take()
             if taken is None:
-                raise DataChannelError("no free data port in the range", reason="port-pool-exhausted")
+                raise DataChannelError("no free data port in the range", reason=DataFailure.PORT_POOL_EXHAUSTED)
             port = taken
         sock = socket.socket(_family(ip), socket.SOCK_STREAM | _NONBLOCK)  # no ioctl to set it afterwards
         try:
@@ -99,7 +100,9 @@ def open_listener(ip: IPAddress, pool: PortPool | None) -> Listener:
             last_error = error
             if error.errno == errno.EADDRINUSE:
                 continue  # another program holds this port: try the next one
-            raise DataChannelError(f"cannot listen on {ip}: {error.strerror}", reason="listen-failed") from error
+            raise DataChannelError(
+                f"cannot listen on {ip}: {error.strerror}", reason=DataFailure.LISTEN_FAILED
+            ) from error
         bound = port or sock.getsockname()[1]  # a port from the pool is the one bound
 
         def release(port: int = port) -> None:
@@ -108,7 +111,7 @@ def open_listener(ip: IPAddress, pool: PortPool | None) -> Listener:
 
         return Listener(sock, HostPort(ip, bound), release)
     detail = last_error.strerror if last_error else "busy"
-    raise DataChannelError(f"no data port could be bound on {ip}: {detail}", reason="port-pool-exhausted")
+    raise DataChannelError(f"no data port could be bound on {ip}: {detail}", reason=DataFailure.PORT_POOL_EXHAUSTED)
 
 
 async def accept_from(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alg.ftp.addresses import HostPort, IPAddress
+from alg.ftp.reasons import DataFailure
 from alg.net import nftrules
 from alg.net.dataplane import Listener, peer_ip
 from alg.net.nft import Nft, NftError
@@ -197,7 +198,7 @@ class Carried:
     """A kernel-carried data connection as it goes: the latest counts, and how it ended."""
 
     counts: Counts = field(default_factory=Counts)
-    failure: str | None = None  # accept_timeout, idle_timeout; None when it ended with its transfer
+    failure: DataFailure | None = None  # accept_timeout, idle_timeout; None when it ended with its transfer
     established: bool = False
 
 
@@ -233,10 +234,10 @@ async def carry(
                 state.established = True  # translated: conntrack carries it from here
                 path.unmap(mapping)
             if not counts.seen and now - started > connect_timeout_s:
-                state.failure = "accept_timeout"
+                state.failure = DataFailure.ACCEPT_TIMEOUT
                 break
             if counts.seen and now - last_change > idle_timeout_s:
-                state.failure = "idle_timeout"
+                state.failure = DataFailure.IDLE_TIMEOUT
                 break
     finally:
         stop_listening(listener)

@@ -21,6 +21,7 @@ from typing import Any
 
 from alg.errors import PolicyDenied
 from alg.ftp.addresses import HostPort
+from alg.ftp.reasons import Refusal
 from alg.net.dataplane import peer_ip
 
 # linux/netfilter_ipv4.h SO_ORIGINAL_DST and linux/netfilter_ipv6/ip6_tables.h IP6T_SO_ORIGINAL_DST: both 80,
@@ -62,7 +63,7 @@ def _not_redirected(detail: str) -> PolicyDenied:
     return PolicyDenied(
         "This gateway only relays FTP connections redirected to it by the firewall (transparent mode); "
         f"connect to the FTP server's own address instead ({detail}).",
-        rule="acl",
+        reason=Refusal.ACL,
         reply_code=421,
     )
 

@@ -23,21 +23,9 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from alg import __version__
+from alg.ftp.reasons import DataFailure, Refusal, SessionOutcome
 
-SESSION_OUTCOMES = (
-    "quit",  # the client said QUIT and the server closed: the normal end
-    "client_closed",  # the client closed the connection without QUIT
-    "server_closed",
-    "upstream_unreachable",
-    "refused_limit",
-    "refused_acl",
-    "timeout",
-    "protocol_error",
-    "tls_failed",  # a TLS handshake with the client or the server failed (or timed out)
-    "shutdown",
-    "ended_by_admin",  # DELETE /sessions/ID (`ftp-alg sessions --end ID`)
-    "error",
-)
+SESSION_OUTCOMES = tuple(SessionOutcome)  # meanings: docs/reasons.md
 # Verbs counted by name; anything else is "other", so a client cannot grow the label set.
 # fmt: off
 KNOWN_VERBS = (
@@ -51,37 +39,8 @@ KNOWN_VERBS = (
 REWRITE_KINDS = ("port", "eprt", "pasv", "epsv")
 DATA_MODES = ("passive", "active")
 DATA_DIRECTIONS = ("download", "upload", "listing", "unknown")
-DATA_FAILURES = (
-    "port_pool_exhausted",
-    "listen_failed",
-    "accept_timeout",
-    "connect_failed",
-    "connect_timeout",
-    "idle_timeout",
-    "reset",
-    "aborted",
-    "tls_handshake_client",
-    "tls_handshake_server",
-    "tls_session_reuse",  # tls.client.require_session_reuse: the client's data connection did not resume
-    "tls_truncated",  # the server's TLS data stream ended without close_notify
-)
-REFUSAL_REASONS = (
-    "bounce",
-    "port_theft",
-    "acl",
-    "command_rule",
-    "limit",
-    "timeout",
-    "syntax",
-    "line_length",
-    "unsupported",
-    "server_reply",
-    "data_endpoint",
-    "tls_required",  # login or PROT C or a clear transfer where TLS is required
-    "tls_plaintext",  # bytes in clear after our 234, before the handshake: dropped
-    "tls_handshake",  # a client's control handshake failed
-    "tls_session_reuse",
-)
+DATA_FAILURES = tuple(DataFailure)
+REFUSAL_REASONS = tuple(r for r in Refusal if r is not Refusal.TLS_OFF)  # tls_off: ftp_alg_tls_probes_total
 TLS_SIDES = ("client", "server")
 TLS_CHANNELS = ("control", "data")
 TLS_OUTCOMES = ("ok", "failed", "timeout")
@@ -264,8 +223,8 @@ class Metrics:
         self.build_info.info({"version": __version__})
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... (Linux /proc only)
         ProcessCollector(registry=r)
-        for outcome in SESSION_OUTCOMES:
-            self.sessions.labels(outcome)
+        for ended in SESSION_OUTCOMES:
+            self.sessions.labels(ended)
         # The series counted per command or per transfer, looked up once: labels() validates and locks.
         self._command_series = {verb: self.commands.labels(verb) for verb in (*KNOWN_VERBS, "other")}
         self._rewrite_series = {kind: self.rewrites.labels(kind) for kind in REWRITE_KINDS}
@@ -276,10 +235,10 @@ class Metrics:
             for mode in DATA_MODES
             for direction in DATA_DIRECTIONS
         }
-        for reason in DATA_FAILURES:
-            self.data_failed.labels(reason)
-        for reason in REFUSAL_REASONS:
-            self.refusals.labels(reason)
+        for failure in DATA_FAILURES:
+            self.data_failed.labels(failure)
+        for refusal in REFUSAL_REASONS:
+            self.refusals.labels(refusal)
         self.tls_probes = Counter(
             "ftp_alg_tls_probes",
             "AUTH TLS asked of a gateway whose TLS toward clients is off (answered 502; lftp and FileZilla ask by "
@@ -387,22 +346,21 @@ class Metrics:
     def pool_used(self, pool: str, in_use: int) -> None:
         self._pool_in_use_series[pool].set(in_use)
 
-    def refused(self, reason: str) -> None:
-        reason = reason.replace("-", "_")
-        if reason == "tls_off":  # a client's routine AUTH TLS probe, not a hostile request: counted apart
+    # Reasons are enums: a value outside them is a bug (ValueError), never counted under another label.
+    def refused(self, reason: Refusal) -> None:
+        if reason == Refusal.TLS_OFF:  # a client's routine AUTH TLS probe, not a hostile request: counted apart
             self.tls_probes.inc()
             return
-        self.refusals.labels(reason if reason in REFUSAL_REASONS else "command_rule").inc()
+        self.refusals.labels(Refusal(reason).value).inc()
 
-    def data_failure(self, reason: str) -> None:
-        reason = reason.replace("-", "_")
-        self.data_failed.labels(reason if reason in DATA_FAILURES else "reset").inc()
+    def data_failure(self, reason: DataFailure) -> None:
+        self.data_failed.labels(DataFailure(reason).value).inc()
 
     def internal_error(self, where: str) -> None:
         self.internal_errors.labels(where).inc()
 
-    def session_ended(self, outcome: str) -> None:
-        self.sessions.labels(outcome if outcome in SESSION_OUTCOMES else "error").inc()
+    def session_ended(self, outcome: SessionOutcome) -> None:
+        self.sessions.labels(SessionOutcome(outcome).value).inc()
 
 
 def direction_of(verb: str | None) -> str:

@@ -22,6 +22,7 @@ from pydantic_core import PydanticCustomError
 
 from alg.errors import ConfigError, PolicyDenied
 from alg.ftp.addresses import IPAddress
+from alg.ftp.reasons import Refusal
 from alg.ftp.wire import Command
 from alg.ops.config import load_yaml_model
 
@@ -246,6 +247,7 @@ class RuleSet:
                         raise PolicyDenied(
                             f"{verb} argument too long for the gateway's policy (limit {self.max_argument_bytes}"
                             " bytes)",
+                            reason=Refusal.COMMAND_RULE,
                             rule="command_rule:argument-length",
                             reply_code=501,
                         )
@@ -256,10 +258,15 @@ class RuleSet:
             if rule.action == "allow":
                 return
             reply_text = rule.text or f"{verb} is not allowed through this gateway."
-            raise PolicyDenied(reply_text, rule=f"command_rule:{rule.name}", reply_code=rule.code)
+            raise PolicyDenied(
+                reply_text, reason=Refusal.COMMAND_RULE, rule=f"command_rule:{rule.name}", reply_code=rule.code
+            )
         if self.default_command == "deny":
             raise PolicyDenied(
-                f"{verb} is not allowed by the gateway's policy.", rule="command_rule:default", reply_code=502
+                f"{verb} is not allowed by the gateway's policy.",
+                reason=Refusal.COMMAND_RULE,
+                rule="command_rule:default",
+                reply_code=502,
             )
 
     def allows_client(self, ip: IPAddress) -> bool:
@@ -435,10 +442,12 @@ class Policy:
         ip = _unmapped(ip)
         if ip in self.own_addresses or self._is_own(ip):
             raise PolicyDenied(
-                f"Refused: {ip} is this gateway itself; connecting would loop.", rule="acl", reply_code=421
+                f"Refused: {ip} is this gateway itself; connecting would loop.", reason=Refusal.ACL, reply_code=421
             )
         if not self.rules.destinations.permits(ip):
-            raise PolicyDenied(f"Access to {ip} is not allowed by the gateway's policy.", rule="acl", reply_code=421)
+            raise PolicyDenied(
+                f"Access to {ip} is not allowed by the gateway's policy.", reason=Refusal.ACL, reply_code=421
+            )
 
     def allowed_destination(self, ip: IPAddress) -> bool:
         try:

@@ -531,6 +531,8 @@ ExtendedLog {ext_log} ALL full
 
 # pyftpdlib in its own process in the namespace. "pyftpdlib-rfc959" knows no EPSV/EPRT (RFC 2428) and answers
 # them with 500, as old and embedded servers do: the case where the gateway must speak PASV/PORT upstream.
+# With a certificate (the test extra's pyOpenSSL) it is FTPS only: TLS required for logins and for data; unlike
+# the other daemons it implements REIN and a second USER, and forgets PBSZ and PROT on both.
 _PYFTPDLIB = """
 import sys
 from pyftpdlib.authorizers import DummyAuthorizer
@@ -540,13 +542,17 @@ from pyftpdlib.servers import FTPServer
 addr, port, root, first, last, rfc959 = sys.argv[1], int(sys.argv[2]), sys.argv[3], *map(int, sys.argv[4:7])
 authorizer = DummyAuthorizer()
 authorizer.add_user("test", "test-pass", root, perm="elradfmwMT")
-commands = dict(FTPHandler.proto_cmds)
+base, tls = FTPHandler, {}
+if len(sys.argv) > 7:
+    from pyftpdlib.handlers import TLS_FTPHandler as base
+    tls = {"certfile": sys.argv[7], "keyfile": sys.argv[8], "tls_control_required": True, "tls_data_required": True}
+commands = dict(base.proto_cmds)
 if rfc959:
     for verb in ("EPSV", "EPRT"):
         del commands[verb]
-Handler = type("Handler", (FTPHandler,), {
+Handler = type("Handler", (base,), {
     "authorizer": authorizer, "proto_cmds": commands, "passive_ports": range(first, last + 1),
-    "permit_foreign_addresses": False,
+    "permit_foreign_addresses": False, **tls,
 })
 FTPServer((addr, port), Handler).serve_forever(timeout=0.5)
 """
@@ -561,8 +567,11 @@ def _start_pyftpdlib(
     root: Path,
     family: str = "ipv4",
     rfc959: bool = False,
+    tls: CertFiles | None = None,
 ) -> FtpServer:
     argv = ["-c", _PYFTPDLIB, *map(str, (addr, port, root, *pasv_ports, int(rfc959)))]
+    if tls is not None:
+        argv += [str(tls.cert), str(tls.key)]
     process = host.exec_python(argv, log_path=workdir / "pyftpdlib.out", name="pyftpdlib")
     kind = "pyftpdlib-rfc959" if rfc959 else "pyftpdlib"
     return FtpServer(kind, host, addr, port, root, "test", "test-pass", pasv_ports, workdir, process, [])

@@ -109,7 +109,7 @@ def test_passive_target_advertised_follows_a_third_party_only_when_allowed() -> 
     actions = ch.server_data(b"227 Entering Passive Mode (198,51,100,11,4,1)\r\n")
     listen = next(a for a in actions if isinstance(a, ListenForClient))
     assert listen.then_connect == HostPort(SERVER.ip, 1025), "a third party is not followed by default"
-    assert any(isinstance(a, Refused) and a.rule == "bounce" for a in actions)
+    assert any(isinstance(a, Refused) and a.reason == "bounce" for a in actions)
 
 
 def test_passive_target_advertised_follows_the_announced_address() -> None:
@@ -143,7 +143,7 @@ def test_a_227_out_of_turn_never_reaches_the_client_with_the_internal_address() 
     ch.client_data(b"NOOP\r\n")
     actions = ch.server_data(b"227 Entering Passive Mode (198,51,100,10,195,80)\r\n")
     assert to_client(actions).startswith(b"425 ") and b"198" not in to_client(actions)
-    assert any(isinstance(a, Refused) and a.rule == "server-reply" for a in actions)
+    assert any(isinstance(a, Refused) and a.reason == "server_reply" for a in actions)
 
 
 def test_a_multiline_227_is_never_forwarded_with_the_internal_address() -> None:
@@ -193,7 +193,7 @@ def test_port_naming_a_third_party_is_refused_as_bounce() -> None:
     actions = ch.client_data(b"PORT 198,18,0,10,200,10\r\n")
     assert to_client(actions).startswith(b"504 ")
     assert b"LAN" in to_client(actions)
-    assert any(isinstance(a, Refused) and a.rule == "bounce" for a in actions)
+    assert any(isinstance(a, Refused) and a.reason == "bounce" for a in actions)
     assert to_server(actions) == b""
 
 

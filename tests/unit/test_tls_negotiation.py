@@ -79,7 +79,7 @@ def test_refuse_mode_answers_auth_with_502_and_plain_ftp_goes_on() -> None:
     assert to_server(out) == b""  # never reaches the server: the gateway answers for the client side
     assert to_server(ch.client_data(b"USER ftp\r\n")) == b"USER ftp\r\n"
     # A client's routine probe (lftp, FileZilla): its own reason, counted apart from hostile refusals.
-    assert [a.rule for a in out if isinstance(a, Refused)] == ["tls_off"]
+    assert [a.reason for a in out if isinstance(a, Refused)] == ["tls_off"]
 
 
 @pytest.mark.parametrize("argument", [b"TLS", b"tls", b"TLS-C", b"SSL"])
@@ -106,7 +106,7 @@ def test_plaintext_pipelined_after_auth_is_dropped_never_executed() -> None:
     out = ch.client_data(b"AUTH TLS\r\nUSER evil\r\nDELE x\r\nPART")
     assert to_server(out) == b""
     refused = [a for a in out if isinstance(a, Refused)]
-    assert refused and refused[0].rule == "tls_plaintext"
+    assert refused and refused[0].reason == "tls_plaintext"
     # Bytes that still arrive before the handshake reports done are dropped too.
     later = ch.client_data(b"IAL\r\nRMD /\r\n")
     assert to_server(later) == b"" and any(isinstance(a, Refused) for a in later)
@@ -129,7 +129,7 @@ def test_require_mode_refuses_login_before_auth_with_530_saying_tls_is_required(
     ch = channel("require")
     out = ch.client_data(b"USER ftp\r\n")
     assert to_client(out).startswith(b"530 TLS required")
-    assert [a.rule for a in out if isinstance(a, Refused)] == ["tls_required"]
+    assert [a.reason for a in out if isinstance(a, Refused)] == ["tls_required"]
     assert to_server(out) == b""
     assert to_server(ch.client_data(b"FEAT\r\n")) == b"FEAT\r\n"  # what does not log in still works
 
