@@ -22,6 +22,7 @@ from alg.ftp.actions import (
     ListenForClient,
     ListenForServer,
     LoggedIn,
+    LoginFailed,
     Refused,
     Rewrote,
     SendToClient,
@@ -51,6 +52,7 @@ __all__ = [
     "ListenForClient",
     "ListenForServer",
     "LoggedIn",
+    "LoginFailed",
     "Refused",
     "Rewrote",
     "SendToClient",
@@ -427,6 +429,8 @@ class ControlChannel(DataNegotiation):
         elif verb in ("USER", "PASS") and code == 230:
             self.logged_in = True
             out.append(LoggedIn(self.user or ""))
+        elif verb in ("USER", "PASS") and code == 530:
+            out.append(LoginFailed(self.user or ""))
         elif verb in TRANSFER_VERBS:
             out.append(TransferReplied(entry.ticket, verb, code))
             out.extend(self._fence_abor())

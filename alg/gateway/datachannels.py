@@ -23,6 +23,7 @@ from alg.ftp.addresses import HostPort, IPAddress
 from alg.gateway import kerneldata, secure
 from alg.net.dataplane import RelayResult, accept_from, connect_from, open_listener, relay
 from alg.net.tls import Leg, TlsTruncated, relay_legs
+from alg.ops.defender import Offence
 from alg.ops.logs import printable
 from alg.ops.metrics import ByteCounts
 
@@ -169,6 +170,8 @@ class DataChannels:
 
         def stranger(ip: IPAddress) -> None:
             metrics.refused("port_theft")
+            if self.context.guard is not None:
+                self.context.guard.offence(ip, Offence.PORT_THEFT)
             self.log.warning("data port theft attempt ticket=%d from=%s expected=%s", ticket, ip, expected)
 
         async def connect_other_leg() -> socket.socket | None:

@@ -19,6 +19,7 @@ from alg.gateway.frontdoor import ProxyRefused, receive_origin_before_tls
 from alg.gateway.peers import hostport
 from alg.net.listeners import listening_socket
 from alg.net.tls import reason_of
+from alg.ops.defender import Offence
 
 if TYPE_CHECKING:
     from alg.gateway.server import Gateway
@@ -88,6 +89,7 @@ class ImplicitListeners:
             outcome = "timeout" if isinstance(error, TimeoutError) else "failed"
             gateway.metrics.tls_handshake("client", "control", outcome)
             gateway.metrics.refused("tls_handshake")
+            gateway.guard.offence(origin.client.ip, Offence.TLS_GARBAGE)
             log.info("implicit tls handshake %s reason=%s", outcome, reason_of(error))
             conn.close()
             return

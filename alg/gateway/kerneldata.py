@@ -18,6 +18,7 @@ from alg.net.dataplane import Listener
 from alg.net.kernelpath import Carried, KernelPath, KernelPathUnavailable, carry, stop_listening
 from alg.net.nft import NftError
 from alg.net.nftrules import Mapping, table_name
+from alg.ops.defender import Offence
 
 log = logging.getLogger("ftp_alg.server")  # said at start, with the other start-up lines
 
@@ -86,6 +87,8 @@ async def _carried(
 
     def stranger(ip: IPAddress) -> None:
         metrics.refused("port_theft")
+        if context.guard is not None:
+            context.guard.offence(ip, Offence.PORT_THEFT)
         session.log.warning("data port theft attempt ticket=%d from=%s expected=%s", ticket, ip, mapping.peer)
 
     # Passive: the peer is the client (original direction = upload); active: the server (original = download).

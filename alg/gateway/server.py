@@ -22,6 +22,7 @@ from alg.ftp.wire import reply
 from alg.gateway import kerneldata, secure
 from alg.gateway.advertise import Advertiser
 from alg.gateway.frontdoor import FrontTls, Origin, ProxyRefused, read_user, receive_origin
+from alg.gateway.guard import Guard
 from alg.gateway.health import HealthChecker
 from alg.gateway.implicit import ImplicitListeners
 from alg.gateway.peers import hostport
@@ -34,6 +35,8 @@ from alg.net.kernelpath import SETTLE_MAX_S
 from alg.net.listeners import listening_socket
 from alg.net.relay import relay_mode
 from alg.net.transparent import original_destination
+from alg.ops.config_sections import DefenderSettings
+from alg.ops.defender import Offence
 from alg.ops.metrics import Metrics
 from alg.ops.rules import Policy
 
@@ -100,6 +103,9 @@ class Gateway:
         self._update_certificate_expiry()
         self.context = context_from_settings(settings, self.metrics, self.policy, worker, self.tls)
         self.worker = worker
+        # The defender: bans outlive reloads, as the Gateway does (alg.gateway.guard).
+        self.guard = Guard(getattr(settings, "defender", None) or DefenderSettings(), self.metrics)
+        self.context.guard = self.guard
         self.sessions: dict[int, Session] = {}
         self.ready = asyncio.Event()
         self.addresses: list[HostPort] = []
@@ -164,6 +170,7 @@ class Gateway:
             self.implicit.start(tls_settings.client.implicit_listen, reuse_port=self.settings.workers > 1)
         if self.health is not None:
             self.health.start()
+        self.guard.start()
         log.info(
             "listening on %s mode=%s relay=%s data_path=%s",
             ", ".join(map(str, self.addresses)),
@@ -230,6 +237,9 @@ class Gateway:
         if not self.policy.allows_client(client):
             await self._refuse_by_policy(writer, client, self.policy.client_refusal_text)
             return
+        if self.guard.refuses(client) is not None:
+            await self._refuse_banned(writer, client)
+            return
         limits = self.settings.limits
         refusal = None
         if self._stopping.is_set():
@@ -238,6 +248,7 @@ class Gateway:
             refusal = f"Too many connections ({limits.max_sessions}); try again later."
         elif self._per_client[client] >= limits.max_sessions_per_client:
             refusal = f"Too many connections from your address ({limits.max_sessions_per_client})."
+            self.guard.offence(client, Offence.OVER_LIMIT)
         try:
             upstream = self.upstream_for(writer)
         except PolicyDenied as denied:
@@ -329,9 +340,19 @@ class Gateway:
             await writer.drain()
             writer.close()
 
+    async def _refuse_banned(self, writer: asyncio.StreamWriter, client: IPAddress) -> None:
+        """421 and close, before any upstream is contacted: the defender banned this client."""
+        self.metrics.session_ended("refused_acl")
+        log.info("connection refused client=%s reason=banned", client)
+        with contextlib.suppress(Exception):
+            writer.write(reply(421, "Service not available: too many failed or refused attempts from your address."))
+            await writer.drain()
+            writer.close()
+
     async def stop(self, grace_s: float) -> None:
         """Stop accepting, let sessions finish for up to grace_s, then close the rest."""
         self._stopping.set()
+        await self.guard.stop()
         for server in self._servers:
             for sock in server.sockets:
                 self._refuse_backlog(sock.fileno())

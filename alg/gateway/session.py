@@ -23,11 +23,13 @@ from alg.gateway import peers, secure
 from alg.gateway.advertise import Advertiser
 from alg.gateway.datachannels import DataChannels, Transfer
 from alg.gateway.frontdoor import Origin
+from alg.gateway.guard import Guard
 from alg.gateway.upstreamleg import UpstreamLeg
 from alg.gateway.upstreams import Route
 from alg.net.dataplane import PortPool
 from alg.net.kernelpath import KernelPath
 from alg.net.tls import describe
+from alg.ops.defender import Offence
 from alg.ops.logs import printable, redact
 from alg.ops.metrics import Metrics
 
@@ -62,6 +64,7 @@ class GatewayContext:
     tls: secure.TlsRuntime = field(default_factory=secure.TlsRuntime)
     kernel_path: KernelPath | None = None  # data_path: kernel, where the kernel allows it
     advertiser: Advertiser | None = None  # split horizon and port offset; None: public_address alone
+    guard: Guard | None = None  # the defender: scores hostile acts (alg.gateway.guard)
 
 
 class Session(UpstreamLeg, DataChannels):
@@ -97,6 +100,7 @@ class Session(UpstreamLeg, DataChannels):
         self._last_activity = time.monotonic()
         self._draining = False
         self._quit = False  # the client said QUIT: the server closing next is the normal end
+        self._login_delay = 0.0  # the defender slows the next try on a user name under attack
         # The client-facing TLS context this session started with: its data connections resume against it,
         # even after SIGHUP loaded a new certificate for later sessions.
         certificate = context.tls.certificate
@@ -146,6 +150,8 @@ class Session(UpstreamLeg, DataChannels):
             self.log,
         ):
             self.outcome = "tls_failed"
+            if self.context.guard is not None:
+                self.context.guard.offence(self.client.address.ip, Offence.TLS_GARBAGE)
             self.close("tls_failed")
             return False
         self.tls_client = describe(self.client.writer.get_extra_info("ssl_object"))
@@ -236,6 +242,9 @@ class Session(UpstreamLeg, DataChannels):
             while not self._closed.is_set():
                 await peer.can_read.wait()
                 data = await peer.reader.read(peers.READ_BYTES)
+                if from_client and self._login_delay > 0:  # after a failed login for a user under attack
+                    delay, self._login_delay = self._login_delay, 0.0
+                    await asyncio.sleep(delay)
                 lines = channel.client_lines
                 self.execute(feed(data))
                 if channel.client_lines != lines:
@@ -338,9 +347,14 @@ class Session(UpstreamLeg, DataChannels):
                     self.log.debug("translated %s -> %s", client_verb, server_verb)
                 case c.Refused(rule, verb, code, detail):
                     metrics.refused(rule)
+                    if self.context.guard is not None:
+                        self.context.guard.refused(self.client.address.ip, rule)
                     self.log.info("refused rule=%s verb=%s code=%d detail=%s", rule, verb, code, printable(detail))
                 case c.LoggedIn(user):
                     self.log.info("logged in user=%s", printable(user))
+                case c.LoginFailed(user):
+                    if self.context.guard is not None:
+                        self._login_delay = self.context.guard.login_failed(self.client.address.ip, user)
                 case c.TransferRequested(ticket, verb, argument):
                     if ticket is not None and ticket in self._transfers:
                         self._transfers[ticket].verb = verb

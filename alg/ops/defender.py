@@ -88,22 +88,36 @@ class Defender:
         ban = self._bans.get(self.key(ip))
         return ban if ban is not None and ban.until > self._clock() else None
 
-    def record(self, ip: IPv4Address | IPv6Address, offence: Offence) -> Ban | None:
+    def clock(self) -> float:
+        return self._clock()
+
+    def record(self, ip: IPv4Address | IPv6Address, offence: Offence, at: float | None = None) -> Ban | None:
         """Score one act; the new Ban when it took the client over the threshold."""
         if not self.enabled or self.allowed(ip):
             return None
-        now = self._clock()
-        key = self.key(ip)
+        return self.record_key(self.key(ip), offence, self._clock() if at is None else at)
+
+    def record_key(self, key: str, offence: Offence, at: float) -> Ban | None:
+        """Score one act of the client `key` at clock time `at` (as told by another process, too)."""
+        if not self.enabled or self._allowed_key(key):
+            return None
         current = self._bans.get(key)
-        if current is not None and current.until > now:
+        if current is not None and current.until > at:
             return None  # already banned: acts still in flight do not lengthen it
         points = self._points.setdefault(key, deque())
-        points.append((now, self.points(offence)))
-        _forget_before(points, now - self.settings.window_s)
+        points.append((at, self.points(offence)))
+        _forget_before(points, self._clock() - self.settings.window_s)
         if sum(p for _, p in points) < self.settings.threshold:
             return None
         del self._points[key]
-        return self._ban(key, now, offence)
+        return self._ban(key, at, offence)
+
+    def _allowed_key(self, key: str) -> bool:
+        try:
+            network = ip_network(key)
+        except ValueError:
+            return True  # not a client we could have named: ignore it
+        return self.allowed(network.network_address)
 
     def points(self, offence: Offence) -> int:
         value: int = getattr(self.settings.scores, offence.value)
@@ -180,14 +194,13 @@ class Defender:
 
     # ---- per user: slow down, never lock out ----------------------------------------------------------------
 
-    def login_failed(self, user: str) -> float:
+    def login_failed(self, user: str, at: float | None = None) -> float:
         """A failed login for `user` (from any address); the delay before that client may try again."""
         if not self.enabled or not user:
             return 0.0
-        now = self._clock()
         failures = self._user_failures[user]
-        failures.append(now)
-        _forget_times(failures, now - self.settings.window_s)
+        failures.append(self._clock() if at is None else at)
+        _forget_times(failures, self._clock() - self.settings.window_s)
         return self.user_delay(user)
 
     def user_delay(self, user: str) -> float:

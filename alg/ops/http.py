@@ -23,6 +23,8 @@ from alg.ftp.addresses import HostPort
 from alg.net.dataplane import peer_ip
 from alg.ops import admin as a
 from alg.ops import banner
+from alg.ops.bans import BansSource, bans_json, is_bans_path, unban_target
+from alg.ops.logs import printable
 from alg.ops.metrics import Metrics
 
 
@@ -132,6 +134,7 @@ class AdminAccess:
 
     sessions: a.SessionsSource
     token: str | None = None
+    bans: BansSource | None = None  # the defender's: GET /bans, DELETE /bans/ADDRESS (alg.ops.bans)
 
 
 class HttpListener:
@@ -193,7 +196,7 @@ class HttpListener:
             method = b"GET"
         else:
             method, path, authorization = request
-            if self.admin is not None and a.is_admin_path(path):
+            if self.admin is not None and (a.is_admin_path(path) or is_bans_path(path)):
                 response = self._admin(self.admin, method, path, authorization)
             else:
                 response = await self._route(method, path)
@@ -225,6 +228,8 @@ class HttpListener:
             self.gateway.metrics.admin_unauthorized.inc()
             log.warning("admin request refused: %s bearer token", "wrong" if authorization else "no")
             return _Response(401, b"unauthorized\n", headers=(("WWW-Authenticate", 'Bearer realm="ftp-alg"'),))
+        if is_bans_path(path):
+            return _bans(admin.bans, method, path)
         if path == b"/sessions":
             if method not in (b"GET", b"HEAD"):
                 return _Response(405, b"method not allowed\n", headers=(("Allow", "GET, HEAD"),))
@@ -240,6 +245,22 @@ class HttpListener:
             return _Response(404, f"no session {number}\n".encode())
         log.info("session ended by the administrator session=%d", number)
         return _Response(200, f"session {number} ended\n".encode())
+
+
+def _bans(bans: BansSource | None, method: bytes, path: bytes) -> _Response:
+    target = unban_target(path)
+    if bans is None:
+        return _Response(404, b"not found\n")
+    if target is None:
+        if method not in (b"GET", b"HEAD"):
+            return _Response(405, b"method not allowed\n", headers=(("Allow", "GET, HEAD"),))
+        return _Response(200, bans_json(bans.bans(), enabled=bans.enabled), "application/json")
+    if method != b"DELETE":
+        return _Response(405, b"method not allowed\n", headers=(("Allow", "DELETE"),))
+    lifted = bans.unban(target)
+    if lifted is None:
+        return _Response(404, f"no ban on {printable(target)}\n".encode())
+    return _Response(200, f"ban on {lifted.client} lifted\n".encode())
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, bytes, bytes | None] | None:
@@ -299,7 +320,8 @@ async def start_http_listeners(settings: Any, gateway: Gateway, sessions: a.Sess
     admin_at: HostPort | None = getattr(admin_settings, "listen", None)
     admin = None
     if admin_at is not None:
-        admin = AdminAccess(sessions, a.read_token(getattr(admin_settings, "token_file", None)))
+        token = a.read_token(getattr(admin_settings, "token_file", None))
+        admin = AdminAccess(sessions, token, bans=getattr(gateway, "guard", None))
     listeners: list[HttpListener] = []
     try:
         if metrics_at is not None:

@@ -1,0 +1,184 @@
+"""The defender in a gateway process: the door asks it, the session reports to it; it logs, counts and shares.
+
+Rules: nothing here waits on the network: a session's report is scored at once and handed to the store,
+which sends it on in the background (other workers, Redis); a ban heard from elsewhere is adopted as is.
+One log line per ban and per unban, by the process that made it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from ipaddress import IPv4Address, IPv6Address
+from typing import Protocol
+
+from alg.ops.config_sections import DefenderSettings
+from alg.ops.defender import Ban, Defender, Offence, Unbanned
+from alg.ops.metrics import Metrics
+
+log = logging.getLogger("ftp_alg.defender")
+
+# Ended bans are noticed (and their unban logged) within this many seconds.
+EXPIRE_EVERY_S = 1.0
+
+# The core's refusal rules (alg.ftp Refused.rule) that are hostile acts; the others are a client's mistakes.
+_RULE_OFFENCES = {
+    "bounce": Offence.BOUNCE,
+    "line-length": Offence.OVERLONG_LINE,
+    "tls_plaintext": Offence.TLS_GARBAGE,
+    "acl": Offence.REFUSED_COMMAND,
+}
+
+
+def offence_for_rule(rule: str) -> Offence | None:
+    if rule.startswith("command_rule"):
+        return Offence.REFUSED_COMMAND
+    return _RULE_OFFENCES.get(rule)
+
+
+class Store(Protocol):
+    """Carries scored acts, bans and unbans to the other processes sharing the state; never blocks."""
+
+    def offence(self, client: str, offence: Offence, at: float) -> None: ...
+    def login_failed(self, user: str, at: float) -> None: ...
+    def banned(self, ban: Ban) -> None: ...
+    def unbanned(self, client: str) -> None: ...
+    async def run(self, guard: Guard) -> None: ...
+
+
+class Guard:
+    def __init__(self, settings: DefenderSettings, metrics: Metrics, defender: Defender | None = None) -> None:
+        self.defender = defender or Defender(settings)
+        self.metrics = metrics
+        self.stores: list[Store] = []
+        self._made_here: set[str] = set()  # bans this process made: it logs their end
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.defender.enabled
+
+    def configure(self, settings: DefenderSettings) -> None:
+        self.defender.configure(settings)
+
+    # ---- the door and the session ----------------------------------------------------------------------------
+
+    def refuses(self, ip: IPv4Address | IPv6Address) -> Ban | None:
+        """The ban that shuts this client out now, counted; None: let it in."""
+        ban = self.defender.banned(ip)
+        if ban is not None:
+            self.metrics.defender_refused.inc()
+        return ban
+
+    def offence(self, ip: IPv4Address | IPv6Address, offence: Offence) -> None:
+        if not self.enabled or self.defender.allowed(ip):
+            return
+        self.metrics.defender_points.labels(offence.value).inc(self.defender.points(offence))
+        at = self.defender.clock()
+        ban = self.defender.record(ip, offence, at)
+        for store in self.stores:
+            store.offence(self.defender.key(ip), offence, at)
+        if ban is not None:
+            self._banned(ban, made_here=True)
+
+    def refused(self, ip: IPv4Address | IPv6Address, rule: str) -> None:
+        """A command the core refused: scored when its rule is a hostile act."""
+        offence = offence_for_rule(rule)
+        if offence is not None:
+            self.offence(ip, offence)
+
+    def login_failed(self, ip: IPv4Address | IPv6Address, user: str) -> float:
+        """A 530 after PASS; the delay before this client's next command (its user name is under attack)."""
+        if not self.enabled:
+            return 0.0
+        self.offence(ip, Offence.LOGIN_FAILED)
+        delay = self.defender.login_failed(user)
+        at = self.defender.clock()
+        for store in self.stores:
+            store.login_failed(user, at)
+        return delay
+
+    # ---- what other processes tell ---------------------------------------------------------------------------
+
+    def heard_offence(self, client: str, offence: Offence, at: float) -> None:
+        ban = self.defender.record_key(client, offence, at)
+        if ban is not None:
+            self._banned(ban, made_here=False)
+
+    def heard_login_failed(self, user: str, at: float) -> None:
+        self.defender.login_failed(user, at)
+
+    def heard_ban(self, ban: Ban) -> None:
+        if self.defender.adopt(ban):
+            self._made_here.discard(ban.client)
+            self._update_active()
+
+    def heard_unban(self, client: str) -> None:
+        if self.defender.unban(client) is not None:
+            self._made_here.discard(client)
+            self._update_active()
+
+    # ---- operators -------------------------------------------------------------------------------------------
+
+    def bans(self) -> list[Ban]:
+        return self.defender.bans()
+
+    def unban(self, client: str) -> Ban | None:
+        """DELETE /bans/ADDRESS: lifted here and in every process sharing the state."""
+        ban = self.defender.unban(client)
+        if ban is None:
+            return None
+        self._made_here.discard(ban.client)
+        log.warning("defender unban client=%s reason=%s repeat=%d", ban.client, Unbanned.ADMIN, ban.repeat)
+        self._update_active()
+        for store in self.stores:
+            store.unbanned(ban.client)
+        return ban
+
+    # ---- background ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.enabled and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="defender")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            for store in self.stores:
+                tasks.create_task(store.run(self), name=f"defender {type(store).__name__}")
+            while True:
+                await asyncio.sleep(EXPIRE_EVERY_S)
+                self.expire()
+
+    def expire(self) -> None:
+        for ban in self.defender.expire():
+            if ban.client in self._made_here:
+                self._made_here.discard(ban.client)
+                log.info("defender unban client=%s reason=%s repeat=%d", ban.client, Unbanned.EXPIRED, ban.repeat)
+        self._update_active()
+
+    def _banned(self, ban: Ban, *, made_here: bool) -> None:
+        self.metrics.defender_bans.labels(ban.reason.value).inc()
+        self._update_active()
+        if not made_here:
+            return
+        self._made_here.add(ban.client)
+        log.warning(
+            "defender ban client=%s reason=%s repeat=%d for_s=%.0f",
+            ban.client,
+            ban.reason,
+            ban.repeat,
+            ban.until - ban.since,
+        )
+        for store in self.stores:
+            store.banned(ban)
+
+    def _update_active(self) -> None:
+        self.metrics.defender_bans_active.set(len(self.defender.bans()))
