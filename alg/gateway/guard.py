@@ -47,6 +47,16 @@ class Store(Protocol):
     async def run(self, guard: Guard) -> None: ...
 
 
+def guard_for(settings: DefenderSettings | None, metrics: Metrics, worker: int = 0, workers: int = 1) -> Guard:
+    """The gateway process's guard; with several workers, it shares its state with theirs."""
+    guard = Guard(settings or DefenderSettings(), metrics)
+    if guard.enabled and workers > 1:
+        from alg.gateway.guard_workers import WorkerMesh
+
+        guard.stores.append(WorkerMesh(worker, workers, metrics))
+    return guard
+
+
 class Guard:
     def __init__(self, settings: DefenderSettings, metrics: Metrics, defender: Defender | None = None) -> None:
         self.defender = defender or Defender(settings)

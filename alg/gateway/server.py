@@ -22,7 +22,7 @@ from alg.ftp.wire import reply
 from alg.gateway import kerneldata, secure
 from alg.gateway.advertise import Advertiser
 from alg.gateway.frontdoor import FrontTls, Origin, ProxyRefused, read_user, receive_origin
-from alg.gateway.guard import Guard
+from alg.gateway.guard import guard_for
 from alg.gateway.health import HealthChecker
 from alg.gateway.implicit import ImplicitListeners
 from alg.gateway.peers import hostport
@@ -35,7 +35,6 @@ from alg.net.kernelpath import SETTLE_MAX_S
 from alg.net.listeners import listening_socket
 from alg.net.relay import relay_mode
 from alg.net.transparent import original_destination
-from alg.ops.config_sections import DefenderSettings
 from alg.ops.defender import Offence
 from alg.ops.metrics import Metrics
 from alg.ops.rules import Policy
@@ -104,7 +103,7 @@ class Gateway:
         self.context = context_from_settings(settings, self.metrics, self.policy, worker, self.tls)
         self.worker = worker
         # The defender: bans outlive reloads, as the Gateway does (alg.gateway.guard).
-        self.guard = Guard(getattr(settings, "defender", None) or DefenderSettings(), self.metrics)
+        self.guard = guard_for(getattr(settings, "defender", None), self.metrics, worker, settings.workers)
         self.context.guard = self.guard
         self.sessions: dict[int, Session] = {}
         self.ready = asyncio.Event()
@@ -196,8 +195,11 @@ class Gateway:
         return upstream
 
     def reload(self) -> None:
-        """SIGHUP: rules and the TLS certificate read again; a bad file keeps the old one (and says why)."""
+        """SIGHUP: rules and the TLS certificate read again; a bad file keeps the old one (and says why).
+        The defender's scores and bans stay: they live as long as the process."""
         self.policy.reload()
+        if self.guard.enabled:
+            log.info("reload: the defender keeps its %d bans", len(self.guard.bans()))
         if self.tls.certificate is not None:
             self.tls.certificate.reload()
             self._update_certificate_expiry()

@@ -1,7 +1,7 @@
 """The defender end to end, against vsftpd: a guesser is banned after the threshold and gets 421 with no new
 connection reaching vsftpd (its log counts them), while another client address downloads throughout; an
 operator lists and lifts the ban with `ftp-alg bans`; the repeat ban is twice as long; an allowlisted address
-is never banned; a bounce attempt and a port-theft attempt add up to a ban.
+is never banned; a bounce attempt and a port-theft attempt add up to a ban; two workers share scores and bans.
 
 client 203.0.113.10 (guesser), .11 (a real user), .12 (allowlisted) ─ gw 203.0.113.1 (ftp :21, admin :9180)
 | 198.51.100.1 ─ vsftpd 198.51.100.10 (anonymous only: it answers USER root with 530)
@@ -13,10 +13,23 @@ import hashlib
 import json
 import os
 import random
+import signal
 import sys
+import urllib.request
 
 import pytest
-from hostile import RawFtp, add_address, connect, port_argument, read_all, start_gateway, value, wait_until
+from hostile import (
+    RawFtp,
+    add_address,
+    connect,
+    metric,
+    parse_samples,
+    port_argument,
+    read_all,
+    start_gateway,
+    value,
+    wait_until,
+)
 from netns import REPO_ROOT, Topology
 from servers import FtpServer
 
@@ -26,6 +39,7 @@ GUESSER = "203.0.113.10"
 USER = "203.0.113.11"
 ALLOWED = "203.0.113.12"
 ADMIN_PORT = 9180
+BANS_ACTIVE = "ftp_alg_defender_bans_active"
 
 
 def connects(vsftpd: FtpServer) -> int:
@@ -152,3 +166,38 @@ def test_a_bounce_and_a_port_theft_add_up_to_a_ban(reverse_topo: Topology, vsftp
         assert user.reply().code == 226
     assert value(topo, "ftp_alg_defender_bans_total", event="port_theft") == 1
     assert guess(topo, GUESSER) == 421
+
+
+def worker_value(topo: Topology, worker: int, name: str, **labels: str) -> float:
+    """A sample from worker `worker`'s own /metrics (metrics_listen port + index)."""
+
+    def get() -> str:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{9121 + worker}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    return metric(parse_samples(topo.gw.call(get, timeout_s=10)), name, **labels)
+
+
+def test_two_workers_share_scores_and_bans(reverse_topo: Topology, vsftpd: FtpServer, payload: str) -> None:
+    """workers: 2: the kernel spreads the guesser's connections over both; their points add up (banned at the
+    fifth failed login, not the tenth), both workers refuse it, and one of them logs the ban, once; a SIGHUP
+    keeps the ban."""
+    topo = reverse_topo
+    add_address(topo.client, "eth0", f"{USER}/24")
+    gateway = start_gateway(topo, {"workers": 2, "defender": {"enabled": True}})
+    topo.gw.wait_port("127.0.0.1", 9122, process=gateway.process, timeout_s=10)
+    assert [guess(topo, GUESSER) for _ in range(5)] == [220] * 5
+    wait_until("both workers hold the ban", lambda: [worker_value(topo, w, BANS_ACTIVE) for w in (0, 1)] == [1, 1])
+    sessions = [worker_value(topo, w, "ftp_alg_sessions_total", outcome="quit") for w in (0, 1)]
+    assert min(sessions) >= 1, sessions  # the guesses really went through both workers
+    before = connects(vsftpd)
+    assert [guess(topo, GUESSER) for _ in range(8)] == [421] * 8
+    refused = [worker_value(topo, w, "ftp_alg_defender_refused_connections_total") for w in (0, 1)]
+    assert sum(refused) == 8 and min(refused) >= 1, refused
+    assert connects(vsftpd) == before
+    assert gateway.log().count("defender ban client=203.0.113.10/32") == 1
+    gateway.process.signal(signal.SIGHUP)
+    wait_until("reloaded", lambda: gateway.log().count("reload: the defender keeps its 1 bans") == 2)
+    assert guess(topo, GUESSER) == 421
+    assert download(topo, USER) == payload

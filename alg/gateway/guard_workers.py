@@ -1,0 +1,156 @@
+"""The defender's state shared by the workers of one gateway: each worker tells the others what it scored.
+
+Rules: one unix datagram socket per worker in the abstract namespace, named after the parent process and the
+worker's index, so no file and no change to the parent is needed; sends never wait (a full peer drops the
+message and counts a fault); a message is taken only from a sibling's socket name with our own user id (the
+kernel's SO_PASSCRED), so another local user cannot ban or unban anyone. A worker that starts (or restarts)
+says hello and its siblings answer with the bans they hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+from alg.ops.defender import Ban, Offence
+from alg.ops.metrics import Metrics
+
+if TYPE_CHECKING:
+    from alg.gateway.guard import Guard
+
+log = logging.getLogger("ftp_alg.defender")
+
+MAX_MESSAGE_BYTES = 2048  # a ban is about 150 bytes of JSON
+_CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
+
+
+def socket_name(group: int, index: int) -> bytes:
+    return f"\0ftp-alg-defender-{group}-{index}".encode()
+
+
+class WorkerMesh:
+    """A Store (alg.gateway.guard) over the sibling workers' sockets."""
+
+    def __init__(self, index: int, count: int, metrics: Metrics, group: int | None = None) -> None:
+        self.index = index
+        self.count = count
+        self.group = os.getppid() if group is None else group  # the supervising parent
+        self._faults = metrics.defender_store_faults.labels("workers")
+        self._sender = re.compile(re.escape(f"\0ftp-alg-defender-{self.group}-".encode()) + rb"(\d{1,4})")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self._sock.bind(socket_name(self.group, index))
+        self._sock.setblocking(False)
+        self._guard: Guard | None = None
+
+    # ---- Store: what this worker tells ----------------------------------------------------------------------
+
+    def offence(self, client: str, offence: Offence, at: float) -> None:
+        self._tell({"t": "offence", "client": client, "offence": offence.value, "at": at})
+
+    def login_failed(self, user: str, at: float) -> None:
+        self._tell({"t": "user", "user": user, "at": at})
+
+    def banned(self, ban: Ban) -> None:
+        self._tell(ban_message(ban))
+
+    def unbanned(self, client: str) -> None:
+        self._tell({"t": "unban", "client": client})
+
+    def _tell(self, message: dict[str, Any], only: int | None = None) -> None:
+        data = json.dumps(message, separators=(",", ":")).encode()
+        for other in range(self.count) if only is None else (only,):
+            if other == self.index:
+                continue
+            try:
+                self._sock.sendto(data, socket_name(self.group, other))
+            except (ConnectionRefusedError, FileNotFoundError):
+                pass  # that worker is restarting: it says hello when it is back
+            except OSError:  # BlockingIOError above all: its queue is full
+                self._faults.inc()
+
+    # ---- what the siblings tell ------------------------------------------------------------------------------
+
+    async def run(self, guard: Guard) -> None:
+        self._guard = guard
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._sock.fileno(), self._readable)
+        try:
+            self._tell({"t": "hello"})
+            await asyncio.Event().wait()  # until cancelled with the guard
+        finally:
+            loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+    def _readable(self) -> None:
+        for _ in range(64):  # a bounded batch per wake-up; the loop calls again while more is queued
+            try:
+                data, ancillary, _, sender = self._sock.recvmsg(MAX_MESSAGE_BYTES, socket.CMSG_SPACE(_CREDENTIALS.size))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._faults.inc()
+                return
+            index = self._sibling(sender, ancillary)
+            if index is not None:
+                self._heard(data, index)
+
+    def _sibling(self, sender: object, ancillary: list[tuple[int, int, bytes]]) -> int | None:
+        """The sending worker's index; None for anyone who is not a sibling of ours."""
+        match = self._sender.fullmatch(sender) if isinstance(sender, bytes) else None
+        uid = None
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(value) >= _CREDENTIALS.size:
+                uid = _CREDENTIALS.unpack_from(value)[1]
+        if match is None or uid != os.getuid() or not 0 <= int(match.group(1)) < self.count:
+            return None
+        return int(match.group(1))
+
+    def _heard(self, data: bytes, sender: int) -> None:
+        guard = self._guard
+        assert guard is not None
+        try:
+            message = json.loads(data)
+            kind = message["t"]
+            if kind == "offence":
+                guard.heard_offence(str(message["client"]), Offence(message["offence"]), float(message["at"]))
+            elif kind == "user":
+                guard.heard_login_failed(str(message["user"]), float(message["at"]))
+            elif kind == "ban":
+                guard.heard_ban(ban_from(message))
+            elif kind == "unban":
+                guard.heard_unban(str(message["client"]))
+            elif kind == "hello":
+                for ban in guard.bans():
+                    self._tell(ban_message(ban), only=sender)
+        except (ValueError, KeyError, TypeError):
+            self._faults.inc()
+            log.warning("defender: a malformed message from worker %d was dropped", sender)
+
+
+def ban_message(ban: Ban) -> dict[str, Any]:
+    return {
+        "t": "ban",
+        "client": ban.client,
+        "since": ban.since,
+        "until": ban.until,
+        "repeat": ban.repeat,
+        "reason": ban.reason.value,
+    }
+
+
+def ban_from(message: dict[str, Any]) -> Ban:
+    """The Ban a message carries (ValueError, KeyError or TypeError when it carries none)."""
+    return Ban(
+        str(message["client"]),
+        float(message["since"]),
+        float(message["until"]),
+        int(message["repeat"]),
+        Offence(message["reason"]),
+    )
