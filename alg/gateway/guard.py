@@ -48,9 +48,17 @@ class Store(Protocol):
 
 
 def guard_for(settings: DefenderSettings | None, metrics: Metrics, worker: int = 0, workers: int = 1) -> Guard:
-    """The gateway process's guard; with several workers, it shares its state with theirs."""
-    guard = Guard(settings or DefenderSettings(), metrics)
-    if guard.enabled and workers > 1:
+    """The gateway process's guard; it shares its state with the other workers, or with every process
+    (each worker of each instance) through Redis: through one of them only, so no act is counted twice."""
+    settings = settings or DefenderSettings()
+    guard = Guard(settings, metrics)
+    if not guard.enabled:
+        return guard
+    if settings.store.startswith(("redis://", "rediss://")):
+        from alg.gateway.guard_redis import RedisStore
+
+        guard.stores.append(RedisStore(settings.store, metrics))
+    elif workers > 1:
         from alg.gateway.guard_workers import WorkerMesh
 
         guard.stores.append(WorkerMesh(worker, workers, metrics))

@@ -18,6 +18,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
+from alg.gateway.guard_wire import ban_message, hear, offence_message, unban_message, user_message
 from alg.ops.defender import Ban, Offence
 from alg.ops.metrics import Metrics
 
@@ -52,16 +53,16 @@ class WorkerMesh:
     # ---- Store: what this worker tells ----------------------------------------------------------------------
 
     def offence(self, client: str, offence: Offence, at: float) -> None:
-        self._tell({"t": "offence", "client": client, "offence": offence.value, "at": at})
+        self._tell(offence_message(client, offence, at))
 
     def login_failed(self, user: str, at: float) -> None:
-        self._tell({"t": "user", "user": user, "at": at})
+        self._tell(user_message(user, at))
 
     def banned(self, ban: Ban) -> None:
         self._tell(ban_message(ban))
 
     def unbanned(self, client: str) -> None:
-        self._tell({"t": "unban", "client": client})
+        self._tell(unban_message(client))
 
     def _tell(self, message: dict[str, Any], only: int | None = None) -> None:
         data = json.dumps(message, separators=(",", ":")).encode()
@@ -117,40 +118,11 @@ class WorkerMesh:
         assert guard is not None
         try:
             message = json.loads(data)
-            kind = message["t"]
-            if kind == "offence":
-                guard.heard_offence(str(message["client"]), Offence(message["offence"]), float(message["at"]))
-            elif kind == "user":
-                guard.heard_login_failed(str(message["user"]), float(message["at"]))
-            elif kind == "ban":
-                guard.heard_ban(ban_from(message))
-            elif kind == "unban":
-                guard.heard_unban(str(message["client"]))
-            elif kind == "hello":
+            if message["t"] == "hello":
                 for ban in guard.bans():
                     self._tell(ban_message(ban), only=sender)
+            elif not hear(guard, message):
+                raise ValueError(f"unknown message {message['t']!r}")
         except (ValueError, KeyError, TypeError):
             self._faults.inc()
             log.warning("defender: a malformed message from worker %d was dropped", sender)
-
-
-def ban_message(ban: Ban) -> dict[str, Any]:
-    return {
-        "t": "ban",
-        "client": ban.client,
-        "since": ban.since,
-        "until": ban.until,
-        "repeat": ban.repeat,
-        "reason": ban.reason.value,
-    }
-
-
-def ban_from(message: dict[str, Any]) -> Ban:
-    """The Ban a message carries (ValueError, KeyError or TypeError when it carries none)."""
-    return Ban(
-        str(message["client"]),
-        float(message["since"]),
-        float(message["until"]),
-        int(message["repeat"]),
-        Offence(message["reason"]),
-    )
