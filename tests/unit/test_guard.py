@@ -194,3 +194,75 @@ def test_bans_command_table_and_usage(capsys: Any) -> None:
     assert "--url must start with http://" in capsys.readouterr().err
     assert main(["bans", "--url", "http://127.0.0.1:9", "--unban", "a\x1bb"]) == 2
     assert "--unban: expected an address" in capsys.readouterr().err
+
+
+async def over_the_limit() -> dict[str, Any]:
+    upstream = ScriptedServer()
+    port = await upstream.start()
+    settings = settings_from_mapping(
+        {
+            "listen": "127.0.0.1:0",
+            "upstream": f"127.0.0.1:{port}",
+            "passive_ports": "50000-50009",
+            "limits": {"max_sessions_per_client": 1},
+            "defender": {"enabled": True, "threshold": 2},
+        }
+    )
+    gateway = Gateway(settings)
+    await gateway.start()
+    front = gateway.addresses[0].port
+    seen: dict[str, Any] = {"answers": []}
+    try:
+        held_reader, held = await asyncio.open_connection("127.0.0.1", front)
+        assert (await reply(held_reader)).startswith(b"220")
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", front)
+            seen["answers"].append(await reply(reader))
+            writer.close()
+        seen["points"] = sample(gateway, "ftp_alg_defender_score_points_total", event="over_limit")
+        seen["bans"] = sample(gateway, "ftp_alg_defender_bans_total", event="over_limit")
+        held.close()
+    finally:
+        await gateway.stop(1.0)
+        await upstream.stop()
+    return seen
+
+
+def test_connections_over_the_per_address_limit_are_scored() -> None:
+    seen = asyncio.run(over_the_limit())
+    limit, banning, banned = seen["answers"]
+    assert limit.startswith(b"421 Too many connections from your address (1).")
+    assert banning.startswith(b"421 Too many connections from your address (1).")  # this one crossed 2
+    assert banned.startswith(b"421 Service not available: too many failed or refused attempts")
+    assert (seen["points"], seen["bans"]) == (2, 1)
+
+
+async def slowed_login(delay_s: float) -> float:
+    upstream = ScriptedServer()
+    port = await upstream.start()
+    defender = {"enabled": True, "user_failures": 1, "user_delay_s": delay_s, "threshold": 100}
+    settings = settings_from_mapping(
+        {"listen": "127.0.0.1:0", "upstream": f"127.0.0.1:{port}", "passive_ports": "50000-50009", "defender": defender}
+    )
+    gateway = Gateway(settings)
+    await gateway.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.addresses[0].port)
+        await reply(reader)
+        writer.write(b"USER admin\r\nPASS guess\r\n")
+        assert (await reply(reader)).startswith(b"331") and (await reply(reader)).startswith(b"530")
+        started = asyncio.get_running_loop().time()
+        writer.write(b"USER admin\r\n")
+        assert (await reply(reader)).startswith(b"331")
+        waited = asyncio.get_running_loop().time() - started
+        writer.close()
+    finally:
+        await gateway.stop(1.0)
+        await upstream.stop()
+    return waited
+
+
+def test_a_user_under_attack_waits_after_a_failed_login() -> None:
+    """user_failures 1: after the first 530 for `admin`, the client's next command waits user_delay_s (a lower
+    bound only: it cannot come sooner, however fast the machine)."""
+    assert asyncio.run(slowed_login(0.3)) >= 0.3
