@@ -13,6 +13,9 @@ import logging
 from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
+from alg.gateway.guard_redis import RedisStore
+from alg.gateway.guard_wire import Hearer
+from alg.gateway.guard_workers import WorkerMesh
 from alg.ops.config_sections import DefenderSettings
 from alg.ops.defender import Ban, Defender, Offence, Unbanned
 from alg.ops.metrics import Metrics
@@ -44,7 +47,7 @@ class Store(Protocol):
     def login_failed(self, user: str, at: float) -> None: ...
     def banned(self, ban: Ban) -> None: ...
     def unbanned(self, client: str) -> None: ...
-    async def run(self, guard: Guard) -> None: ...
+    async def run(self, hearer: Hearer) -> None: ...
 
 
 def guard_for(settings: DefenderSettings | None, metrics: Metrics, worker: int = 0, workers: int = 1) -> Guard:
@@ -55,12 +58,8 @@ def guard_for(settings: DefenderSettings | None, metrics: Metrics, worker: int =
     if not guard.enabled:
         return guard
     if settings.store.startswith(("redis://", "rediss://")):
-        from alg.gateway.guard_redis import RedisStore
-
         guard.stores.append(RedisStore(settings.store, metrics))
     elif workers > 1:
-        from alg.gateway.guard_workers import WorkerMesh
-
         guard.stores.append(WorkerMesh(worker, workers, metrics))
     return guard
 

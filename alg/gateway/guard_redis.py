@@ -17,14 +17,20 @@ import logging
 import secrets
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from alg.gateway.guard_wire import Message, ban_from, ban_message, hear, offence_message, unban_message, user_message
+from alg.gateway.guard_wire import (
+    Hearer,
+    Message,
+    ban_from,
+    ban_message,
+    hear,
+    offence_message,
+    unban_message,
+    user_message,
+)
 from alg.ops.defender import Ban, Offence
 from alg.ops.metrics import Metrics
-
-if TYPE_CHECKING:
-    from alg.gateway.guard import Guard
 
 log = logging.getLogger("ftp_alg.defender")
 
@@ -69,7 +75,7 @@ class RedisStore:
 
     # ---- the connection -------------------------------------------------------------------------------------
 
-    async def run(self, guard: Guard) -> None:
+    async def run(self, guard: Hearer) -> None:
         aioredis: Any = importlib.import_module("redis.asyncio")
         errors = (importlib.import_module("redis.exceptions").RedisError, OSError, TimeoutError)
         while True:
@@ -94,7 +100,7 @@ class RedisStore:
                 error or type(error).__name__,
             )
 
-    async def _connected(self, client: Any, guard: Guard) -> None:
+    async def _connected(self, client: Any, guard: Hearer) -> None:
         pubsub = client.pubsub()
         async with asyncio.timeout(TIMEOUT_S):
             await pubsub.subscribe(CHANNEL)
@@ -114,7 +120,7 @@ class RedisStore:
         for task in done:
             task.result()  # the error that ended this connection
 
-    async def _resync(self, client: Any, guard: Guard) -> int:
+    async def _resync(self, client: Any, guard: Hearer) -> int:
         """Adopt the bans Redis holds; those that are ours alone are told through the outbox."""
         async with asyncio.timeout(TIMEOUT_S * 5):
             keys = [key async for key in client.scan_iter(match=BAN_KEY + "*", count=500)]
@@ -154,7 +160,7 @@ class RedisStore:
         pipe.publish(CHANNEL, json.dumps(message, separators=(",", ":")))
         await pipe.execute()
 
-    async def _listen(self, pubsub: Any, guard: Guard) -> None:
+    async def _listen(self, pubsub: Any, guard: Hearer) -> None:
         async for item in pubsub.listen():
             if item.get("type") != "message":
                 continue

@@ -6,14 +6,21 @@ Rules: a message is a fact one process tells the others: an act it scored ("offe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from alg.ops.defender import Ban, Offence
 
-if TYPE_CHECKING:
-    from alg.gateway.guard import Guard
-
 Message = dict[str, Any]
+
+
+class Hearer(Protocol):
+    """What a store hands the facts it hears to (alg.gateway.guard.Guard)."""
+
+    def heard_offence(self, client: str, offence: Offence, at: float) -> None: ...
+    def heard_login_failed(self, user: str, at: float) -> None: ...
+    def heard_ban(self, ban: Ban) -> None: ...
+    def heard_unban(self, client: str) -> None: ...
+    def bans(self) -> list[Ban]: ...
 
 
 def offence_message(client: str, offence: Offence, at: float) -> Message:
@@ -50,7 +57,7 @@ def ban_from(message: Message) -> Ban:
     )
 
 
-def hear(guard: Guard, message: Message) -> bool:
+def hear(guard: Hearer, message: Message) -> bool:
     """Apply one message to `guard`; False when it is no fact we know (ValueError etc. when malformed)."""
     kind = message["t"]
     if kind == "offence":

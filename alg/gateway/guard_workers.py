@@ -16,14 +16,11 @@ import os
 import re
 import socket
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from alg.gateway.guard_wire import ban_message, hear, offence_message, unban_message, user_message
+from alg.gateway.guard_wire import Hearer, ban_message, hear, offence_message, unban_message, user_message
 from alg.ops.defender import Ban, Offence
 from alg.ops.metrics import Metrics
-
-if TYPE_CHECKING:
-    from alg.gateway.guard import Guard
 
 log = logging.getLogger("ftp_alg.defender")
 
@@ -48,7 +45,7 @@ class WorkerMesh:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._sock.bind(socket_name(self.group, index))
         self._sock.setblocking(False)
-        self._guard: Guard | None = None
+        self._guard: Hearer | None = None
 
     # ---- Store: what this worker tells ----------------------------------------------------------------------
 
@@ -78,7 +75,7 @@ class WorkerMesh:
 
     # ---- what the siblings tell ------------------------------------------------------------------------------
 
-    async def run(self, guard: Guard) -> None:
+    async def run(self, guard: Hearer) -> None:
         self._guard = guard
         loop = asyncio.get_running_loop()
         loop.add_reader(self._sock.fileno(), self._readable)
