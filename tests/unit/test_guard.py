@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from ipaddress import ip_address
+from pathlib import Path
 from typing import Any
 
 from alg.ftp.addresses import HostPort
@@ -266,3 +267,51 @@ def test_a_user_under_attack_waits_after_a_failed_login() -> None:
     """user_failures 1: after the first 530 for `admin`, the client's next command waits user_delay_s (a lower
     bound only: it cannot come sooner, however fast the machine)."""
     assert asyncio.run(slowed_login(0.3)) >= 0.3
+
+
+async def garbage_after_auth_tls(cert: Path, key: Path) -> dict[str, Any]:
+    upstream = ScriptedServer()
+    port = await upstream.start()
+    settings = settings_from_mapping(
+        {
+            "listen": "127.0.0.1:0",
+            "upstream": f"127.0.0.1:{port}",
+            "passive_ports": "50000-50009",
+            "tls": {"client": {"mode": "allow", "cert": str(cert), "key": str(key)}},
+            "defender": {"enabled": True, "threshold": 3},
+        }
+    )
+    gateway = Gateway(settings)
+    await gateway.start()
+    front = gateway.addresses[0].port
+    seen: dict[str, Any] = {}
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", front)
+        await reply(reader)
+        writer.write(b"AUTH TLS\r\n")
+        seen["auth"] = await reply(reader)
+        writer.write(b"\x16\x03\x01\x00\x05hello, not a ClientHello\r\n")  # a TLS record header, then junk
+        async with asyncio.timeout(5):
+            await reader.read()  # the gateway closes the failed session
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", front)
+        seen["next"] = await reply(reader)
+        writer.close()
+        seen["bans"] = sample(gateway, "ftp_alg_defender_bans_total", event="tls_garbage")
+    finally:
+        await gateway.stop(1.0)
+        await upstream.stop()
+    return seen
+
+
+def test_tls_garbage_after_auth_tls_is_scored(tmp_path: Path) -> None:
+    import trustme
+
+    leaf = trustme.CA().issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(key))
+    seen = asyncio.run(garbage_after_auth_tls(cert, key))
+    assert seen["auth"].startswith(b"234")
+    assert seen["next"].startswith(b"421 Service not available")
+    assert seen["bans"] == 1
