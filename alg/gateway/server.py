@@ -354,7 +354,6 @@ class Gateway:
     async def stop(self, grace_s: float) -> None:
         """Stop accepting, let sessions finish for up to grace_s, then close the rest."""
         self._stopping.set()
-        await self.guard.stop()
         for server in self._servers:
             for sock in server.sockets:
                 self._refuse_backlog(sock.fileno())
@@ -378,6 +377,7 @@ class Gateway:
         if kernel is not None and kernel.tasks:  # ended transfers whose counters are still being read
             await asyncio.wait(list(kernel.tasks), timeout=SETTLE_MAX_S + 1)
         self.close_kernel_path()
+        await self.guard.stop()  # last: sessions in their grace period still score and share
 
     def _refuse_backlog(self, fd: int) -> None:
         """421 to the connections the kernel completed that nobody accepted yet: closing the listener would
