@@ -182,10 +182,10 @@ class Guard:
         self._update_active()
 
     def _banned(self, ban: Ban, *, made_here: bool) -> None:
-        self.metrics.defender_bans.labels(ban.reason.value).inc()
         self._update_active()
         if not made_here:
-            return
+            return  # counted and logged by the process whose act crossed the threshold: summed once
+        self.metrics.defender_bans.labels(ban.reason.value).inc()
         self._made_here.add(ban.client)
         log.warning(
             "defender ban client=%s reason=%s repeat=%d for_s=%.0f",
