@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from alg.diagnose.observations import IPAddress
 from alg.diagnose.probe import Target, probe
+from alg.diagnose.progress import Progress
 from alg.diagnose.reasoning import diagnose
 from alg.diagnose.report import render_text, to_json
 
@@ -33,7 +34,11 @@ class UsageError(ValueError):
 
 def run(args: argparse.Namespace) -> int:
     target = target_from(args)
-    obs = probe(target)
+    progress = Progress(sys.stderr)
+    try:
+        obs = probe(target, progress)
+    finally:
+        progress.finish()
     diagnosis = diagnose(obs)
     report = json.dumps(to_json(obs, diagnosis), indent=2) + "\n" if args.json else render_text(obs, diagnosis)
     print(hide_password(report, target.password), end="")

@@ -38,7 +38,10 @@ def check_mode(target: Target, budget: Budget, control: Control, mode: Mode, *, 
     try:
         conn, _ = open_session(target, budget, tls=tls)
     except Stopped as stopped:
-        return ModeCheck(mode, tls, "", None, error=f"no session: {stopped.control.detail}")
+        # The first session logged in: a later one that stalls says nothing about this mode (a limit on sessions
+        # per client, a server under load), and is reported as such, not as the mode failing.
+        error = f"{stopped.control.detail}; the earlier sessions worked"
+        return ModeCheck(mode, tls, "", None, error=error, stalled=True)
     try:
         if mode in PASSIVE_MODES:
             return _passive(conn, target, control, mode, tls)

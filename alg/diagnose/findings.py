@@ -22,7 +22,7 @@ from alg.diagnose.observations import (
 )
 from alg.ftp.wire import parse_reply_line
 
-Status = Literal["ok", "fallback", "failed", "unsupported"]
+Status = Literal["ok", "fallback", "failed", "unsupported", "stalled"]
 
 # SCENARIOS.md, in the admins' words.
 SCENARIOS = {
@@ -49,7 +49,10 @@ def reply_code(reply: str) -> int | None:
 
 
 def mode_status(check: ModeCheck) -> Status:
-    """ok: the announced (or offered) path works; fallback: only the control address works; else failed."""
+    """ok: the announced (or offered) path works; fallback: only the control address works; stalled: its session
+    never logged in (the mode was not tried); else failed."""
+    if check.stalled:
+        return "stalled"
     if check.error:
         return "failed"
     code = reply_code(check.reply)

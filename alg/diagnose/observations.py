@@ -96,6 +96,7 @@ class ModeCheck:
     address: HostPort | None  # passive: what the 227/229 named; active: what we offered
     paths: tuple[DataPath, ...] = ()
     error: str = ""  # the session for this mode could not be set up (then no reply)
+    stalled: bool = False  # that session stopped before login although the first one worked: the mode is unknown
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from alg.diagnose.observations import (
     IPAddress,
     ModeCheck,
     Observations,
+    Transfer,
     address_kind,
     same_host,
 )
@@ -79,37 +80,64 @@ def diagnose(obs: Observations) -> Diagnosis:
     findings: list[Finding] = []
     notes: list[str] = []
     problems = Problems(control=control, default_gateway=obs.default_gateway, internal=obs.internal_address)
-    failing: list[str] = []
-    for check in obs.modes:
-        status = mode_status(check)
-        rows.append(Row(mode_label(check), _result(status), _detail(check, control, obs.wait_s)))
-        if status in ("failed", "fallback"):
-            failing.append(mode_label(check))
-        analyse(check, status, control, obs.wait_s, findings, notes, problems)
-    plain_ok = {check.mode for check in obs.modes if mode_status(check) == "ok"}
-    for check in obs.tls_modes:
-        status = mode_status(check)
-        rows.append(Row(mode_label(check), _result(status), _detail(check, control, obs.wait_s)))
-        if status in ("failed", "fallback"):
-            failing.append(mode_label(check))
-            if check.mode in plain_ok:
-                problems.helper_blind_under_tls = True
-        analyse(check, status, control, obs.wait_s, findings, notes, problems)
+    failing, stalled = _modes(obs, rows, findings, notes, problems)
     if obs.tls_skipped:
         rows.append(Row("TLS", "n/a", obs.tls_skipped))
     if obs.transfer is not None:
-        transfer = obs.transfer
-        ok = transfer.result == "ok"
-        detail = f"{transfer.size} bytes up and back through {transfer.mode}"
-        if not ok:
-            detail = f"{transfer.result.replace('_', ' ')} after {transfer.moved} of {transfer.size} bytes"
-            detail += f" through {transfer.mode}: {transfer.detail}" if transfer.detail else f" ({transfer.mode})"
+        rows.append(_transfer_row(obs.transfer))
+        if rows[-1].result != "ok":
             failing.append("transfer")
-        rows.append(Row("transfer", "ok" if ok else "FAIL", detail))
     if obs.out_of_time:
         rows.append(Row("time", "FAIL", "the total time limit ran out before every check ran"))
         failing.append("time")
     _combine(obs, problems, findings)
+    _whole_session_findings(control, problems, bool(failing), findings)
+    exit_status = EXIT_SOME_FAIL if failing or stalled else EXIT_OK
+    verdict = "some modes fail" if failing else "some modes could not be checked" if stalled else "every mode works"
+    return Diagnosis(
+        exit_status=exit_status,
+        verdict=verdict,
+        rows=tuple(rows),
+        findings=tuple(_merge(findings)),
+        notes=tuple(dict.fromkeys(notes + problems.notes())),
+        fixes=tuple(ranked_fixes(problems)) if failing else (),
+        failing=tuple(failing),
+    )
+
+
+def _modes(
+    obs: Observations, rows: list[Row], findings: list[Finding], notes: list[str], problems: Problems
+) -> tuple[list[str], list[ModeCheck]]:
+    """A row per mode checked (plain, then under TLS), each analysed; the failing labels and the stalled checks."""
+    control = obs.control
+    failing: list[str] = []
+    stalled: list[ModeCheck] = []
+    plain_ok = {check.mode for check in obs.modes if mode_status(check) == "ok"}
+    for check in (*obs.modes, *obs.tls_modes):
+        status = mode_status(check)
+        rows.append(Row(mode_label(check), _result(status), _detail(check, control, obs.wait_s)))
+        if status == "stalled":  # never tried: nothing to analyse, and not a failing mode
+            stalled.append(check)
+            continue
+        if status in ("failed", "fallback"):
+            failing.append(mode_label(check))
+            if check.protected and not control.tls and check.mode in plain_ok:
+                problems.helper_blind_under_tls = True
+        analyse(check, status, control, obs.wait_s, findings, notes, problems)
+    if stalled:
+        findings.append(_stalled_finding(stalled))
+    return failing, stalled
+
+
+def _transfer_row(transfer: Transfer) -> Row:
+    if transfer.result == "ok":
+        return Row("transfer", "ok", f"{transfer.size} bytes up and back through {transfer.mode}")
+    detail = f"{transfer.result.replace('_', ' ')} after {transfer.moved} of {transfer.size} bytes"
+    detail += f" through {transfer.mode}: {transfer.detail}" if transfer.detail else f" ({transfer.mode})"
+    return Row("transfer", "FAIL", detail)
+
+
+def _whole_session_findings(control: Control, problems: Problems, failing: bool, findings: list[Finding]) -> None:
     if problems.helper_blind_under_tls:
         findings.append(
             Finding(
@@ -129,17 +157,6 @@ def diagnose(obs: Observations) -> Diagnosis:
                 " session at all.",
             )
         )
-    exit_status = EXIT_SOME_FAIL if failing else EXIT_OK
-    verdict = "some modes fail" if failing else "every mode works"
-    return Diagnosis(
-        exit_status=exit_status,
-        verdict=verdict,
-        rows=tuple(rows),
-        findings=tuple(_merge(findings)),
-        notes=tuple(dict.fromkeys(notes + problems.notes())),
-        fixes=tuple(ranked_fixes(problems)) if failing else (),
-        failing=tuple(failing),
-    )
 
 
 def _control_rows(control: Control) -> list[Row]:
@@ -174,7 +191,20 @@ def _feature_name(feature: str) -> str:
 
 
 def _result(status: Status) -> str:
-    return {"ok": "ok", "fallback": "partly", "failed": "FAIL", "unsupported": "n/a"}[status]
+    return {"ok": "ok", "fallback": "partly", "failed": "FAIL", "unsupported": "n/a", "stalled": "stalled"}[status]
+
+
+def _stalled_finding(stalled: list[ModeCheck]) -> Finding:
+    labels = tuple(mode_label(check) for check in stalled)
+    return Finding(
+        None,
+        "New sessions stalled before login",
+        f"The first session logged in, then the session opened to check {', '.join(labels)} stopped"
+        f" ({stalled[0].error.split(';')[0]}): these modes were not tried, so they are not known to fail. A limit"
+        " on sessions per client or per minute (vsftpd max_per_ip, proftpd MaxClientsPerHost, a firewall's"
+        " connection rate limit) or a busy server does this; run diagnose again later or with a longer --wait.",
+        labels,
+    )
 
 
 def _detail(check: ModeCheck, control: Control, wait_s: float) -> str:
@@ -215,8 +245,9 @@ def _announced_kind(ip: IPAddress) -> str:
 
 
 def _combine(obs: Observations, problems: Problems, findings: list[Finding]) -> None:
-    passive = [check for check in obs.modes if check.mode in PASSIVE_MODES]
-    active = [check for check in obs.modes if check.mode not in PASSIVE_MODES]
+    tried = [check for check in obs.modes if not check.stalled]  # a stalled session says nothing of its mode
+    passive = [check for check in tried if check.mode in PASSIVE_MODES]
+    active = [check for check in tried if check.mode not in PASSIVE_MODES]
     problems.passive_works = any(mode_status(check) == "ok" for check in passive)
     problems.active_works = any(mode_status(check) == "ok" for check in active)
     if passive and active and not problems.passive_works and not problems.active_works:

@@ -101,6 +101,7 @@ def open_session(
 
 def _login(conn: ControlConnection, control: Control, target: Target, *, tls: bool, describe: bool) -> Control:
     stage: ControlStop = "banner"
+    awaited = "220 banner"  # what a timeout was waiting for, in the words of the report
     try:
         banner = conn.read_reply()
         while banner.code == 120:  # RFC 959: "service ready in nnn minutes"; the 220 follows
@@ -109,15 +110,16 @@ def _login(conn: ControlConnection, control: Control, target: Target, *, tls: bo
             raise Stopped(_stop(control, "banner", "rejected", banner.text))
         control = replace(control, banner=banner.text)
         if tls:
-            stage = "tls"
+            stage, awaited = "tls", "reply to AUTH TLS"
             reply = conn.command("AUTH TLS")
             if reply.code != 234:
                 raise Stopped(_stop(control, "tls", "rejected", f"AUTH TLS: {reply.text}"))
             conn.start_tls(tls_context(target), target.host)
             control = replace(control, tls=True)
-        stage = "login"
+        stage, awaited = "login", "reply to USER"
         reply = conn.command(f"USER {target.user}")
         if reply.code == 331:
+            awaited = "reply to PASS"
             reply = conn.command(f"PASS {target.password}")
         if reply.code != 230:
             raise Stopped(_stop(control, "login", "rejected", reply.text))
@@ -136,7 +138,7 @@ def _login(conn: ControlConnection, control: Control, target: Target, *, tls: bo
     except ssl.SSLError as exc:
         raise Stopped(_stop(control, "tls", "tls", tls_words(exc))) from None
     except TimeoutError:
-        raise Stopped(_stop(control, stage, "no_reply", "no reply")) from None
+        raise Stopped(_stop(control, stage, "no_reply", f"no {awaited} within {target.wait_s:g} s")) from None
     except ControlClosed as exc:
         raise Stopped(_stop(control, stage, "closed", str(exc))) from None
     except ConnectionResetError:

@@ -71,7 +71,7 @@ class ClientTls:
         mode = self.policy.client_mode
         if verb == "AUTH":
             if mode == "refuse":
-                return Answer(502, "AUTH TLS is not offered by this gateway; continue in plain FTP", "unsupported")
+                return Answer(502, "AUTH TLS is not offered by this gateway; continue in plain FTP", "tls_off")
             if command.argument.strip().upper() not in TLS_MECHANISMS:
                 return Answer(504, "Security mechanism not understood; use AUTH TLS", "unsupported")
             if self.secured:

@@ -12,16 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from alg.ftp import tls as ftptls
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.wire import parse_command, reply
 from alg.gateway.peers import ends, hostport
 from alg.net import proxyproto
-from alg.ops.logs import printable
+from alg.ops.config_sections import ProxyProtocolIn
+from alg.ops.logs import fields, printable
 from alg.ops.metrics import Metrics
 
 log = logging.getLogger("ftp_alg.frontdoor")
@@ -48,10 +48,10 @@ class ProxyRefused(Exception):
 
 
 async def receive_origin(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, settings: Any, metrics: Metrics
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, settings: ProxyProtocolIn | None, metrics: Metrics
 ) -> tuple[Origin, asyncio.StreamReader]:
     """The connection's Origin and the reader the session should use; ProxyRefused when the PROXY protocol
-    rules refuse it. `settings` is alg.ops.config.ProxyProtocolIn or None (no PROXY protocol)."""
+    rules refuse it. `settings` None: no PROXY protocol."""
     peer, ours = ends(writer)
     direct = Origin(peer, ours, peer.ip)
     if settings is None or not _applies(settings.listeners, ours):
@@ -63,7 +63,7 @@ async def receive_origin(
     return _origin(header, peer, ours, settings), reader
 
 
-async def receive_origin_before_tls(conn: socket.socket, settings: Any, metrics: Metrics) -> Origin:
+async def receive_origin_before_tls(conn: socket.socket, settings: ProxyProtocolIn | None, metrics: Metrics) -> Origin:
     """Implicit FTPS: a balancer's header comes in clear before the ClientHello, so it is read from the bare socket
     (to its last byte and no further: the rest is the TLS handshake's). An untrusted peer whose first bytes look
     like a header is refused here: inside TLS it would only be a failed handshake."""
@@ -96,12 +96,12 @@ async def receive_origin_before_tls(conn: socket.socket, settings: Any, metrics:
     return _origin(header, peer, ours, settings)
 
 
-def _trusted(settings: Any, peer: HostPort) -> bool:
+def _trusted(settings: ProxyProtocolIn, peer: HostPort) -> bool:
     return any(peer.ip in network for network in settings.trusted if network.version == peer.ip.version)
 
 
 async def _read_header(
-    read_exactly: Callable[[int], Awaitable[bytes]], settings: Any, peer: HostPort
+    read_exactly: Callable[[int], Awaitable[bytes]], settings: ProxyProtocolIn, peer: HostPort
 ) -> proxyproto.ProxyHeader:
     data = b""
     try:
@@ -117,7 +117,7 @@ async def _read_header(
     return result
 
 
-def _origin(header: proxyproto.ProxyHeader, peer: HostPort, ours: HostPort, settings: Any) -> Origin:
+def _origin(header: proxyproto.ProxyHeader, peer: HostPort, ours: HostPort, settings: ProxyProtocolIn) -> Origin:
     client = header.client or peer  # LOCAL / UNKNOWN: the balancer's own connection
     dialled = header.destination or ours
     data_peer = client.ip if settings.data_from == "client" else peer.ip
@@ -140,7 +140,7 @@ async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
     return conn.recv(16, socket.MSG_PEEK)
 
 
-def _applies(listeners: Any, ours: HostPort) -> bool:
+def _applies(listeners: Sequence[HostPort], ours: HostPort) -> bool:
     # A listener on 0.0.0.0:21 takes connections to every local address: it matches by port.
     return not listeners or any(
         listener.port == ours.port and (listener.ip.is_unspecified or listener.ip == ours.ip) for listener in listeners
@@ -171,7 +171,7 @@ class _GuardedReader:
             self._first = False
             if proxyproto.looks_like_header(data):
                 self._metrics.proxy_refused("untrusted")
-                log.warning("proxy protocol refused reason=untrusted peer=%s", self._peer)
+                log.warning("proxy protocol refused", extra=fields(reason="untrusted", peer=self._peer))
                 if not self._writer.transport.is_closing():
                     self._writer.write(reply(421, UNTRUSTED_TEXT))
                 return b""
@@ -221,7 +221,7 @@ def answer_before_login(line: bytes, *, tls: FrontTls | None, secured: bool) -> 
             return reply(decision.code, decision.text), None
         if verb == "USER" and command.argument.strip():
             return b"", "login"
-    log.debug("before login verb=%s", printable(verb))
+    log.debug("before login", extra=fields(verb=printable(verb)))
     return reply(530, "Please log in with USER first."), None
 
 

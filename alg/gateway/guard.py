@@ -18,6 +18,7 @@ from alg.gateway.guard_wire import Hearer
 from alg.gateway.guard_workers import WorkerMesh
 from alg.ops.config_sections import DefenderSettings
 from alg.ops.defender import Ban, Defender, Offence, Unbanned
+from alg.ops.logs import fields
 from alg.ops.metrics import Metrics
 
 log = logging.getLogger("ftp_alg.defender")
@@ -53,21 +54,24 @@ class Store(Protocol):
 def guard_for(settings: DefenderSettings | None, metrics: Metrics, worker: int = 0, workers: int = 1) -> Guard:
     """The gateway process's guard; it shares its state with the other workers, or with every process
     (each worker of each instance) through Redis: through one of them only, so no act is counted twice."""
-    settings = settings or DefenderSettings()
-    guard = Guard(settings, metrics)
-    if not guard.enabled:
-        return guard
-    if settings.store.startswith(("redis://", "rediss://")):
-        guard.stores.append(RedisStore(settings.store, metrics))
-    elif workers > 1:
-        guard.stores.append(WorkerMesh(worker, workers, metrics))
+    guard = Guard(settings or DefenderSettings(), metrics, worker=worker, workers=workers)
+    guard.open_stores()
     return guard
 
 
 class Guard:
-    def __init__(self, settings: DefenderSettings, metrics: Metrics, defender: Defender | None = None) -> None:
+    def __init__(
+        self,
+        settings: DefenderSettings,
+        metrics: Metrics,
+        defender: Defender | None = None,
+        *,
+        worker: int = 0,
+        workers: int = 1,
+    ) -> None:
         self.defender = defender or Defender(settings)
         self.metrics = metrics
+        self.worker, self.workers = worker, workers
         self.stores: list[Store] = []
         self._made_here: set[str] = set()  # bans this process made: it logs their end
         self._task: asyncio.Task[None] | None = None
@@ -78,6 +82,27 @@ class Guard:
 
     def configure(self, settings: DefenderSettings) -> None:
         self.defender.configure(settings)
+
+    def open_stores(self) -> None:
+        """The store the settings name, once the defender is on (defender.store waits for a restart)."""
+        settings = self.defender.settings
+        if not self.enabled or self.stores:
+            return
+        if settings.store.startswith(("redis://", "rediss://")):
+            self.stores.append(RedisStore(settings.store, self.metrics))
+        elif self.workers > 1:
+            self.stores.append(WorkerMesh(self.worker, self.workers, self.metrics))
+
+    def reconfigure(self, settings: DefenderSettings) -> None:
+        """A reload's `defender:` section: thresholds, scores, allowlist and on/off change now; scores and bans
+        are kept. Turned on by the reload, it opens its store and starts (a running one keeps going)."""
+        was = self.enabled
+        self.configure(settings)
+        if self.enabled and not was:
+            self.open_stores()
+            self.start()
+        self._update_active()
+        log.info("defender reconfigured", extra=fields(enabled=self.enabled, bans=len(self.bans())))
 
     # ---- the door and the session ----------------------------------------------------------------------------
 
@@ -147,7 +172,7 @@ class Guard:
         if ban is None:
             return None
         self._made_here.discard(ban.client)
-        log.warning("defender unban client=%s reason=%s repeat=%d", ban.client, Unbanned.ADMIN, ban.repeat)
+        log.warning("defender unban", extra=fields(client=ban.client, reason=Unbanned.ADMIN, repeat=ban.repeat))
         self._update_active()
         for store in self.stores:
             store.unbanned(ban.client)
@@ -178,7 +203,7 @@ class Guard:
         for ban in self.defender.expire():
             if ban.client in self._made_here:
                 self._made_here.discard(ban.client)
-                log.info("defender unban client=%s reason=%s repeat=%d", ban.client, Unbanned.EXPIRED, ban.repeat)
+                log.info("defender unban", extra=fields(client=ban.client, reason=Unbanned.EXPIRED, repeat=ban.repeat))
         self._update_active()
 
     def _banned(self, ban: Ban, *, made_here: bool) -> None:
@@ -188,11 +213,8 @@ class Guard:
         self.metrics.defender_bans.labels(ban.reason.value).inc()
         self._made_here.add(ban.client)
         log.warning(
-            "defender ban client=%s reason=%s repeat=%d for_s=%.0f",
-            ban.client,
-            ban.reason,
-            ban.repeat,
-            ban.until - ban.since,
+            "defender ban",
+            extra=fields(client=ban.client, reason=ban.reason, repeat=ban.repeat, for_s=round(ban.until - ban.since)),
         )
         for store in self.stores:
             store.banned(ban)

@@ -30,6 +30,7 @@ from alg.gateway.guard_wire import (
     user_message,
 )
 from alg.ops.defender import Ban, Offence
+from alg.ops.logs import fields
 from alg.ops.metrics import Metrics
 
 log = logging.getLogger("ftp_alg.defender")
@@ -95,9 +96,8 @@ class RedisStore:
         if not self._down:
             self._down = True
             log.warning(
-                "defender: redis unreachable at %s (%s): going on with the local state until it is back",
-                _without_password(self.url),
-                error or type(error).__name__,
+                "defender: redis unreachable, going on with the local state until it is back",
+                extra=fields(store=_without_password(self.url), error=error or type(error).__name__),
             )
 
     async def _connected(self, client: Any, guard: Hearer) -> None:
@@ -108,7 +108,7 @@ class RedisStore:
         self.connected.set()
         if self._down:
             self._down = False
-            log.warning("defender: redis back at %s; %d bans read", _without_password(self.url), adopted)
+            log.warning("defender: redis back", extra=fields(store=_without_password(self.url), bans_read=adopted))
         sender = asyncio.create_task(self._send(client), name="defender redis send")
         listener = asyncio.create_task(self._listen(pubsub, guard), name="defender redis listen")
         try:
@@ -170,7 +170,7 @@ class RedisStore:
                     hear(guard, message)
             except (ValueError, KeyError, TypeError, AttributeError):
                 self._faults.inc()
-                log.warning("defender: a malformed message on redis channel %s was dropped", CHANNEL)
+                log.warning("defender: a malformed message was dropped", extra=fields(channel=CHANNEL))
 
 
 def _without_password(url: str) -> str:

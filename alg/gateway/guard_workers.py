@@ -20,6 +20,7 @@ from typing import Any
 
 from alg.gateway.guard_wire import Hearer, ban_message, hear, offence_message, unban_message, user_message
 from alg.ops.defender import Ban, Offence
+from alg.ops.logs import fields
 from alg.ops.metrics import Metrics
 
 log = logging.getLogger("ftp_alg.defender")
@@ -122,4 +123,4 @@ class WorkerMesh:
                 raise ValueError(f"unknown message {message['t']!r}")
         except (ValueError, KeyError, TypeError):
             self._faults.inc()
-            log.warning("defender: a malformed message from worker %d was dropped", sender)
+            log.warning("defender: a malformed message was dropped", extra=fields(worker=sender))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from alg.ftp.addresses import HostPort
 from alg.ops import banner
-from alg.ops.logs import printable
+from alg.ops.logs import fields, printable
 
 log = logging.getLogger("ftp_alg.health")
 
@@ -57,13 +57,14 @@ class HealthChecker:
 
     def __init__(
         self,
-        upstreams: Sequence[Checked],
+        upstreams: Sequence[Checked] | Callable[[], Sequence[Checked]],
         *,
         interval_s: float,
         timeout_s: float,
         on_change: Callable[[Checked], None],
     ) -> None:
-        self.upstreams = list(upstreams)
+        # A callable is asked each round: the addresses of an upstream given by name follow its lookups.
+        self._targets = upstreams if callable(upstreams) else (lambda: list(upstreams))
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.on_change = on_change
@@ -80,10 +81,14 @@ class HealthChecker:
                 await self._task
             self._task = None
 
+    @property
+    def upstreams(self) -> list[Checked]:
+        return list(self._targets())
+
     async def check_once(self) -> None:
         async with asyncio.TaskGroup() as tasks:
             for checked in self.upstreams:
-                tasks.create_task(self._check(checked), name=f"health {checked.label}")
+                tasks.create_task(self._check(checked), name=f"health {checked.label} {checked.address}")
         self.rounds += 1
 
     async def _run(self) -> None:
@@ -95,12 +100,13 @@ class HealthChecker:
         try:
             reason = await banner.probe(checked.address, self.timeout_s, proxy_version=checked.proxy_version)
         except Exception as error:  # a bug here must not end every later check: it counts as a failed one
-            log.exception("health check failed upstream=%s", checked.label)
+            log.exception("health check failed", extra=fields(upstream=checked.label, address=checked.address))
             reason = f"check failed: {error!r}"
         checked.last_reason = reason
         if checked.state.record(reason is None):
             if checked.state.healthy:
-                log.info("upstream up upstream=%s", checked.label)
+                log.info("upstream up", extra=fields(upstream=checked.label, address=checked.address))
             else:
-                log.warning("upstream down upstream=%s reason=%s", checked.label, printable(reason or ""))
+                why = printable(reason or "")
+                log.warning("upstream down", extra=fields(upstream=checked.label, address=checked.address, reason=why))
             self.on_change(checked)

@@ -12,19 +12,45 @@ import asyncio
 import logging
 import socket
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from alg.ftp.addresses import HostPort
-from alg.gateway.frontdoor import ProxyRefused, receive_origin_before_tls
+from alg.gateway.frontdoor import Origin, ProxyRefused, receive_origin_before_tls
+from alg.gateway.guard import Guard
 from alg.gateway.peers import hostport
+from alg.gateway.secure import TlsRuntime
 from alg.net.listeners import listening_socket
 from alg.net.tls import reason_of
+from alg.ops.config import Settings
 from alg.ops.defender import Offence
-
-if TYPE_CHECKING:
-    from alg.gateway.server import Gateway
+from alg.ops.logs import fields
+from alg.ops.metrics import Metrics
 
 log = logging.getLogger("ftp_alg.server")
+
+
+class Gateway(Protocol):
+    """What the listeners hand their connections to (alg.gateway.server.Gateway fits): this module does not
+    import the server, which starts it."""
+
+    settings: Settings
+    metrics: Metrics
+    tls: TlsRuntime
+    guard: Guard  # the defender: a failed handshake is TLS garbage
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def proxy_refused(self, refused: ProxyRefused) -> None: ...
+
+    async def accept(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        implicit_tls: bool = False,
+        origin: Origin | None = None,
+    ) -> None: ...
 
 
 class ImplicitListeners:
@@ -71,8 +97,7 @@ class ImplicitListeners:
             conn.close()
             return
         try:
-            settings = getattr(gateway.settings, "proxy_protocol", None)
-            origin = await receive_origin_before_tls(conn, settings, gateway.metrics)
+            origin = await receive_origin_before_tls(conn, gateway.settings.proxy_protocol, gateway.metrics)
         except (ProxyRefused, OSError) as refused:
             if isinstance(refused, ProxyRefused):
                 gateway.proxy_refused(refused)
@@ -90,7 +115,7 @@ class ImplicitListeners:
             gateway.metrics.tls_handshake("client", "control", outcome)
             gateway.metrics.refused("tls_handshake")
             gateway.guard.offence(origin.client.ip, Offence.TLS_GARBAGE)
-            log.info("implicit tls handshake %s reason=%s", outcome, reason_of(error))
+            log.info("implicit tls handshake %s", outcome, extra=fields(reason=reason_of(error)))
             conn.close()
             return
         gateway.metrics.tls_handshake("client", "control", "ok")

@@ -56,19 +56,18 @@ def describe(session: Session, *, now_wall: float, now_monotonic: float) -> dict
 class SessionsView:
     """What the admin endpoints see of a gateway's sessions (the gateway's own id -> Session map)."""
 
-    def __init__(self, sessions: Mapping[int, Session]) -> None:
+    def __init__(self, sessions: Mapping[str, Session]) -> None:
         self._sessions = sessions
 
     def snapshot(self) -> list[dict[str, Any]]:
         now_wall, now_monotonic = time.time(), time.monotonic()
         return [
-            describe(session, now_wall=now_wall, now_monotonic=now_monotonic)
-            for _, session in sorted(self._sessions.items())
+            describe(session, now_wall=now_wall, now_monotonic=now_monotonic) for session in self._sessions.values()
         ]
 
-    def end(self, number: int) -> bool:
-        """Send session `number` a 421 and close it; False when there is no such session."""
-        session = self._sessions.get(number)
+    def end(self, session_id: str) -> bool:
+        """Send session `session_id` a 421 and close it; False when there is no such session."""
+        session = self._sessions.get(session_id)
         if session is None:
             return False
         session.end()

@@ -13,55 +13,48 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from alg.errors import ConfigError
 from alg.ftp import tls as ftptls
 from alg.ftp.addresses import HostPort
-from alg.net.tls import Leg, PlainLeg, ServerCertificate, TlsLeg, reason_of, upstream_context
+from alg.net.tls import Leg, PlainLeg, ServerCertificate, TlsLeg, reason_of
+from alg.ops.config_check import client_tls_on, load_certificate, load_upstream_context
+from alg.ops.config_sections import TlsSettings
 from alg.ops.logs import printable
 from alg.ops.metrics import Metrics
 
 log = logging.getLogger("ftp_alg.tls")
 
 
+# TLS off on both sides: the settings model's defaults, which stay the only place they are written.
+_OFF = TlsSettings()
+
+
 @dataclass(slots=True)
 class TlsRuntime:
-    """What all sessions of one gateway share about TLS (built from settings.tls)."""
+    """What all sessions of one gateway share about TLS (built from settings.tls; TlsRuntime(): TLS off)."""
 
-    client_mode: str = "refuse"
-    client_data: str = "follow"
-    require_session_reuse: bool = False
-    handshake_timeout_s: float = 10.0
+    client_mode: str = _OFF.client.mode
+    client_data: str = _OFF.client.data
+    require_session_reuse: bool = _OFF.client.require_session_reuse
+    handshake_timeout_s: float = _OFF.client.handshake_timeout_s
     certificate: ServerCertificate | None = None
-    upstream_mode: str = "off"
-    upstream_data: str = "private"
+    upstream_mode: str = _OFF.upstream.mode
+    upstream_data: str = _OFF.upstream.data
     upstream_context: ssl.SSLContext | None = None
-    upstream_server_name: str | None = None
+    upstream_server_name: str | None = _OFF.upstream.server_name
 
     @property
     def policy(self) -> ftptls.TlsPolicy:
         return ftptls.TlsPolicy(self.client_mode, self.client_data, self.upstream_data)
 
 
-def runtime_from_settings(tls: Any) -> TlsRuntime:
+def runtime_from_settings(tls: TlsSettings) -> TlsRuntime:
     """TlsRuntime from settings.tls; ConfigError naming the key when a file cannot be used."""
     client, upstream = tls.client, tls.upstream
-    certificate = None
-    if client.cert is not None and client.key is not None and (client.mode != "refuse" or client.implicit_listen):
-        try:
-            certificate = ServerCertificate(Path(client.cert), Path(client.key), client.min_version)
-        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
-            why = reason_of(error) if isinstance(error, ssl.SSLError) else _strerror(error)
-            raise ConfigError(f"cannot load {client.cert} with {client.key}: {why}", key="tls.client.cert") from error
+    certificate = load_certificate(client) if client_tls_on(client) else None
     context = None
     if upstream.mode != "off":
-        try:
-            context = upstream_context(upstream.ca_file, verify=upstream.verify, min_version=upstream.min_version)
-        except (OSError, ValueError) as error:
-            why = reason_of(error) if isinstance(error, ssl.SSLError) else _strerror(error)
-            raise ConfigError(f"cannot load CA file {upstream.ca_file}: {why}", key="tls.upstream.ca_file") from error
+        context = load_upstream_context(upstream)
         if not upstream.verify:
             log.warning(
                 "tls.upstream.verify is false: the FTP server's certificate is not checked, so anyone on the path "
@@ -78,10 +71,6 @@ def runtime_from_settings(tls: Any) -> TlsRuntime:
         upstream_context=context,
         upstream_server_name=upstream.server_name,
     )
-
-
-def _strerror(error: Exception) -> str:
-    return getattr(error, "strerror", None) or str(error)
 
 
 class UpstreamTlsFailed(Exception):
@@ -131,7 +120,8 @@ async def negotiate_upstream(
 
 
 def upstream_name(runtime: TlsRuntime, upstream: HostPort) -> str:
-    return runtime.upstream_server_name or str(upstream.ip)
+    # An upstream given by host name (alg.gateway.resolve.NamedAddress) is checked against that name.
+    return runtime.upstream_server_name or getattr(upstream, "server_name", None) or str(upstream.ip)
 
 
 async def start_upstream_tls(
@@ -226,24 +216,10 @@ async def wrap_data_legs(
             session=server_session,
         )
 
-    async def handshake(leg: Leg, side: str) -> None:
-        if not isinstance(leg, TlsLeg):
-            return
-        try:
-            async with asyncio.timeout(timeout_s):
-                await leg.handshake()
-        except TimeoutError:
-            metrics.tls_handshake(side, "data", "timeout")
-            raise DataTlsFailed(f"tls_handshake_{side}", f"the {side}'s TLS data handshake timed out") from None
-        except (ssl.SSLError, OSError) as error:
-            metrics.tls_handshake(side, "data", "failed")
-            raise DataTlsFailed(
-                f"tls_handshake_{side}", f"the {side}'s TLS data handshake failed: {reason_of(error)}"
-            ) from error
-        metrics.tls_handshake(side, "data", "ok")
-
     results = await asyncio.gather(
-        handshake(client_leg, "client"), handshake(server_leg, "server"), return_exceptions=True
+        _handshake(client_leg, "client", metrics, timeout_s),
+        _handshake(server_leg, "server", metrics, timeout_s),
+        return_exceptions=True,
     )
     for result in results:
         if isinstance(result, BaseException):
@@ -260,6 +236,23 @@ async def wrap_data_legs(
     if isinstance(server_leg, TlsLeg) and server_session is not None and not server_leg.session_reused:
         log.debug("upstream data connection did not resume the control session")
     return client_leg, server_leg
+
+
+async def _handshake(leg: Leg, side: str, metrics: Metrics, timeout_s: float) -> None:
+    """One data leg's handshake (nothing for a plain leg), counted; DataTlsFailed with the reason."""
+    if not isinstance(leg, TlsLeg):
+        return
+    try:
+        async with asyncio.timeout(timeout_s):
+            await leg.handshake()
+    except TimeoutError:
+        metrics.tls_handshake(side, "data", "timeout")
+        raise DataTlsFailed(f"tls_handshake_{side}", f"the {side}'s TLS data handshake timed out") from None
+    except (ssl.SSLError, OSError) as error:
+        metrics.tls_handshake(side, "data", "failed")
+        text = f"the {side}'s TLS data handshake failed: {reason_of(error)}"
+        raise DataTlsFailed(f"tls_handshake_{side}", text) from error
+    metrics.tls_handshake(side, "data", "ok")
 
 
 class DataTlsFailed(Exception):

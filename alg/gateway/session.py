@@ -9,68 +9,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
+import ssl
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 from alg.ftp import control as c
-from alg.ftp.addresses import HostPort, IPAddress
+from alg.ftp.addresses import HostPort
 from alg.ftp.tls import StartClientTls
 from alg.ftp.wire import reply
-from alg.gateway import peers, secure
-from alg.gateway.advertise import Advertiser
-from alg.gateway.datachannels import DataChannels, Transfer
+from alg.gateway import peers, secure, upstreamleg
+from alg.gateway.context import GatewayContext, Timeouts
+from alg.gateway.datachannels import DataChannels, Ends
 from alg.gateway.frontdoor import Origin
-from alg.gateway.guard import Guard
-from alg.gateway.upstreamleg import UpstreamLeg
+from alg.gateway.relaypath import DataTls
+from alg.gateway.transfer import Transfer
 from alg.gateway.upstreams import Route
-from alg.net.dataplane import PortPool
-from alg.net.kernelpath import KernelPath
 from alg.net.tls import describe
 from alg.ops.defender import Offence
-from alg.ops.logs import printable, redact
-from alg.ops.metrics import Metrics
+from alg.ops.logs import SessionLog, fields, printable, redact
+
+__all__ = ["GatewayContext", "Session", "Timeouts"]  # the context's home is alg.gateway.context
 
 log = logging.getLogger("ftp_alg.session")
-transfer_log = logging.getLogger("ftp_alg.transfer")
 
 # An ABOR during a transfer still unanswered after this long: the gateway closes the data connection itself.
 ABORT_GRACE_S = 1.0
 
 
-@dataclass(slots=True)
-class Timeouts:
-    upstream_connect_s: float = 10.0
-    login_s: float = 60.0
-    idle_s: float = 900.0
-    data_connect_s: float = 30.0
-    data_idle_s: float = 300.0
+class Session:
+    """The pumps of both control connections and the executor of the channel's actions; it *has* its data
+    channels (self.data) and gets its upstream from alg.gateway.upstreamleg.connect()."""
 
-
-@dataclass(slots=True)
-class GatewayContext:
-    """What all sessions of one gateway process share."""
-
-    channel_settings: c.ChannelSettings
-    timeouts: Timeouts
-    metrics: Metrics
-    public_pool: PortPool | None  # ports for listeners facing the public side
-    internal_pool: PortPool | None  # ports for listeners facing the internal side (None: any free port)
-    transparent: bool = False
-    public_address: IPAddress | None = None  # announced instead of our own address on the public side
-    public_address6: IPAddress | None = None  # the same, for IPv6 clients
-    tls: secure.TlsRuntime = field(default_factory=secure.TlsRuntime)
-    kernel_path: KernelPath | None = None  # data_path: kernel, where the kernel allows it
-    advertiser: Advertiser | None = None  # split horizon and port offset; None: public_address alone
-    guard: Guard | None = None  # the defender: scores hostile acts (alg.gateway.guard)
-
-
-class Session(UpstreamLeg, DataChannels):
     def __init__(
         self,
-        number: int,
+        number: str,
         context: GatewayContext,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
@@ -96,7 +68,7 @@ class Session(UpstreamLeg, DataChannels):
         self.channel: c.ControlChannel | None = None
         self.outcome = "error"
         self._closed = asyncio.Event()
-        self._transfers: dict[int, Transfer] = {}
+        self.data: DataChannels | None = None  # once the upstream is connected
         self._last_activity = time.monotonic()
         self._draining = False
         self._quit = False  # the client said QUIT: the server closing next is the normal end
@@ -113,15 +85,15 @@ class Session(UpstreamLeg, DataChannels):
             ssl_object = writer.get_extra_info("ssl_object")
             self._client_context = ssl_object.context
             self.tls_client = describe(ssl_object)
-        self.log = logging.LoggerAdapter(log, {"session": number})
+        self.log = SessionLog(log, {"session": number})
         peers.tune(writer, oob_inline=True)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
     async def run(self) -> str:
         metrics = self.context.metrics
-        via = f" via={self.origin.balancer}" if self.origin.balancer is not None else ""
-        self.log.info("session start client=%s%s upstream=%s", self.client.address, via, self.upstream)
+        via = {"via": self.origin.balancer} if self.origin.balancer is not None else {}
+        self.log.info("session start", extra=fields(client=self.client.address, **via, upstream=self.upstream))
         try:
             if await self._connect_upstream():
                 await self._serve()
@@ -129,15 +101,76 @@ class Session(UpstreamLeg, DataChannels):
             self.outcome = "shutdown"
             raise
         except Exception:  # the one place that catches everything: log it, answer, close
-            self.log.exception("session failed")
-            self.outcome = "error"
+            self._internal_error("session failed")
         finally:
             await self._teardown()
             metrics.session_ended(self.outcome)
-            self.log.info(
-                "session end outcome=%s tls_client=%s tls_server=%s", self.outcome, self.tls_client, self.tls_server
-            )
+            ended = fields(outcome=self.outcome, tls_client=self.tls_client, tls_server=self.tls_server)
+            self.log.info("session end", extra=ended)
         return self.outcome
+
+    def _internal_error(self, what: str) -> None:
+        """A bug caught at a task's boundary: its traceback logged once, counted, a 421 to the client, closed."""
+        self.log.exception(what, extra=fields(reason="internal_error"))
+        self.context.metrics.internal_error("session")
+        peers.write(self.client.writer, reply(421, "Service not available: the gateway failed (internal error)."))
+        self.outcome = "error"
+        self._closed.set()
+
+    async def _connect_upstream(self) -> bool:
+        try:
+            upstream = await upstreamleg.connect(self.context, self.upstream, self.route, self.origin, self.log)
+        except upstreamleg.UpstreamFailed as failed:
+            peers.write(self.client.writer, reply(421, str(failed)))
+            with contextlib.suppress(OSError, ConnectionError):
+                await self.client.writer.drain()
+            self.outcome = failed.outcome
+            return False
+        self.upstream, self.server, self.tls_server = upstream.address, upstream.peer, upstream.tls
+        self.channel = c.ControlChannel(
+            self.client.address,
+            upstream.peer.address,
+            self.context.channel_settings,
+            client_secured=self.client_secured,
+            server_secured=upstream.secured,
+            server_private=upstream.private,
+        )
+        self.data = self._data_channels(self.channel, upstream.peer)
+        if upstream.banner:  # read by the route (to know the upstream is alive) or by the TLS negotiation
+            self._greeted(upstream.banner)
+        return True
+
+    def _data_channels(self, channel: c.ControlChannel, server: peers.Peer) -> DataChannels:
+        origin = self.origin
+        ends = Ends(
+            self.client.address, self.client.ours, origin.data_peer, origin.dialled.ip, server.address, server.ours
+        )
+        tls = DataTls(self._client_context, self._server_tls_session, self.upstream)
+        return DataChannels(
+            self.context, channel, ends, tls, self.log, session=self.id, report=self._report, at_rest=self._at_rest
+        )
+
+    def _server_tls_session(self) -> ssl.SSLSession | None:
+        """The upstream control connection's TLS session, for its data connections to resume."""
+        assert self.server is not None
+        ssl_object = self.server.writer.get_extra_info("ssl_object")
+        return ssl_object.session if ssl_object is not None else None
+
+    def _at_rest(self) -> None:
+        """A transfer ended. The idle timeout counts afresh from here, as servers' own do: a transfer longer than
+        idle_s must not get the session closed the moment it ends."""
+        self._last_activity = time.monotonic()
+        if self._draining and not self._busy:
+            self.drain()
+
+    def _greeted(self, banner: bytes) -> None:
+        """The upstream's banner, already read: to the client, or (per_user) held while the USER is replayed."""
+        assert self.channel is not None
+        actions = self.channel.server_data(banner)
+        if self.route is not None and self.route.replay is not None:
+            # The client had our own greeting and sent USER; the upstream's greeting goes no further.
+            actions = self.channel.client_data(self.route.replay)
+        self.execute(actions)
 
     async def _start_client_tls(self) -> bool:
         """The client's control connection becomes TLS: at once (implicit), or after our 234 (AUTH TLS)."""
@@ -155,13 +188,16 @@ class Session(UpstreamLeg, DataChannels):
             self.close("tls_failed")
             return False
         self.tls_client = describe(self.client.writer.get_extra_info("ssl_object"))
-        self.log.info("tls client %s", self.tls_client)
+        self.log.info("tls client", extra=fields(tls=self.tls_client))
         return True
 
     async def _switch_client_tls(self) -> None:
-        if await self._start_client_tls() and self.channel is not None and not self._closed.is_set():
-            # execute() even with no actions: it is what lets the client pump read again.
-            self.execute(self.channel.client_tls_started())
+        try:
+            if await self._start_client_tls() and self.channel is not None and not self._closed.is_set():
+                # execute() even with no actions: it is what lets the client pump read again.
+                self.execute(self.channel.client_tls_started())
+        except Exception:
+            self._internal_error("client tls failed")
 
     async def _serve(self) -> None:
         assert self.server is not None
@@ -183,13 +219,8 @@ class Session(UpstreamLeg, DataChannels):
         if self._tls_task is not None:
             self._tls_task.cancel()
             await asyncio.gather(self._tls_task, return_exceptions=True)
-        for transfer in self._transfers.values():
-            if transfer.task is not None:
-                transfer.task.cancel()
-        tasks = [t.task for t in self._transfers.values() if t.task is not None]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self._transfers.clear()
+        if self.data is not None:
+            await self.data.stop()
         for peer in (self.client, self.server):
             if peer is None:
                 continue
@@ -207,7 +238,7 @@ class Session(UpstreamLeg, DataChannels):
         the client before our 421."""
         self._draining = True
         at_rest = self.channel is None or self.channel.at_rest
-        if not self._transfers and at_rest and not self._closed.is_set():
+        if not self._busy and at_rest and not self._closed.is_set():
             peers.write(self.client.writer, reply(421, "Service shutting down."))
             self.close("shutdown")
 
@@ -224,7 +255,11 @@ class Session(UpstreamLeg, DataChannels):
 
     @property
     def transfers(self) -> list[Transfer]:
-        return list(self._transfers.values())
+        return list(self.data.transfers.values()) if self.data is not None else []
+
+    @property
+    def _busy(self) -> bool:
+        return self.data is not None and self.data.busy
 
     def close(self, outcome: str) -> None:
         if not self._closed.is_set():
@@ -257,11 +292,13 @@ class Session(UpstreamLeg, DataChannels):
                 except (ConnectionError, OSError) as error:
                     # The other side is gone, not this one: its end of stream is what the channel must hear.
                     gone = "server" if from_client else "client"
-                    self.log.info("control connection lost side=%s error=%s", gone, error)
+                    self.log.info("control connection lost", extra=fields(side=gone, error=error))
                     self.execute((channel.server_data if from_client else channel.client_data)(b""))
                     return
         except (ConnectionError, OSError) as error:
-            self.log.info("control connection lost side=%s error=%s", "client" if from_client else "server", error)
+            self.log.info(
+                "control connection lost", extra=fields(side="client" if from_client else "server", error=error)
+            )
             self.execute(feed(b""))
 
     async def _watch_timeouts(self) -> None:
@@ -274,11 +311,11 @@ class Session(UpstreamLeg, DataChannels):
             now = time.monotonic()
             if not channel.logged_in and now - started > timeouts.login_s:
                 self._timeout(f"Login timeout ({timeouts.login_s:g} s): closing control connection.")
-            elif not self._transfers and now - self._last_activity > timeouts.idle_s:
+            elif not self._busy and now - self._last_activity > timeouts.idle_s:
                 self._timeout(f"Idle timeout ({timeouts.idle_s:g} s): closing control connection.")
 
     def _timeout(self, text: str) -> None:
-        self.log.info("timeout %s", text)
+        self.log.info("timeout", extra=fields(reason=text))
         self.context.metrics.refused("timeout")
         peers.write(self.client.writer, reply(421, text))
         self.close("timeout")
@@ -291,120 +328,111 @@ class Session(UpstreamLeg, DataChannels):
         Replies to the client in a row go out in one write (a 150 and its 226 often come in one read): one
         segment and one system call fewer per transfer. They are written before any action with effects.
         """
+        channel, data = self.channel, self.data
+        assert channel is not None and self.server is not None and data is not None
         queue: deque[c.Action] = deque(actions)
-        channel = self.channel
-        assert channel is not None and self.server is not None
-        metrics = self.context.metrics
         to_client: list[bytes] = []
+        to_server: list[tuple[bytes, bool]] = []
         while queue:
             action = queue.popleft()
             if to_client and type(action) in _WRITE_FIRST:
                 self._write_client(to_client)
+            if to_server and not isinstance(action, c.SendToServer):
+                self._write_server(to_server)
             match action:
-                case c.SendToClient(data):
-                    to_client.append(data)
-                case c.SendToServer(data, urgent):
-                    # Over TLS an urgent byte would land inside a TLS record: ABOR goes as a plain line.
-                    if urgent and self.server.writer.get_extra_info("ssl_object") is None:
-                        then = b""  # the ABOR line behind the synch goes in the same segment
-                        if queue and isinstance(queue[0], c.SendToServer) and not queue[0].urgent:
-                            then = queue.popleft().data  # type: ignore[union-attr]
-                        self._send_urgent(data, then)
-                        self._arm_abort_timer()
-                    else:
-                        peers.write(self.server.writer, data)
+                case c.SendToClient(line):
+                    to_client.append(line)
+                case c.SendToServer(line, urgent):
+                    to_server.append((line, urgent))
                 case c.ListenForClient() | c.ListenForServer():
-                    queue.extend(self._open_data_endpoint(action))
-                case StartClientTls():
-                    # Now, before the loop runs again: the client cannot have seen our 234 yet, so what the
-                    # transport holds is plaintext sent behind AUTH, and its ClientHello stays in the kernel
-                    # for the TLS layer (read on, and the stream buffer would swallow it).
-                    self.client.writer.transport.pause_reading()  # type: ignore[attr-defined]
-                    self._tls_task = asyncio.create_task(self._switch_client_tls(), name=f"#{self.id} tls")
-                case c.CloseDataEndpoint(ticket):
-                    transfer = self._transfers.pop(ticket, None)
-                    if transfer is not None and transfer.task is not None:
-                        transfer.task.cancel()
-                case c.CloseSession(reason):
-                    self.log.info("closing: %s", reason)
-                    if "overlong" in reason:
-                        self.close("protocol_error")
-                    elif self._quit:  # whichever side closed first after QUIT
-                        self.close("quit")
-                    else:
-                        self.close("client_closed" if "client" in reason else "server_closed")
-                case c.CommandReceived(verb, line):
-                    metrics.command(verb)
-                    if self.log.isEnabledFor(logging.DEBUG):
-                        self.log.debug("command %s", printable(redact(line)))
-                    self._quit = self._quit or verb == "QUIT"
-                case c.Rewrote(kind, before, after):
-                    metrics.rewrote(kind)
-                    if self.log.isEnabledFor(logging.DEBUG):
-                        self.log.debug("rewrite %s: %s -> %s", kind, printable(before), printable(after))
-                case c.Translated(client_verb, server_verb):
-                    metrics.verb_translations.labels(client_verb, server_verb).inc()
-                    self.log.debug("translated %s -> %s", client_verb, server_verb)
-                case c.Refused(rule, verb, code, detail):
-                    metrics.refused(rule)
-                    if self.context.guard is not None:
-                        self.context.guard.refused(self.client.address.ip, rule)
-                    self.log.info("refused rule=%s verb=%s code=%d detail=%s", rule, verb, code, printable(detail))
-                case c.LoggedIn(user):
-                    self.log.info("logged in user=%s", printable(user))
-                case c.LoginFailed(user):
-                    if self.context.guard is not None:
-                        self._login_delay = self.context.guard.login_failed(self.client.address.ip, user)
+                    queue.extend(data.open(action))
                 case c.TransferRequested(ticket, verb, argument):
-                    if ticket is not None and ticket in self._transfers:
-                        self._transfers[ticket].verb = verb
-                        self._transfers[ticket].argument = argument
-                        self._count_opened(self._transfers[ticket])
-                case c.TransferReplied(ticket, verb, code):
-                    if ticket is not None and ticket in self._transfers:
-                        self._transfers[ticket].reply_code = code
-                        if (end := self._transfers[ticket].kernel_end) is not None:
-                            self._write_client(to_client)
-                            end()  # kernel path: the reply goes on now; the client reads data to its end
-                            queue.extend(channel.data_finished(ticket))
+                    data.requested(ticket, verb, argument)
+                case c.TransferReplied(ticket, _, code):
+                    if ticket is not None and data.replied(ticket, code):  # the kernel path: the reply goes on now
+                        self._write_client(to_client)
+                        queue.extend(channel.data_finished(ticket))
+                case _:
+                    self._carry_out(action)
+        self._write_server(to_server)
         self._write_client(to_client)
+        if channel.abort_unsettled and self._abort_timer is None and data.running:
+            # An ABOR during a transfer: whether the server answers it is checked after ABORT_GRACE_S, whatever
+            # the control leg toward it (over TLS no urgent data goes, but the server may still not answer).
+            self._arm_abort_timer()
         self.client.can_read.set() if channel.wants_client_data else self.client.can_read.clear()
         self.server.can_read.set() if channel.wants_server_data else self.server.can_read.clear()
         if self._draining:
             self.drain()  # the reply just relayed may have been the last one owed
 
+    def _write_server(self, parts: list[tuple[bytes, bool]]) -> None:
+        """Writes to the server in a row go out together: the synch (urgent) and the ABOR line behind it in one
+        segment, so a server that looks for the command when the urgent signal comes finds it there."""
+        assert self.server is not None
+        urgent, rest = peers.join_writes(parts)
+        parts.clear()
+        # Over TLS an urgent byte would land inside a TLS record: ABOR goes as a plain line.
+        if urgent and self.server.writer.get_extra_info("ssl_object") is None:
+            sent, sent_then = peers.write_urgent(self.server.writer, urgent, rest)
+            self.log.debug("sent urgent bytes=%d of %d, then %d of %d", sent, len(urgent), sent_then, len(rest))
+        else:
+            peers.write(self.server.writer, urgent + rest)
+
+    def _carry_out(self, action: c.Action) -> None:
+        """The actions that are neither bytes to send nor data endpoints."""
+        match action:
+            case StartClientTls():
+                # Now, before the loop runs again: the client cannot have seen our 234 yet, so what the
+                # transport holds is plaintext sent behind AUTH, and its ClientHello stays in the kernel
+                # for the TLS layer (read on, and the stream buffer would swallow it).
+                self.client.writer.transport.pause_reading()  # type: ignore[attr-defined]
+                self._tls_task = asyncio.create_task(self._switch_client_tls(), name=f"#{self.id} tls")
+            case c.CloseDataEndpoint(ticket):
+                assert self.data is not None
+                self.data.close(ticket)
+            case c.CloseSession(reason):
+                self.log.info("closing", extra=fields(reason=reason))
+                if "overlong" in reason:
+                    self.close("protocol_error")
+                elif self._quit:  # whichever side closed first after QUIT
+                    self.close("quit")
+                else:
+                    self.close("client_closed" if "client" in reason else "server_closed")
+            case _:
+                self._note(action)
+
+    def _note(self, action: c.Action) -> None:
+        """Facts for metrics and logs."""
+        metrics = self.context.metrics
+        match action:
+            case c.CommandReceived(verb, line):
+                metrics.command(verb)
+                if self.log.isEnabledFor(logging.DEBUG):
+                    self.log.debug("command %s", printable(redact(line)))
+                self._quit = self._quit or verb == "QUIT"
+            case c.Rewrote(kind, before, after):
+                metrics.rewrote(kind)
+                if self.log.isEnabledFor(logging.DEBUG):
+                    self.log.debug("rewrite %s: %s -> %s", kind, printable(before), printable(after))
+            case c.Translated(client_verb, server_verb):
+                metrics.verb_translations.labels(client_verb, server_verb).inc()
+                self.log.debug("translated %s -> %s", client_verb, server_verb)
+            case c.Refused(rule, verb, code, detail):
+                metrics.refused(rule)
+                if self.context.guard is not None:
+                    self.context.guard.refused(self.client.address.ip, rule)
+                self.log.info("refused", extra=fields(rule=rule, verb=verb, code=code, detail=printable(detail)))
+            case c.LoggedIn(user):
+                self.log.info("logged in", extra=fields(user=printable(user)))
+            case c.LoginFailed(user):
+                if self.context.guard is not None:
+                    # The next read from the client waits this long: a user name under attack gets slow logins.
+                    self._login_delay = self.context.guard.login_failed(self.client.address.ip, user)
+
     def _write_client(self, parts: list[bytes]) -> None:
         if parts:
             peers.write(self.client.writer, parts[0] if len(parts) == 1 else b"".join(parts))
             parts.clear()
-
-    def _send_urgent(self, data: bytes, then: bytes = b"") -> None:
-        """Write `data` with its last byte marked urgent (MSG_OOB), then `then` in the same TCP segment.
-
-        BSD ftp sends IAC IP IAC, then DM alone as urgent data, then ABOR: three segments. Held back with
-        MSG_MORE, the synch and the command arrive together, urgent pointer on DM, so a server that looks for
-        the command when the urgent signal comes finds it there."""
-        assert self.server is not None
-        transport = self.server.writer.transport
-        sock = self.server.writer.get_extra_info("socket")
-        if sock is None or transport.get_write_buffer_size() > 0:
-            peers.write(
-                self.server.writer, data + then
-            )  # the urgent mark cannot overtake queued bytes: send it plainly
-            return
-        # The transport owns the socket; a duplicate descriptor lets us pass flags it has no API for.
-        sent = sent_then = 0
-        try:
-            with socket.socket(fileno=os.dup(sock.fileno())) as raw:
-                sent = raw.send(data, socket.MSG_OOB | (socket.MSG_MORE if then else 0))
-                if sent == len(data) and then:
-                    sent_then = raw.send(then, socket.MSG_DONTWAIT)
-        except OSError:
-            pass
-        rest = data[sent:] + then[sent_then:]
-        if rest:
-            peers.write(self.server.writer, rest)
-        self.log.debug("sent urgent bytes=%d of %d, then %d of %d", sent, len(data), sent_then, len(then))
 
     def _arm_abort_timer(self) -> None:
         if self._abort_timer is not None:
@@ -418,8 +446,12 @@ class Session(UpstreamLeg, DataChannels):
         channel = self.channel
         if channel is None or self._closed.is_set():
             return
-        actions = channel.abort_overdue()
-        self._report(actions)
+        try:
+            actions = channel.abort_overdue()
+            self._report(actions)
+        except Exception:  # a timer callback: nobody above it would log or count the error
+            self._internal_error("abort timer failed")
+            return
         if actions and channel.abort_unsettled and not self._closed.is_set():
             self._arm_abort_timer()
 

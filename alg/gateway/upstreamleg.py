@@ -1,125 +1,111 @@
-"""The upstream half of a session: connect (through the route's failover, or to the one upstream), TLS toward
-the server (implicit, or AUTH TLS as its FEAT allows), the banner, and a per_user login replayed there.
+"""Connecting a session upstream: through the route's failover (or to the one upstream), TLS toward the server
+(implicit, or AUTH TLS as its FEAT allows) and its banner; the result is a connected Upstream or one
+UpstreamFailed saying what the client's 421 says.
 
-Rules: a mixin sharing the Session's state; whatever fails becomes one 421 to the client, a log line and the
-session's outcome, never a traceback.
+Rules: a function of the context and the session's facts, no session state; whatever fails becomes one
+UpstreamFailed (a log line, the 421's text and the session's outcome), never a traceback; the 421 names no
+address of the internal side (the log line does).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-from alg.ftp import control as c
 from alg.ftp.addresses import HostPort
-from alg.ftp.wire import reply
 from alg.gateway import peers, secure
+from alg.gateway.context import GatewayContext
+from alg.gateway.frontdoor import Origin
+from alg.gateway.upstreams import Route
 from alg.net.tls import describe, reason_of
-from alg.ops.logs import printable
-
-if TYPE_CHECKING:
-    from alg.gateway.frontdoor import Origin
-    from alg.gateway.session import GatewayContext
-    from alg.gateway.upstreams import Route
+from alg.ops.logs import fields, printable
 
 
-class UpstreamLeg:
-    """Session's upstream half (a mixin: the state is the session's)."""
+@dataclass(slots=True)
+class Upstream:
+    peer: peers.Peer
+    address: HostPort  # the upstream connected (the route's choice)
+    banner: bytes  # already read (by the route or the TLS negotiation); b"": still to come
+    secured: bool = False  # the control connection toward the server is TLS
+    private: bool = False  # PROT P toward the server is set up
+    tls: str = "-"  # negotiated version/cipher, for the session's log line
 
-    context: GatewayContext
-    upstream: HostPort
-    route: Route | None
-    origin: Origin
-    client: peers.Peer
-    server: peers.Peer | None
-    channel: c.ControlChannel | None
-    client_secured: bool
-    tls_server: str
-    outcome: str
-    log: logging.LoggerAdapter[logging.Logger]
 
-    def execute(self, actions: list[c.Action]) -> None:
-        raise NotImplementedError
+class UpstreamFailed(Exception):
+    """The upstream could not be reached or secured; str() is the client's 421 text."""
 
-    async def _connect_upstream(self) -> bool:
-        started = time.monotonic()
-        tls = self.context.tls
-        implicit = tls.upstream_mode == "implicit"
-        banner = b""
+    def __init__(self, text: str, outcome: str) -> None:
+        super().__init__(text)
+        self.outcome = outcome
+
+
+async def connect(
+    context: GatewayContext,
+    upstream: HostPort,
+    route: Route | None,
+    origin: Origin,
+    log: logging.LoggerAdapter[logging.Logger],
+) -> Upstream:
+    started = time.monotonic()
+    tls = context.tls
+    try:
+        reader, writer, banner, upstream = await _open(context, upstream, route, origin)
+        if tls.upstream_mode == "implicit":
+            await secure.start_upstream_tls(writer, tls, upstream, context.metrics)
+    except secure.UpstreamTlsFailed as error:
+        raise _tls_failed(str(error), upstream, log) from error
+    except (OSError, TimeoutError) as error:
+        log.warning("upstream unreachable", extra=fields(upstream=upstream, error=printable(str(error) or "timed out")))
+        # The client is told why, never where: the address of the internal side stays in the log.
+        text = f"Service not available: the FTP server cannot be reached ({_why(error)})."
+        raise UpstreamFailed(text, "upstream_unreachable") from error
+    context.metrics.upstream_connect_seconds.observe(time.monotonic() - started)
+    peers.tune(writer, oob_inline=False)
+    address, ours = peers.ends(writer)
+    connected = Upstream(peers.Peer(reader, writer, address, ours), upstream, banner)
+    if tls.upstream_mode != "off":
         try:
-            if self.route is not None:  # each try bounded by upstream_connect_s, failing over to the next
-                connect = self.route.connect(
-                    self.client.address,
-                    self.origin.dialled,
-                    self.context.timeouts.upstream_connect_s,
-                    greet=tls.upstream_mode == "off",  # under TLS the banner is read by the negotiation
-                )
-                reader, writer, banner = await connect
-                self.upstream = self.route.chosen.address if self.route.chosen else self.upstream
-            else:
-                async with asyncio.timeout(self.context.timeouts.upstream_connect_s):
-                    reader, writer = await asyncio.open_connection(
-                        str(self.upstream.ip), self.upstream.port, limit=peers.READ_BYTES
-                    )
-            if implicit:
-                await secure.start_upstream_tls(writer, tls, self.upstream, self.context.metrics)
-        except secure.UpstreamTlsFailed as error:
-            return await self._upstream_tls_failed(str(error))
-        except (OSError, TimeoutError) as error:
-            why = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
-            self.log.warning("upstream unreachable upstream=%s error=%s", self.upstream, printable(why))
-            text = f"Service not available: the FTP server {self.upstream} cannot be reached ({why})."
-            peers.write(self.client.writer, reply(421, text))
-            with contextlib.suppress(OSError, ConnectionError):
-                await self.client.writer.drain()
-            self.outcome = "upstream_unreachable"
-            return False
-        self.context.metrics.upstream_connect_seconds.observe(time.monotonic() - started)
-        peers.tune(writer, oob_inline=False)
-        address, ours = peers.ends(writer)
-        self.server = peers.Peer(reader, writer, address, ours)
-        ready = None
-        if tls.upstream_mode != "off":
-            try:
-                ready = await secure.negotiate_upstream(
-                    reader, writer, tls, self.upstream, self.context.metrics, self.context.timeouts.upstream_connect_s
-                )
-            except (secure.UpstreamTlsFailed, OSError, TimeoutError) as error:
-                why = str(error) if isinstance(error, secure.UpstreamTlsFailed) else reason_of(error)
-                return await self._upstream_tls_failed(why)
-            if ready.secured:
-                self.tls_server = describe(writer.get_extra_info("ssl_object"))
-                self.log.info("tls upstream %s", self.tls_server)
-        self.channel = c.ControlChannel(
-            self.client.address,
-            address,
-            self.context.channel_settings,
-            client_secured=self.client_secured,
-            server_secured=ready is not None and ready.secured,
-            server_private=ready is not None and ready.private,
-        )
-        if ready is not None:
-            banner = ready.banner
-        if banner:  # read by the route (to know the upstream is alive) or by the TLS negotiation
-            self._greeted(banner)
-        return True
+            ready = await secure.negotiate_upstream(
+                reader, writer, tls, upstream, context.metrics, context.timeouts.upstream_connect_s
+            )
+        except (secure.UpstreamTlsFailed, OSError, TimeoutError) as error:
+            why = str(error) if isinstance(error, secure.UpstreamTlsFailed) else reason_of(error)
+            raise _tls_failed(why, upstream, log) from error
+        connected.banner, connected.secured, connected.private = ready.banner, ready.secured, ready.private
+        if ready.secured:
+            connected.tls = describe(writer.get_extra_info("ssl_object"))
+            log.info("tls upstream", extra=fields(tls=connected.tls))
+    return connected
 
-    def _greeted(self, banner: bytes) -> None:
-        """The upstream's banner, already read: to the client, or (per_user) held while the USER is replayed."""
-        assert self.channel is not None
-        actions = self.channel.server_data(banner)
-        if self.route is not None and self.route.replay is not None:
-            # The client had our own greeting and sent USER; the upstream's greeting goes no further.
-            actions = self.channel.client_data(self.route.replay)
-        self.execute(actions)
 
-    async def _upstream_tls_failed(self, why: str) -> bool:
-        self.log.warning("upstream tls failed upstream=%s reason=%s", self.upstream, printable(why))
-        peers.write(self.client.writer, reply(421, f"Service not available: TLS to the FTP server failed ({why})."))
-        with contextlib.suppress(OSError, ConnectionError):
-            await self.client.writer.drain()
-        self.outcome = "tls_failed"
-        return False
+async def _open(
+    context: GatewayContext, upstream: HostPort, route: Route | None, origin: Origin
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes, HostPort]:
+    """The TCP connection: each of the route's upstreams in turn, each try bounded by upstream_connect_s."""
+    timeout_s = context.timeouts.upstream_connect_s
+    if route is not None:
+        # Under TLS the banner is read by the negotiation.
+        greet = context.tls.upstream_mode == "off"
+        reader, writer, banner = await route.connect(origin.client, origin.dialled, timeout_s, greet=greet)
+        return reader, writer, banner, route.connected or upstream
+    async with asyncio.timeout(timeout_s):
+        reader, writer = await asyncio.open_connection(str(upstream.ip), upstream.port, limit=peers.READ_BYTES)
+    return reader, writer, b"", upstream
+
+
+def _why(error: OSError | TimeoutError) -> str:
+    """The reason without the address: asyncio's own text names it ("Connect call failed ('10.0.0.5', 21)")."""
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if error.errno is not None:
+        return os.strerror(error.errno)
+    return "connection failed"
+
+
+def _tls_failed(why: str, upstream: HostPort, log: logging.LoggerAdapter[logging.Logger]) -> UpstreamFailed:
+    log.warning("upstream tls failed", extra=fields(upstream=upstream, reason=printable(why)))
+    # OpenSSL's reason can name the server ("certificate is not valid for 'ftp.internal.example'"): log only.
+    return UpstreamFailed("Service not available: TLS to the FTP server failed.", "tls_failed")

@@ -1,7 +1,7 @@
 """The byte relay of a data connection: both directions copied until both end, zero-copy where Linux allows.
 
 Rules: one state machine for every path, so byte counts, half-close (shutdown SHUT_WR once a direction has
-delivered its last byte), the first-EOF report, the idle timeout and errors are the same whichever mover
+delivered its last byte), the end-of-file reports, the idle timeout and errors are the same whichever mover
 carries the bytes: `splice` (socket -> pipe -> socket, os.splice, no copy through Python) or `asyncio`
 (recv_into / send through a buffer). Both are driven by the event loop's readiness callbacks, never threads.
 Sockets stay open for the caller; pipes are closed here, always.
@@ -65,20 +65,21 @@ async def relay(
     b: socket.socket,
     *,
     idle_timeout_s: float,
-    on_first_eof: Callable[[], None],
+    on_eof: Callable[[bool], None],
     result: RelayResult | None = None,
     mode: RelayMode | None = None,
 ) -> RelayResult:
     """Copy bytes both ways until both directions end; half-close is passed on (shutdown SHUT_WR).
 
-    on_first_eof runs once the first direction has delivered all its bytes and its end of file, which is when
-    a transfer's 226 may go on to the client (and at the latest when the relay ends, however it ends).
+    on_eof(forward) runs once for each direction that delivered all its bytes and its end of file (forward:
+    a to b), which is when a transfer's 226 may go on to the client if it is the transfer's direction. A
+    direction that failed never reports: a client that drops a download has not received it.
     Raises TimeoutError (result.idle_timeout set) when no byte moved for idle_timeout_s, and ConnectionError
     or OSError when a socket fails. Sockets must be non-blocking; they are left open for the caller. Pass
     `result` to read the counts while the relay runs and after it fails. `mode` overrides relay_mode().
     """
     loop = asyncio.get_running_loop()
-    state = _Relay(loop, idle_timeout_s, on_first_eof, result if result is not None else RelayResult())
+    state = _Relay(loop, idle_timeout_s, on_eof, result if result is not None else RelayResult())
     splice = relay_mode(mode) == "splice"
     directions = (
         _Direction(state, a, b, forward=True, splice=splice),
@@ -94,16 +95,14 @@ async def relay(
         for direction in directions:
             direction.stop()
         state.stop()
-        state.report_eof()
     return state.result
 
 
 class _Relay:
-    """What both directions share: the result, the first-EOF report, the idle watchdog, the outcome."""
+    """What both directions share: the result, the end-of-file reports, the idle watchdog, the outcome."""
 
     __slots__ = (
-        "_on_first_eof",
-        "eof_reported",
+        "_on_eof",
         "finished",
         "idle_timeout_s",
         "last_activity",
@@ -117,27 +116,21 @@ class _Relay:
         self,
         loop: asyncio.AbstractEventLoop,
         idle_timeout_s: float,
-        on_first_eof: Callable[[], None],
+        on_eof: Callable[[bool], None],
         result: RelayResult,
     ) -> None:
         self.loop = loop
         self.idle_timeout_s = idle_timeout_s
-        self._on_first_eof = on_first_eof
-        self.eof_reported = False
+        self._on_eof = on_eof
         self.result = result
         self.finished: asyncio.Future[None] = loop.create_future()
         self.last_activity = loop.time()
         self.timer: asyncio.TimerHandle | None = None
         self.open = 0
 
-    def report_eof(self) -> None:
-        if not self.eof_reported:
-            self.eof_reported = True
-            self._on_first_eof()
-
-    def direction_done(self) -> None:
+    def direction_done(self, forward: bool) -> None:
         self.open -= 1
-        self.report_eof()
+        self._on_eof(forward)
         if self.open == 0 and not self.finished.done():
             self.finished.set_result(None)
 
@@ -226,7 +219,7 @@ class _Direction:
                     moved += written
                     continue
                 if self.eof:
-                    self._account(moved)  # counts are final before the first-EOF report
+                    self._account(moved)  # counts are final before the end-of-file report
                     moved = 0
                     self._finish()
                     break
@@ -240,7 +233,7 @@ class _Direction:
                 if read == 0:
                     self.eof = True
                 self.pending = read
-        except Exception as error:  # a socket failed (OSError), or on_first_eof did: the caller sees it
+        except Exception as error:  # a socket failed (OSError), or on_eof did: the caller sees it
             self._wait(_IDLE)
             relay.fail(error)
         finally:
@@ -261,7 +254,7 @@ class _Direction:
         self._close_pipe()
         with contextlib.suppress(OSError):  # the peer may be gone already; the other direction will say so
             self.dst.shutdown(socket.SHUT_WR)
-        self.relay.direction_done()
+        self.relay.direction_done(self.forward)
 
     def _wait(self, what: int) -> None:
         if what == self.waiting:

@@ -68,10 +68,13 @@ class ServerCertificate:
             self.context = server_context(self.cert, self.key, self.min_version)
         except (OSError, ssl.SSLError, ValueError) as error:
             reason = getattr(error, "strerror", None) or str(error)
-            log.warning("tls certificate reload failed, keeping the old one: cert=%s reason=%s", self.cert, reason)
+            log.warning(
+                "tls certificate reload failed, keeping the old one",
+                extra={"fields": {"cert": self.cert, "reason": reason}},
+            )
             return reason
         self.loaded_at = time.time()
-        log.info("tls certificate reloaded cert=%s", self.cert)
+        log.info("tls certificate reloaded", extra={"fields": {"cert": self.cert}})  # alg.ops.logs.fields
         return None
 
 
@@ -218,17 +221,16 @@ async def relay_legs(
     b: Leg,
     *,
     idle_timeout_s: float,
-    on_first_eof: Callable[[], None],
+    on_eof: Callable[[bool], None],
     result: RelayResult,
 ) -> RelayResult:
     """relay() for connections with a TLS leg: both directions copied until both end, the end of each passed
     on (close_notify then FIN on a TLS leg, FIN on a plain one). Raises TimeoutError, TlsTruncated,
     ssl.SSLError, ConnectionError or OSError as relay() does; sockets stay open for the caller."""
     last = time.monotonic()
-    ended = 0
 
     async def pump(src: Leg, dst: Leg, forward: bool) -> None:
-        nonlocal last, ended
+        nonlocal last
         while True:
             data = await src.recv()
             if not data:
@@ -240,9 +242,7 @@ async def relay_legs(
             else:
                 result.to_a += len(data)
         await dst.close_write(notify=not (isinstance(src, TlsLeg) and src.ragged))
-        ended += 1
-        if ended == 1:
-            on_first_eof()
+        on_eof(forward)
 
     async def watchdog() -> None:
         while True:

@@ -19,7 +19,7 @@ from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Any, TextIO
 
-from alg.ops.admin import TOKEN_ENV, read_token
+from alg.ops.admin import TOKEN_ENV, parse_session_id, read_token
 from alg.ops.logs import printable
 
 DEFAULT_URL = "http://127.0.0.1:9180"
@@ -39,8 +39,10 @@ def add_parser(commands: Any) -> None:
         "one: the client gets a 421. Exit status: 0 done, 1 refused or unreachable, 2 bad usage.",
     )
     _add_target(sessions)
-    sessions.add_argument("--end", type=_session_id, metavar="ID", help="end session ID (the client gets 421)")
-    sessions.add_argument("--json", action="store_true", help="print the gateway's JSON as it is")
+    sessions.add_argument(
+        "--end", type=_session_id, metavar="ID", help="end session ID, whose client gets 421 (default: none, list them)"
+    )
+    sessions.add_argument("--json", action="store_true", help="print the gateway's JSON as it is (default: a table)")
 
 
 def add_bans_parser(commands: Any) -> None:
@@ -51,22 +53,28 @@ def add_bans_parser(commands: Any) -> None:
         "lift a ban with --unban. Exit status: 0 done, 1 refused, unreachable or no such ban, 2 bad usage.",
     )
     _add_target(bans)
-    bans.add_argument("--unban", metavar="ADDRESS", help="lift the ban on ADDRESS (or its network, e.g. a /64)")
-    bans.add_argument("--json", action="store_true", help="print the gateway's JSON as it is")
+    bans.add_argument(
+        "--unban", metavar="ADDRESS", help="lift the ban on ADDRESS or its network, e.g. a /64 (default: none, list)"
+    )
+    bans.add_argument("--json", action="store_true", help="print the gateway's JSON as it is (default: a table)")
 
 
 def _add_target(parser: Any) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--url", metavar="URL", help=f"the gateway's admin URL (default {DEFAULT_URL})")
-    where.add_argument("--config", metavar="FILE", help="take the URL (admin.listen) and token file from here")
-    parser.add_argument("--token-file", metavar="FILE", help=f"bearer token file (else --token, ${TOKEN_ENV})")
-    parser.add_argument("--token", metavar="TOKEN", help="bearer token (visible to other users: prefer a file)")
+    where.add_argument(
+        "--config", metavar="FILE", help="take the URL (admin.listen) and token file from here (default: none, --url)"
+    )
+    parser.add_argument("--token-file", metavar="FILE", help=f"bearer token file (default: --token, else ${TOKEN_ENV})")
+    parser.add_argument(
+        "--token", metavar="TOKEN", help="bearer token, visible to other users: prefer a file (default: none)"
+    )
 
 
-def _session_id(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
-        raise argparse.ArgumentTypeError(f"expected a session id (a whole number), got {text!r}")
-    return int(text)
+def _session_id(text: str) -> str:
+    if parse_session_id(text) is None:
+        raise argparse.ArgumentTypeError(f"expected a session id (WORKER-NUMBER, as listed), got {printable(text)!r}")
+    return text
 
 
 def _target(args: argparse.Namespace) -> tuple[str, str | None]:
@@ -172,8 +180,13 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.json:
         out.write(body.decode("utf-8", "replace"))
         return 0
-    sessions = json.loads(body)["sessions"]
-    out.write(table(sessions))
+    document = json.loads(body)
+    out.write(table(document["sessions"]))
+    silent = document.get("unreachable_workers") or []
+    if silent:
+        listed = ", ".join(printable(str(index)) for index in silent)
+        print(f"ftp-alg: warning: not listed: the sessions of worker(s) {listed} (no answer)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -85,7 +85,8 @@ async def probe(
                 if proxy_version is not None:
                     writer.write(proxyproto.encode(proxy_version, None, None))  # LOCAL: our own connection
                 if tls is not None:
-                    await writer.start_tls(tls, server_hostname=server_name or str(address.ip))
+                    name = server_name or getattr(address, "server_name", None) or str(address.ip)  # NamedAddress
+                    await writer.start_tls(tls, server_hostname=name)
                 reason = await check_greeting(reader, writer)
             finally:
                 writer.close()

@@ -160,6 +160,11 @@ def _advertised(value: object) -> IPAddress | Literal["local"]:
 Networks = Annotated[tuple[IPNetwork, ...], PlainValidator(_networks)]
 
 
+def _networks_or_none(value: object) -> tuple[IPNetwork, ...]:
+    """As _networks, and an empty list (or null) is no network at all."""
+    return () if value in ((), [], None) else _networks(value)
+
+
 class ProxyProtocolIn(Frozen):
     # Only the balancers named here may speak for clients: anyone else sending a header is refused, and so is
     # one of these not sending it.
@@ -191,6 +196,8 @@ class UpstreamServer(Frozen):
     # null: plain FTP. v1/v2: send a PROXY header first, for servers that read it (proftpd mod_proxy_protocol)
     # and then log the real client.
     proxy_protocol: Literal["v1", "v2"] | None = None
+    # An address given by host name is looked up again this often (each address is then tried in order).
+    resolve_interval_s: Seconds = 30.0
 
     @property
     def label(self) -> str:
@@ -246,18 +253,13 @@ class DefenderSettings(Frozen):
     ipv4_prefix: Annotated[int, Field(strict=True, ge=8, le=32)] = 32
     ipv6_prefix: Annotated[int, Field(strict=True, ge=32, le=128)] = 64
     # Never banned (monitoring, the office, the balancer's health checks).
-    allowlist: Networks = ()
+    allowlist: Annotated[tuple[IPNetwork, ...], PlainValidator(_networks_or_none)] = ()
     # Per user name: this many failed logins in the window, from any addresses, slow that user's logins...
     user_failures: Count = 10
     # ...by this delay after each failed login (never a lockout: the right password still logs in).
     user_delay_s: Seconds = 2.0
     # Where the state lives: local (this process and, with workers, the parent's table) or redis://HOST:PORT/DB.
     store: Annotated[str, Field(strict=True, pattern=r"^(local|rediss?://.+)$")] = "local"
-
-    @field_validator("allowlist", mode="before")
-    @classmethod
-    def _empty_allowlist(cls, value: object) -> object:
-        return () if value in ((), [], None) else value
 
     @model_validator(mode="after")
     def _bans_grow_to_max(self) -> DefenderSettings:

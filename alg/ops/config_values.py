@@ -45,6 +45,18 @@ class PortRange:
         return f"{self.first}-{self.last}"
 
 
+@dataclass(frozen=True, slots=True)
+class HostName:
+    """An upstream given by DNS name (a Kubernetes Service, a compose service, a failover record): the upstream
+    pool resolves it at start and again while running, so sessions still connect to IP addresses."""
+
+    name: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.port}"
+
+
 # --- value parsers: text (or an already parsed value) in, typed value out, PydanticCustomError otherwise ---
 
 
@@ -61,7 +73,7 @@ def show_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return repr(value if len(value) <= 60 else value[:57] + "...")
-    if isinstance(value, int | float | HostPort | PortRange | IPv4Address | IPv6Address | Path):
+    if isinstance(value, int | float | HostPort | HostName | PortRange | IPv4Address | IPv6Address | Path):
         return str(value)
     if isinstance(value, list | tuple):
         return "a list"
@@ -75,20 +87,23 @@ _PLAIN = re.compile(r"([^\[\]:]*)(?::([0-9]{1,5}))?")
 _HOSTNAME = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\.?")
 
 
-def _ip(text: str) -> IPAddress:
+def _ip(text: str, *, names: bool = False) -> IPAddress | str:
     try:
         return ip_address(text)
     except ValueError:
         pass
-    if _HOSTNAME.fullmatch(text):
+    if _HOSTNAME.fullmatch(text) and len(text) <= 253:
+        if names:
+            return text.rstrip(".").lower()
         raise invalid(f"{text!r} is a hostname; give an IP address")
-    raise invalid(f"{text!r} is not an IP address")
+    raise invalid(f"{text!r} is not an IP address" + (" or a host name" if names else ""))
 
 
-def _host_port(value: object, *, default_port: int | None, min_port: int) -> HostPort:
+def _host_port(value: object, *, default_port: int | None, min_port: int, names: bool = False) -> HostPort | HostName:
     want = "ADDRESS:PORT" if default_port is None else "ADDRESS[:PORT]"
-    if isinstance(value, HostPort):
-        ip, port = value.ip, value.port
+    host: IPAddress | str
+    if isinstance(value, HostPort | HostName):
+        host, port = (value.ip, value.port) if isinstance(value, HostPort) else (value.name, value.port)
     elif isinstance(value, str):
         text = value.strip()
         match = _BRACKETED.fullmatch(text) or _PLAIN.fullmatch(text)
@@ -96,30 +111,32 @@ def _host_port(value: object, *, default_port: int | None, min_port: int) -> Hos
             if ":" in text and text.count(":") > 1:
                 raise invalid(f"expected {want}, got {show_value(value)}: write IPv6 as [2001:db8::1]:21")
             raise invalid(f"expected {want}, got {show_value(value)}")
-        host, port_text = match.groups()
-        if not host:
+        text_host, port_text = match.groups()
+        if not text_host:
             raise invalid(f"expected {want}, got {show_value(value)}")
         if port_text is None:
             if default_port is None:
                 raise invalid(f"expected {want}, got {show_value(value)}")
             port_text = str(default_port)
-        ip, port = _ip(host), int(port_text)
+        host, port = _ip(text_host, names=names), int(port_text)
     else:
         raise invalid(f"expected {want}, got {show_value(value)}")
     if not min_port <= port <= 65535:
         raise invalid(f"port {port} is out of range {min_port}-65535")
-    return HostPort(ip, port)
+    return HostName(host, port) if isinstance(host, str) else HostPort(host, port)
 
 
 def _listen_address(value: object) -> HostPort:
     # Port 0 lets the kernel pick, which tests use to run on free ports.
-    return _host_port(value, default_port=None, min_port=0)
+    address = _host_port(value, default_port=None, min_port=0)
+    assert isinstance(address, HostPort)  # names=False
+    return address
 
 
-def _upstream_address(value: object) -> HostPort:
+def _upstream_address(value: object) -> HostPort | HostName:
     # RFC 959: the FTP control connection defaults to port 21.
-    address = _host_port(value, default_port=21, min_port=1)
-    if address.ip.is_unspecified:
+    address = _host_port(value, default_port=21, min_port=1, names=True)
+    if isinstance(address, HostPort) and address.ip.is_unspecified:
         raise invalid(f"cannot connect to {address.ip}; give the FTP server's address")
     return address
 
@@ -129,7 +146,9 @@ def parse_public_address(value: object) -> IPAddress:
         ip = value
     elif isinstance(value, str):
         text = value.strip()
-        ip = _ip(text[1:-1] if text.startswith("[") and text.endswith("]") else text)
+        parsed = _ip(text[1:-1] if text.startswith("[") and text.endswith("]") else text)
+        assert not isinstance(parsed, str)  # names=False
+        ip = parsed
     else:
         raise invalid(f"expected an IP address, got {show_value(value)}")
     if ip.is_unspecified:
@@ -170,7 +189,7 @@ def _config_path(value: object, info: ValidationInfo) -> Path:
 
 
 ListenAddress = Annotated[HostPort, PlainValidator(_listen_address)]
-UpstreamAddress = Annotated[HostPort, PlainValidator(_upstream_address)]
+UpstreamAddress = Annotated[HostPort | HostName, PlainValidator(_upstream_address)]
 PublicAddress = Annotated[IPAddress, PlainValidator(parse_public_address)]
 DataPorts = Annotated[PortRange, PlainValidator(_port_range)]
 ConfigPath = Annotated[Path, PlainValidator(_config_path)]

@@ -1,8 +1,8 @@
 """YAML files in, validated pydantic models out, and every validation error as one ConfigError line that names
 the file, the key path, the YAML line (or the flag) and the fix. Shared by the settings and the rules files.
 
-Rules: reads only the file it is given; never guesses a value; the first problem by line is reported, with how
-many more there are.
+Rules: reads only the file it is given; never guesses a value; problems are ordered by line (flags first), and
+several come as one ConfigProblems whose str() is the first with how many more.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
@@ -213,8 +213,21 @@ def explain(
         problem = error_at(message, source=source, key=_key_path(loc), line=line)
         problems.append((line or 0, problem))
     problems.sort(key=lambda item: item[0])
-    first = problems[0][1]
-    if len(problems) > 1:
-        more = len(problems) - 1
-        first.args = (f"{first} (and {more} more problem{'s' if more > 1 else ''})",)
-    return first
+    if len(problems) == 1:
+        return problems[0][1]
+    return ConfigProblems([problem for _, problem in problems])
+
+
+class ConfigProblems(ConfigError):
+    """Several problems found at once: str() is the first and how many more; `problems` lists each one."""
+
+    def __init__(self, problems: Sequence[ConfigError]) -> None:
+        first, more = problems[0], len(problems) - 1
+        super().__init__(f"{first} (and {more} more problem{'s' if more > 1 else ''})")
+        self.key, self.line = first.key, first.line
+        self.problems = tuple(problems)
+
+
+def each_problem(error: ConfigError) -> list[ConfigError]:
+    """Every problem an error stands for: itself, or each of a ConfigProblems."""
+    return list(error.problems) if isinstance(error, ConfigProblems) else [error]

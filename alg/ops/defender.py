@@ -120,8 +120,7 @@ class Defender:
         return self.allowed(network.network_address)
 
     def points(self, offence: Offence) -> int:
-        value: int = getattr(self.settings.scores, offence.value)
-        return value
+        return int(self.settings.scores.model_dump()[offence.value])  # a field per Offence (test_defender)
 
     def score(self, ip: IPv4Address | IPv6Address) -> int:
         points = self._points.get(self.key(ip))

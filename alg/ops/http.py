@@ -3,8 +3,8 @@ the listener configured for them (admin.listen), the admin endpoints /sessions (
 
 Rules: it runs on the gateway's event loop and never blocks it (one short-lived task per connection, bounded
 request head, time limit, connection cap, one request per connection); /readyz and every scrape check that the
-upstream sends its 220 banner in time, one check at a time and at most once a second, so probes cannot be
-turned into a flood of connections to the FTP server.
+upstream sends its 220 banner in time: the health checks' last result, or (a single upstream without them) one
+check at a time and at most once per READY_CACHE_S, so probes cannot be turned into a flood of connections.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import contextlib
 import logging
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client import generate_latest
@@ -23,9 +23,19 @@ from alg.ftp.addresses import HostPort
 from alg.net.dataplane import peer_ip
 from alg.ops import admin as a
 from alg.ops import banner
+from alg.ops.admin_peers import Peers, peer_addresses
 from alg.ops.bans import BansSource, bans_json, is_bans_path, unban_target
-from alg.ops.logs import printable
+from alg.ops.config import Settings
+from alg.ops.logs import fields, printable
 from alg.ops.metrics import Metrics
+
+
+class UpstreamTls(Protocol):
+    """How the gateway speaks TLS to its upstream (alg.gateway.secure.TlsRuntime fits)."""
+
+    upstream_mode: str
+    upstream_context: ssl.SSLContext | None
+    upstream_server_name: str | None
 
 
 class Gateway(Protocol):
@@ -33,17 +43,32 @@ class Gateway(Protocol):
     module never imports the layer that starts it."""
 
     ready: asyncio.Event
-    settings: Any
+    settings: Settings
     metrics: Metrics
 
     @property
+    def tls(self) -> UpstreamTls: ...
+
+    @property
     def stopping(self) -> bool: ...
+
+    @property
+    def guard(self) -> BansSource:
+        """The defender's bans (alg.gateway.guard.Guard)."""
+
+    def upstream_health(self) -> str | None:
+        """None when an upstream passes its health checks, else why not; 'unchecked' without health checks."""
+
+    def probe_address(self) -> HostPort | None:
+        """The upstream /readyz probes itself (names resolved); None in transparent mode."""
 
 
 log = logging.getLogger("ftp_alg.http")
 
 READY_TIMEOUT_S = 2.0  # the upstream's 220 banner must arrive within this
-READY_CACHE_S = 1.0  # answers reused for this long, so a busy prober costs the upstream one login a second
+# Answers reused for this long (the health checks' default interval), so probes and scrapes cost a single upstream
+# without health checks one login per interval, however often they come.
+READY_CACHE_S = 5.0
 REQUEST_TIMEOUT_S = 5.0  # the whole request head must arrive within this
 MAX_HEAD_LINE_BYTES = 8 * 1024
 MAX_HEAD_LINES = 100
@@ -92,21 +117,19 @@ class Readiness:
             return "shutting down"
         if not gateway.ready.is_set():
             return "not listening yet"
-        checked = getattr(gateway, "upstream_health", None)
-        reason = checked() if checked is not None else "unchecked"
+        reason = gateway.upstream_health()
         if reason != "unchecked":  # several upstreams: health checks decide; ready while one passes them
             gateway.metrics.upstream_ready.set(1 if reason is None else 0)
             return reason
-        servers = getattr(gateway.settings, "upstream_servers", ())
-        upstream: HostPort | None = servers[0].address if servers else gateway.settings.upstream
+        upstream = gateway.probe_address()
         if upstream is None:  # transparent mode: each session's upstream is its own original destination
             gateway.metrics.upstream_ready.set(1)
             return None
         async with self._lock:  # concurrent probes wait for the one running and share its answer
             if time.monotonic() - self._checked_at >= self.cache_s:
-                tls = getattr(gateway, "tls", None)  # alg.gateway.secure.TlsRuntime; fakes in tests have none
-                implicit = tls.upstream_context if tls is not None and tls.upstream_mode == "implicit" else None
-                name = tls.upstream_server_name if tls is not None else None
+                tls = gateway.tls
+                implicit = tls.upstream_context if tls.upstream_mode == "implicit" else None
+                name = tls.upstream_server_name
                 if implicit is None:
                     reason = await probe_upstream(upstream, self.timeout_s)
                 else:
@@ -130,10 +153,12 @@ class _Response:
 
 @dataclass(slots=True)
 class AdminAccess:
-    """The admin endpoints of a listener: the sessions they act on, and the bearer token (None: none asked)."""
+    """The admin endpoints of a listener: the sessions they act on, the bearer token (None: none asked), and
+    the other workers, whose sessions this listener answers for too."""
 
     sessions: a.SessionsSource
     token: str | None = None
+    peers: Peers = field(default_factory=lambda: Peers(worker=0, workers=1))
     bans: BansSource | None = None  # the defender's: GET /bans, DELETE /bans/ADDRESS (alg.ops.bans)
 
 
@@ -195,9 +220,9 @@ class HttpListener:
             response = _Response(400, b"bad request\n")
             method = b"GET"
         else:
-            method, path, authorization = request
+            method, path, query, authorization = request
             if self.admin is not None and (a.is_admin_path(path) or is_bans_path(path)):
-                response = self._admin(self.admin, method, path, authorization)
+                response = await self._admin(self.admin, method, path, query, authorization)
             else:
                 response = await self._route(method, path)
         _write(writer, response, head_only=method == b"HEAD")
@@ -222,7 +247,9 @@ class HttpListener:
             return _Response(200, generate_latest(self.gateway.metrics.registry), METRICS_CONTENT_TYPE)
         return _Response(200, _INDEX)
 
-    def _admin(self, admin: AdminAccess, method: bytes, path: bytes, authorization: bytes | None) -> _Response:
+    async def _admin(
+        self, admin: AdminAccess, method: bytes, path: bytes, query: bytes, authorization: bytes | None
+    ) -> _Response:
         # The token is checked before anything else, so a caller without it learns nothing, not even a 404.
         if not a.authorized(authorization, admin.token):
             self.gateway.metrics.admin_unauthorized.inc()
@@ -233,18 +260,15 @@ class HttpListener:
         if path == b"/sessions":
             if method not in (b"GET", b"HEAD"):
                 return _Response(405, b"method not allowed\n", headers=(("Allow", "GET, HEAD"),))
-            return _Response(200, a.sessions_json(admin.sessions.snapshot()), "application/json")
-        target = a.session_number(path)
+            return await _list_sessions(admin, whole=query != b"scope=worker")
+        target = a.session_path(path)
         if target is None:
             return _Response(404, b"not found\n")
-        number, end_path = target
+        given, end_path = target
         if (method, end_path) not in ((b"DELETE", False), (b"POST", True)):
             allow = "POST" if end_path else "DELETE"
             return _Response(405, b"method not allowed\n", headers=(("Allow", allow),))
-        if not admin.sessions.end(number):
-            return _Response(404, f"no session {number}\n".encode())
-        log.info("session ended by the administrator session=%d", number)
-        return _Response(200, f"session {number} ended\n".encode())
+        return await _end_session(admin, given)
 
 
 def _bans(bans: BansSource | None, method: bytes, path: bytes) -> _Response:
@@ -263,9 +287,43 @@ def _bans(bans: BansSource | None, method: bytes, path: bytes) -> _Response:
     return _Response(200, f"ban on {lifted.client} lifted\n".encode())
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, bytes, bytes | None] | None:
-    """(method, path without query, Authorization value or None) of the request, after reading its head;
-    None when it is not HTTP."""
+async def _list_sessions(admin: AdminAccess, *, whole: bool) -> _Response:
+    """This worker's sessions, and (whole) every other worker's, in id order."""
+    sessions = admin.sessions.snapshot()
+    document: dict[str, Any] = {"sessions": sessions, "workers": admin.peers.workers}
+    if whole and admin.peers.workers > 1:
+        others, silent = await admin.peers.sessions()
+        sessions.extend(others)
+        if silent or len(admin.peers.addresses) < admin.peers.workers - 1:
+            missing = set(range(admin.peers.workers)) - {admin.peers.worker} - set(admin.peers.addresses)
+            document["unreachable_workers"] = sorted({*silent, *missing})
+    sessions.sort(key=lambda session: a.parse_session_id(str(session.get("id")), 1) or (1 << 16, 0))
+    return _Response(200, a.json_document(document), "application/json")
+
+
+async def _end_session(admin: AdminAccess, given: str) -> _Response:
+    """End the session `given` names, here or at the worker that holds it."""
+    peers = admin.peers
+    parsed = a.parse_session_id(given, peers.workers)
+    if parsed is None:
+        text = f"no session {given}: with {peers.workers} workers, give the id as WORKER-NUMBER (see /sessions)"
+        return _Response(404, (text + "\n").encode())
+    worker, number = parsed
+    session = a.session_id(worker, number)
+    if worker != peers.worker:
+        status, body = await peers.ask(worker, "DELETE", f"/sessions/{session}")
+        if status == 0:
+            return _Response(404, f"no session {session}: worker {worker} did not answer\n".encode())
+        return _Response(status, body)
+    if not admin.sessions.end(session):
+        return _Response(404, f"no session {session}\n".encode())
+    log.info("session ended by the administrator", extra=fields(session=session))
+    return _Response(200, f"session {session} ended\n".encode())
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, bytes, bytes, bytes | None] | None:
+    """(method, path, query, Authorization value or None) of the request, after reading its head; None when
+    it is not HTTP."""
     first = await reader.readline()
     if not first.endswith(b"\n"):
         raise asyncio.IncompleteReadError(first, None)
@@ -285,7 +343,8 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, bytes, bytes 
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
         return None
     method, target = parts[0], parts[1]
-    return method, target.split(b"?", 1)[0], authorization
+    path, _, query = target.partition(b"?")
+    return method, path, query, authorization
 
 
 def _write(writer: asyncio.StreamWriter, response: _Response, *, head_only: bool) -> None:
@@ -312,16 +371,19 @@ async def start_http(
     return listener
 
 
-async def start_http_listeners(settings: Any, gateway: Gateway, sessions: a.SessionsSource) -> list[HttpListener]:
+async def start_http_listeners(
+    settings: Settings, gateway: Gateway, sessions: a.SessionsSource, worker: int = 0
+) -> list[HttpListener]:
     """The listeners the settings ask for: metrics_listen, and admin.listen (one listener when both are equal).
     ConfigError when the admin token file cannot be read."""
-    metrics_at: HostPort | None = getattr(settings, "metrics_listen", None)
-    admin_settings = getattr(settings, "admin", None)
-    admin_at: HostPort | None = getattr(admin_settings, "listen", None)
+    metrics_at = settings.metrics_listen
+    admin_at = settings.admin.listen
     admin = None
     if admin_at is not None:
-        token = a.read_token(getattr(admin_settings, "token_file", None))
-        admin = AdminAccess(sessions, token, bans=getattr(gateway, "guard", None))
+        token = a.read_token(settings.admin.token_file)
+        addresses = peer_addresses(admin_at, worker, settings.workers)
+        peers = Peers(worker, settings.workers, addresses, token)
+        admin = AdminAccess(sessions, token, peers, bans=gateway.guard)
     listeners: list[HttpListener] = []
     try:
         if metrics_at is not None:

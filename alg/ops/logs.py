@@ -2,7 +2,9 @@
 
 Rules: one record is one line, `key=value` (logfmt) by default or one JSON object; every value is quoted or
 escaped so no byte from a peer can start a new line or forge a field; a session's lines carry `session=<id>`;
-finished transfers go to the `ftp_alg.transfer` logger, optionally into a file of their own.
+finished transfers go to the `ftp_alg.transfer` logger, optionally into a file of their own. An event's fields
+are passed as `extra=fields(client=..., upstream=...)` with a short sentence as the message: JSON makes each a
+key, the text format writes them after the sentence inside `msg`, as `session start client=... upstream=...`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import logging
 import logging.handlers
 import re
 import sys
+from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from alg.ops.config import LogSettings
@@ -63,6 +66,36 @@ def redact(line: bytes) -> bytes:
     return match.group(1) + (b" ***" if match.group(2) else b"")
 
 
+# ---- an event's fields -----------------------------------------------------------------------------------------
+
+FIELDS = "fields"  # the LogRecord attribute that carries them (one name: logging refuses extras like `name`)
+
+
+def fields(**values: object) -> dict[str, object]:
+    """`extra=` for a log call: `log.info("session start", extra=fields(client=peer, upstream=address))`. Values
+    that come from the network must be printable() first, as in a message."""
+    return {FIELDS: values}
+
+
+class SessionLog(logging.LoggerAdapter[logging.Logger]):
+    """A logger for one session (or worker): its own keys (`session`) on every line, merged with the fields of
+    each call (the stock adapter drops a call's `extra=`)."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs
+
+
+def _plain(value: object) -> object:
+    """A field value as JSON keeps it: numbers, booleans and null as they are, anything else as its text."""
+    return value if value is None or isinstance(value, str | int | float | bool) else str(value)
+
+
+def _event_fields(record: logging.LogRecord) -> Mapping[str, object]:
+    values = getattr(record, FIELDS, None)
+    return values if isinstance(values, Mapping) else {}
+
+
 # ---- formatting ----------------------------------------------------------------------------------------------
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` (session, transfer fields).
@@ -75,30 +108,41 @@ def quoted(value: str) -> str:
     return value if _BARE.fullmatch(value) else json.dumps(value)
 
 
-def record_fields(record: logging.LogRecord, formatter: logging.Formatter) -> dict[str, object]:
-    """ts, level, logger, msg, then the record's extra fields (session first), then exc when there is one."""
-    fields: dict[str, object] = {
+def record_fields(
+    record: logging.LogRecord, formatter: logging.Formatter, *, fields_in_msg: bool = False
+) -> dict[str, object]:
+    """ts, level, logger, msg, then the record's extra fields (session first), then exc when there is one.
+    fields_in_msg: an event's fields() go after the sentence in msg (the text format) instead of being keys."""
+    event = _event_fields(record)
+    message = record.getMessage()
+    if fields_in_msg and event:
+        message = " ".join([message, *(f"{key}={value}" for key, value in event.items())])
+    out: dict[str, object] = {
         "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
         "level": record.levelname.lower(),
         "logger": record.name,
-        "msg": record.getMessage(),
+        "msg": message,
     }
-    extra = {key: value for key, value in vars(record).items() if key not in _RECORD_FIELDS}
+    extra = {key: value for key, value in vars(record).items() if key not in _RECORD_FIELDS and key != FIELDS}
     if "session" in extra:
-        fields["session"] = extra.pop("session")
-    fields.update(extra)
+        out["session"] = extra.pop("session")
+    if not fields_in_msg:
+        for key, value in event.items():
+            out[key if key not in out else f"{key}_"] = _plain(value)  # a field never hides ts, level or msg
+    out.update(extra)
     if record.exc_info:
-        fields["exc"] = formatter.formatException(record.exc_info)
+        out["exc"] = formatter.formatException(record.exc_info)
     elif record.exc_text:
-        fields["exc"] = record.exc_text
-    return fields
+        out["exc"] = record.exc_text
+    return out
 
 
 class KeyValueFormatter(logging.Formatter):
     """`ts=2025-01-01T00:00:00.000+00:00 level=info logger=ftp_alg.session msg="session start ..." session=3`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return " ".join(f"{key}={quoted(str(value))}" for key, value in record_fields(record, self).items())
+        pairs = record_fields(record, self, fields_in_msg=True).items()
+        return " ".join(f"{key}={quoted(str(value))}" for key, value in pairs)
 
 
 class JsonFormatter(logging.Formatter):

@@ -89,6 +89,9 @@ PROTECTIONS = ("clear", "tls")
 BYTE_DIRECTIONS = ("download", "upload")
 PROXY_REFUSAL_REASONS = ("untrusted", "missing", "malformed", "oversized", "timeout")
 POOLS = ("public", "internal")
+# Where an unexpected exception was caught at a task's error boundary: a data connection (its transfer ends with
+# 426) or a session (it ends with 421).
+INTERNAL_ERROR_PLACES = ("data", "session")
 DEFENDER_STORES = ("workers", "redis")  # where shared defender state lives (alg.gateway.guard)
 
 _SETUP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -246,6 +249,18 @@ class Metrics:
             "Requests to the admin endpoints (/sessions) refused with 401: no or a wrong bearer token.",
             registry=r,
         )
+        self.reloads = Counter(
+            "ftp_alg_reloads", "Settings reloads (SIGHUP) by result: ok, or failed (all kept).", ["result"], registry=r
+        )
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
+        self.internal_errors = Counter(
+            "ftp_alg_internal_errors",
+            "Unexpected exceptions (bugs) caught at a task's error boundary, by where: data (the transfer ended"
+            " with 426) or session (the session ended with 421). Each is logged once with its traceback.",
+            ["where"],
+            registry=r,
+        )
         self.build_info = Info("ftp_alg_build", "Version of ftp-alg.", registry=r)
         self.build_info.info({"version": __version__})
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... (Linux /proc only)
@@ -266,6 +281,12 @@ class Metrics:
             self.data_failed.labels(reason)
         for reason in REFUSAL_REASONS:
             self.refusals.labels(reason)
+        self.tls_probes = Counter(
+            "ftp_alg_tls_probes",
+            "AUTH TLS asked of a gateway whose TLS toward clients is off (answered 502; lftp and FileZilla ask by "
+            "default): not counted in ftp_alg_refusals_total, so it raises no probing alert.",
+            registry=r,
+        )
         for side in TLS_SIDES:
             for channel in TLS_CHANNELS:
                 for outcome in TLS_OUTCOMES:
@@ -277,6 +298,8 @@ class Metrics:
         }
         for pool in POOLS:
             self.pool_size.labels(pool)
+        for where in INTERNAL_ERROR_PLACES:
+            self.internal_errors.labels(where)
         self._pool_in_use_series = {pool: self.pool_in_use.labels(pool) for pool in POOLS}
         self._declare_scaleout(r)
         self._declare_defender(r)
@@ -310,6 +333,12 @@ class Metrics:
         self.upstream_connect_failures = Counter(
             "ftp_alg_upstream_connect_failures",
             "Connects to an upstream that failed before its 220 banner (the session then tries the next).",
+            labels,
+            registry=r,
+        )
+        self.upstream_resolve_failures = Counter(
+            "ftp_alg_upstream_resolve_failures",
+            "Lookups of an upstream's host name that found no address (the upstream is unhealthy until one does).",
             labels,
             registry=r,
         )
@@ -349,6 +378,7 @@ class Metrics:
                 self.upstream_sessions_active,
                 self.upstream_healthy,
                 self.upstream_connect_failures,
+                self.upstream_resolve_failures,
             ):
                 metric.labels(name)
 
@@ -389,11 +419,17 @@ class Metrics:
 
     def refused(self, reason: str) -> None:
         reason = reason.replace("-", "_")
+        if reason == "tls_off":  # a client's routine AUTH TLS probe, not a hostile request: counted apart
+            self.tls_probes.inc()
+            return
         self.refusals.labels(reason if reason in REFUSAL_REASONS else "command_rule").inc()
 
     def data_failure(self, reason: str) -> None:
         reason = reason.replace("-", "_")
         self.data_failed.labels(reason if reason in DATA_FAILURES else "reset").inc()
+
+    def internal_error(self, where: str) -> None:
+        self.internal_errors.labels(where).inc()
 
     def session_ended(self, outcome: str) -> None:
         self.sessions.labels(outcome if outcome in SESSION_OUTCOMES else "error").inc()

@@ -47,6 +47,11 @@ def _not_after(cert: x509.Certificate) -> datetime.datetime:
     return cert.not_valid_after_utc
 
 
+def expiry_of(pem: bytes) -> float:
+    """Unix time at which the leaf (first) certificate of a PEM chain expires."""
+    return _not_after(x509.load_pem_x509_certificates(pem)[0]).timestamp()
+
+
 def expiry_timestamp(cert_path: Path) -> float:
     """Unix time at which the leaf (first) certificate of `cert_path` expires."""
     return _not_after(_chain(cert_path, "tls.client.cert")[0]).timestamp()

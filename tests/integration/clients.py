@@ -371,6 +371,12 @@ try:
             results.append({"op": name, "reply": reply})
         elif name == "cmd":
             results.append({"op": name, "reply": ftp.sendcmd(args[0])})
+        elif name == "drop_retr":
+            # Read the start of a transfer, then drop the data connection (no ABOR): the RETR's own final reply.
+            conn = ftp.transfercmd("RETR " + args[0])
+            received = len(conn.recv(32768))
+            conn.close()
+            results.append({"op": name, "received": received, "reply": ftp.getmultiline()})
         elif name == "abor_retr":
             # Read the start of a transfer, drop the data connection, ABOR: collect the replies up to 225/226.
             conn = ftp.transfercmd("RETR " + args[0])
@@ -417,6 +423,7 @@ def ftplib_run(
     ops: ("list", [dir]), ("nlst", [dir]), ("retr", remote, local), ("rest_retr", remote, local, offset),
     ("stor", local, remote), ("appe", local, remote), ("cmd", "RAW COMMAND"),
     ("abor_retr", remote): start a RETR, read 64 KiB, close the data connection, ABOR (result: codes).
+    ("drop_retr", remote): start a RETR, read up to 32 KiB, close the data connection (result: the final reply).
     The report (result.data) has ok, error, results (one per op) and transcript [(">"|"<", line)]."""
     spec = {
         "host": str(target.addr),

@@ -34,7 +34,7 @@ T = TypeVar("T")
 Socket = socket.socket
 Arg = str | os.PathLike[str]
 
-# The only addresses the integration tests ever use (docs/DESIGN.md, "Address plan").
+# The only addresses the integration tests ever use (docs/architecture.md, "Tests").
 PUBLIC_NET = ipaddress.IPv4Network("203.0.113.0/24")
 INTERNAL_NET = ipaddress.IPv4Network("198.51.100.0/24")
 LAN_NET = ipaddress.IPv4Network("198.18.0.0/24")
@@ -43,6 +43,7 @@ DOC_NET6 = ipaddress.IPv6Network("2001:db8::/32")  # IPv6 test hosts: the docume
 
 NS_PREFIX = "falg-"
 NETNS_DIR = Path("/run/netns")
+NETNS_ETC = Path("/etc/netns")  # per-namespace /etc files that `ip netns exec` binds over /etc
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GUARD_TABLE = "falg_guard"
 
@@ -162,6 +163,7 @@ def _kill_namespace_processes(netns: str) -> None:
 def _delete_namespace(netns: str) -> None:
     _kill_namespace_processes(netns)
     _ip("netns", "del", netns, check=False)
+    shutil.rmtree(NETNS_ETC / netns, ignore_errors=True)
 
 
 def cleanup_stale_namespaces() -> list[str]:
@@ -295,6 +297,14 @@ class Host:
     def addr(self) -> ipaddress.IPv4Address:
         """The host's primary address (for the gateway: its public one)."""
         return next(iter(self.interfaces.values())).ip
+
+    def hosts_file(self, text: str) -> None:
+        """/etc/hosts as processes in this namespace see it: `ip netns exec` binds /etc/netns/NAME/hosts over
+        /etc/hosts. Rewritten in place (same inode), so a process already running sees each new version."""
+        path = NETNS_ETC / self.netns / "hosts"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as hosts:
+            hosts.write(text)
 
     def iface_addr(self, iface: str) -> ipaddress.IPv4Address:
         return self.interfaces[iface].ip

@@ -199,6 +199,6 @@ def test_two_workers_share_scores_and_bans(reverse_topo: Topology, vsftpd: FtpSe
     assert gateway.log().count("defender ban client=203.0.113.10/32") == 1
     assert sum(worker_value(topo, w, "ftp_alg_defender_bans_total", event="login_failed") for w in (0, 1)) == 1
     gateway.process.signal(signal.SIGHUP)
-    wait_until("reloaded", lambda: gateway.log().count("reload: the defender keeps its 1 bans") == 2)
+    wait_until("reloaded", lambda: gateway.log().count("defender reconfigured enabled=True bans=1") == 2)
     assert guess(topo, GUESSER) == 421
     assert download(topo, USER) == payload

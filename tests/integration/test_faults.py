@@ -67,17 +67,19 @@ def gateway_holds_nothing(topo: Topology) -> bool:
 
 
 def test_upstream_down_gets_421_with_a_clear_text(reverse_topo: Topology) -> None:
-    """Fault: nothing listens on the upstream's port. The client gets one 421 naming the server and the cause,
-    then the connection closes; the session is counted as upstream_unreachable."""
+    """Fault: nothing listens on the upstream's port. The client gets one 421 naming the cause but not the
+    internal address (the log names it), then the connection closes; the session is counted as
+    upstream_unreachable."""
     topo = reverse_topo
-    start_gateway(topo)
+    gateway = start_gateway(topo)
     with RawFtp.open(topo.client, topo.public_addr) as client:
         answer = client.reply()
         assert answer.code == 421
-        assert answer.text.strip() == (
-            "421 Service not available: the FTP server 198.51.100.10:21 cannot be reached (Connection refused)."
+        assert (
+            answer.text.strip() == "421 Service not available: the FTP server cannot be reached (Connection refused)."
         )
         assert client.closed() == b""
+    assert "upstream unreachable upstream=198.51.100.10:21" in gateway.log()
     samples = scrape(topo)
     assert metric(samples, "ftp_alg_sessions_total", outcome="upstream_unreachable") == 1
     assert metric(samples, "ftp_alg_sessions_active") == 0

@@ -147,13 +147,13 @@ def test_sighup_reloads_rules_for_a_connected_session(site: Site, stop_after: li
 
     rules_path.write_text(READ_ONLY)
     gateway.process.signal(signal.SIGHUP)
-    wait_log(gateway, "rules reloaded", 1)
+    wait_log(gateway, "settings reloaded", 1)
     assert send(site, ftp, "DELE upload/second.txt") == "553 Read-only gateway (test rule)."
     assert second.exists()
 
     rules_path.write_text("commands:\n  rules: [{deny: DELE, code: 200}]\n")  # invalid: keeps the old rules
     gateway.process.signal(signal.SIGHUP)
-    wait_log(gateway, "rules reload failed, keeping the previous rules", 1)
+    wait_log(gateway, "reload failed, keeping the running settings", 1)
     assert "commands.rules[0] (line 2): code must be a 4xx or 5xx reply" in gateway.log()
     assert send(site, ftp, "DELE upload/second.txt") == "553 Read-only gateway (test rule)."
     assert send(site, ftp, "NOOP").startswith("200")

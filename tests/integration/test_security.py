@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pwd
 import random
 from collections.abc import Callable
@@ -333,7 +334,11 @@ def test_the_gateway_binds_port_21_as_root_then_runs_as_the_configured_user(
     gateway = start_gateway(topo, {"user": "nobody"})
     nobody = pwd.getpwnam("nobody")
     wait_until("privileges dropped", lambda: "running as user=nobody" in gateway.log())
-    ids = proc_ids(gateway.process.pid)
+    # The worker serves; its parent keeps root only to read renewed certificates at SIGHUP, and holds no socket.
+    parent = gateway.process.pid
+    [worker] = map(int, Path(f"/proc/{parent}/task/{parent}/children").read_text().split())
+    assert not [fd for fd in Path(f"/proc/{parent}/fd").iterdir() if os.readlink(fd).startswith("socket:")]
+    ids = proc_ids(worker)
     assert ids["Uid"] == [str(nobody.pw_uid)] * 4, ids
     assert ids["Gid"] == [str(nobody.pw_gid)] * 4, ids
     assert ids["Groups"] == [], ids

@@ -7,13 +7,14 @@ client 203.0.113.10 ─ gw 203.0.113.1 | 198.51.100.1 ─ vsftpd a 198.51.100.10
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from clients import ClientTls, curl_download
-from netns import Topology
-from pki import issue_for
+from netns import REPO_ROOT, Topology
+from pki import Pki, issue_for
 from scaleout import http_get, start_gateway, value, wait_for
 from servers import FtpServer, FtpTarget
 
@@ -197,3 +198,70 @@ table ip public_nat {
         assert result.ok, result.stderr[-2000:]
         assert f"227 Entering Passive Mode ({announced}," in result.stderr
         assert hashlib.sha256(dest.read_bytes()).hexdigest() == server.seeded["big.bin"]
+
+
+def test_upstream_host_names_from_a_hosts_file(
+    reverse_topo: Topology, ftp_server_factory: Callable[..., FtpServer], tmp_path: Path
+) -> None:
+    """The gateway's namespace has its own /etc/hosts: the name's first address refuses (nothing listens on
+    198.51.100.11), the second is vsftpd; the name then vanishes (unhealthy, counted, logged once) and comes back."""
+    topo = reverse_topo
+    server = ftp_server_factory("vsftpd", topo.server)
+    topo.server.ip("addr", "add", "198.51.100.11/24", "dev", next(iter(topo.server.interfaces)))
+    gw = topo.gw
+    gw.hosts_file("127.0.0.1 localhost\n198.51.100.11 ftp.internal.example\n198.51.100.10 ftp.internal.example\n")
+    upstream = {"address": "ftp.internal.example:21", "name": "web", "resolve_interval_s": 0.2}
+    process = start_gateway(gw, {"listen": f"{GW}:21", "passive_ports": "50000-50019", "upstreams": [upstream]})
+
+    def download(index: int) -> None:
+        dest = tmp_path / f"big-{index}.bin"
+        result = curl_download(topo.client, server.target(GW, 21), "big.bin", dest)
+        assert result.ok, result.stderr[-2000:]
+        assert hashlib.sha256(dest.read_bytes()).hexdigest() == server.seeded["big.bin"]
+        assert "198.51.100" not in result.stderr and "ftp.internal" not in result.stderr
+
+    download(0)
+    assert value(gw, "ftp_alg_upstream_sessions_total", upstream="web") == 1
+    assert value(gw, "ftp_alg_upstream_connect_failures_total", upstream="web") == 1  # .11 refused, .10 served
+
+    gw.hosts_file("127.0.0.1 localhost\n")
+    wait_for("name gone", lambda: value(gw, "ftp_alg_upstream_healthy", upstream="web") == 0, timeout_s=10)
+    wait_for("counted", lambda: value(gw, "ftp_alg_upstream_resolve_failures_total", upstream="web") >= 2)
+    assert process.log().count("upstream name does not resolve upstream=web") == 1  # once per change
+    status, body = http_get(gw, "/readyz")
+    assert status == 503 and "no upstream is healthy: web" in body, body
+
+    gw.hosts_file("127.0.0.1 localhost\n198.51.100.10 ftp.internal.example\n")
+    wait_for("name back", lambda: value(gw, "ftp_alg_upstream_healthy", upstream="web") == 1, timeout_s=10)
+    assert "upstream resolved upstream=web addresses=198.51.100.10:21" in process.log()
+    download(1)
+    assert value(gw, "ftp_alg_upstream_connect_failures_total", upstream="web") == 1  # only .10 is tried now
+
+
+def test_an_upstream_name_that_does_not_resolve_stops_the_start(reverse_topo: Topology) -> None:
+    gw = reverse_topo.gw
+    gw.hosts_file("127.0.0.1 localhost\n")
+    result = gw.run(
+        [sys.executable, "-m", "alg.cli", "run", "--listen", f"{GW}:21", "--upstream", "nowhere.internal.example"],
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "upstream: nowhere.internal.example does not resolve" in result.stderr
+    assert "give a name this host resolves (/etc/hosts, DNS) or an IP address" in result.stderr
+
+
+def test_tls_to_an_upstream_given_by_name_checks_the_certificate_against_the_name(
+    reverse_topo: Topology, ftp_server_factory: Callable[..., FtpServer], pki: Pki, tmp_path: Path
+) -> None:
+    """vsftpd's certificate names other.test only (not its address): the gateway, dialling other.test from its
+    hosts file, verifies it against that name, as a client dialling the name would, and the session goes on."""
+    topo = reverse_topo
+    server = ftp_server_factory("vsftpd", topo.server, tls=pki.wrong_name)
+    topo.gw.hosts_file("127.0.0.1 localhost\n198.51.100.10 other.test\n")
+    tls = {"upstream": {"mode": "require", "ca_file": str(pki.ca_file)}}
+    start_gateway(topo.gw, {"listen": f"{GW}:21", "passive_ports": "50000-50019", "upstream": "other.test", "tls": tls})
+    dest = tmp_path / "big.bin"
+    result = curl_download(topo.client, server.target(GW, 21), "big.bin", dest)
+    assert result.ok, result.stderr[-2000:]
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == server.seeded["big.bin"]
+    assert value(topo.gw, "ftp_alg_tls_handshakes_total", side="server", channel="data", outcome="ok") >= 1

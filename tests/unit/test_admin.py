@@ -16,13 +16,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from alg import cli
 from alg.errors import ConfigError
 from alg.gateway.workers import worker_settings
-from alg.ops import admin, admin_client, http
+from alg.ops import admin, admin_client, admin_peers, http
 from alg.ops.config import load_config
 from alg.ops.metrics import Metrics
 
 TOKEN = "s3cret-token"
 SESSION = {
-    "id": 7,
+    "id": "0-7",
     "client": "203.0.113.10:40000",
     "user": "alice",
     "logged_in": True,
@@ -47,15 +47,15 @@ SESSION = {
 
 class FakeSessions:
     def __init__(self) -> None:
-        self.ended: list[int] = []
+        self.ended: list[str] = []
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [SESSION]
 
-    def end(self, number: int) -> bool:
-        if number != 7:
+    def end(self, session_id: str) -> bool:
+        if session_id != "0-7":
             return False
-        self.ended.append(number)
+        self.ended.append(session_id)
         return True
 
 
@@ -112,7 +112,7 @@ def test_sessions_listed_as_json_with_the_right_token() -> None:
     status, headers, body = ask(server, b"GET /sessions HTTP/1.1\r\nHost: x\r\n" + auth(TOKEN) + b"\r\n")
     assert status == 200
     assert headers["Content-Type"] == "application/json"
-    assert json.loads(body) == {"sessions": [SESSION]}
+    assert json.loads(body) == {"sessions": [SESSION], "workers": 1}
     assert unauthorized_count(server) == 0
 
 
@@ -148,14 +148,30 @@ def test_no_token_configured_lets_requests_through() -> None:
 
 def test_end_a_session() -> None:
     server = listener()
-    status, _, body = ask(server, b"DELETE /sessions/7 HTTP/1.1\r\n" + auth(TOKEN) + b"\r\n")
-    assert (status, body) == (200, b"session 7 ended\n")
-    status, _, _ = ask(server, b"POST /sessions/7/end HTTP/1.1\r\nContent-Length: 0\r\n" + auth(TOKEN) + b"\r\n")
+    status, _, body = ask(server, b"DELETE /sessions/0-7 HTTP/1.1\r\n" + auth(TOKEN) + b"\r\n")
+    assert (status, body) == (200, b"session 0-7 ended\n")
+    status, _, _ = ask(server, b"POST /sessions/0-7/end HTTP/1.1\r\nContent-Length: 0\r\n" + auth(TOKEN) + b"\r\n")
     assert status == 200
+    # With one worker a bare number is that worker's session: there is no other it could name.
+    status, _, body = ask(server, b"DELETE /sessions/7 HTTP/1.1\r\n" + auth(TOKEN) + b"\r\n")
+    assert (status, body) == (200, b"session 0-7 ended\n")
     assert server.admin is not None
-    assert server.admin.sessions.ended == [7, 7]  # type: ignore[attr-defined]
-    status, _, body = ask(server, b"DELETE /sessions/8 HTTP/1.1\r\n" + auth(TOKEN) + b"\r\n")
-    assert (status, body) == (404, b"no session 8\n")
+    assert server.admin.sessions.ended == ["0-7", "0-7", "0-7"]  # type: ignore[attr-defined]
+    status, _, body = ask(server, b"DELETE /sessions/0-8 HTTP/1.1\r\n" + auth(TOKEN) + b"\r\n")
+    assert (status, body) == (404, b"no session 0-8\n")
+
+
+def test_with_several_workers_a_bare_number_names_no_session() -> None:
+    server = listener()
+    assert server.admin is not None
+    server.admin.peers = admin_peers.Peers(worker=0, workers=2)
+    status, _, body = ask(server, b"DELETE /sessions/7 HTTP/1.1\r\n" + auth(TOKEN) + b"\r\n")
+    assert status == 404 and b"give the id as WORKER-NUMBER" in body
+    status, _, body = ask(server, b"DELETE /sessions/1-7 HTTP/1.1\r\n" + auth(TOKEN) + b"\r\n")
+    assert (status, body) == (404, b"no session 1-7: worker 1 did not answer\n")  # its address is unknown (port 0)
+    assert server.admin.sessions.ended == []  # type: ignore[attr-defined]
+    status, _, body = ask(server, b"GET /sessions HTTP/1.1\r\n" + auth(TOKEN) + b"\r\n")
+    assert json.loads(body) == {"sessions": [SESSION], "workers": 2, "unreachable_workers": [1]}
 
 
 @pytest.mark.parametrize(
@@ -234,11 +250,11 @@ def test_admin_settings(tmp_path: Path) -> None:
 
 
 def test_table_escapes_and_aligns() -> None:
-    hostile = dict(SESSION, id=12, user="eve\x1b[2J\r\n", transfers=[])
+    hostile = dict(SESSION, id="1-12", user="eve\x1b[2J\r\n", transfers=[])
     text = admin_client.table([SESSION, hostile])
     lines = text.splitlines()
     assert lines[0].split() == list(admin_client.COLUMNS)
-    assert lines[1].split()[:4] == ["7", "203.0.113.10:40000", "alice", "198.51.100.10:21"]
+    assert lines[1].split()[:4] == ["0-7", "203.0.113.10:40000", "alice", "198.51.100.10:21"]
     assert lines[1].endswith("RETR big.bin 3.0 MiB")
     assert "\x1b" not in text and "eve\\x1b[2J\\r\\n" in lines[2]
     assert lines[1].index("198.51.100.10:21") == lines[2].index("198.51.100.10:21")

@@ -32,7 +32,7 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     """alg.gateway.server replaced by a serve() that records its settings and returns at once."""
     served: list[Settings] = []
 
-    async def serve(settings: Settings, worker: int = 0) -> None:
+    async def serve(settings: Settings, worker: int = 0, **reloads: object) -> None:
         served.append(settings)
 
     module = types.ModuleType("alg.gateway.server")
@@ -72,9 +72,11 @@ def test_check_flag_overrides_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert "passive_ports=60000-60099" in out and "workers=2" in out
 
 
-def test_check_needs_config(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["check"]) == 2
-    assert "--config" in one_error_line(capsys)
+def test_check_flags_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check", *FLAGS]) == 0
+    assert capsys.readouterr().out.startswith("ok: mode=reverse listen=203.0.113.1:21 upstream=198.51.100.10:21")
+    assert cli.main(["check"]) == 2  # the defaults alone name no FTP server
+    assert "upstream: required in reverse mode" in one_error_line(capsys)
 
 
 def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,7 +117,7 @@ def test_run_bad_file_starts_nothing(
 
 
 def test_run_interrupted_returns_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    async def serve(settings: Settings, worker: int = 0) -> None:
+    async def serve(settings: Settings, worker: int = 0, **reloads: object) -> None:
         raise KeyboardInterrupt
 
     module = types.ModuleType("alg.gateway.server")
@@ -126,7 +128,7 @@ def test_run_interrupted_returns_130(monkeypatch: pytest.MonkeyPatch, capsys: py
 
 
 def test_run_os_error_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    async def serve(settings: Settings, worker: int = 0) -> None:
+    async def serve(settings: Settings, worker: int = 0, **reloads: object) -> None:
         raise PermissionError(13, "Permission denied")
 
     module = types.ModuleType("alg.gateway.server")

@@ -176,3 +176,21 @@ def test_settings_keys_and_errors() -> None:
         settings_from_mapping({"upstream": "198.51.100.10", "defender": {"ban_s": 100, "max_ban_s": 10}})
     with pytest.raises(ConfigError, match="store"):
         settings_from_mapping({"upstream": "198.51.100.10", "defender": {"store": "memcached://x"}})
+
+
+def test_an_empty_allowlist_is_no_network_and_every_act_has_a_score() -> None:
+    for empty in ([], None):
+        defender = settings_from_mapping({"upstream": "198.51.100.10", "defender": {"allowlist": empty}}).defender
+        assert defender.allowlist == ()
+    with pytest.raises(ConfigError, match="allowlist"):
+        settings_from_mapping({"upstream": "198.51.100.10", "defender": {"allowlist": [5]}})
+    defender = Defender(DefenderSettings(enabled=True))
+    assert {offence: defender.points(offence) for offence in Offence} == {
+        Offence.LOGIN_FAILED: 2,
+        Offence.REFUSED_COMMAND: 1,
+        Offence.BOUNCE: 5,
+        Offence.PORT_THEFT: 5,
+        Offence.TLS_GARBAGE: 3,
+        Offence.OVERLONG_LINE: 3,
+        Offence.OVER_LIMIT: 1,
+    }

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from alg import cli
+from alg import __version__, cli
 from alg.gateway.instance import for_instance
 from alg.ops.config import load_config
 
@@ -108,7 +108,63 @@ def test_containerfile_installs_a_wheel_runs_unprivileged_and_checks_health() ->
     user = [line for line in lines if line.startswith("USER ")]
     assert user and user[-1].split()[1].split(":")[0] not in ("root", "0")
     assert "HEALTHCHECK" in text and "/healthz" in text
-    assert 'ENTRYPOINT ["ftp-alg"]' in text
+    assert "COPY --chmod=755 deploy/container-entrypoint.sh /usr/local/bin/ftp-alg-entrypoint" in text
+    assert 'ENTRYPOINT ["/usr/local/bin/ftp-alg-entrypoint"]' in text
+
+
+def test_every_file_the_containerfile_copies_from_the_checkout_exists() -> None:
+    """A missing file fails `podman build`, which the suite cannot run (no base image offline)."""
+    sources = []
+    for line in CONTAINERFILE.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(word.startswith("--from") for word in words):
+            sources += [word for word in words[1:-1] if not word.startswith("--")]
+    assert "constraints.txt" in sources and "LICENSE" in sources
+    assert [source for source in sources if not (ROOT / source).exists()] == []
+
+
+def entrypoint(tmp_path: Path, *args: str, public: str | None) -> subprocess.CompletedProcess[str]:
+    """deploy/container-entrypoint.sh as the image runs it, with a stand-in `ftp-alg` that shows what it got."""
+    stand_in = tmp_path / "bin" / "ftp-alg"
+    stand_in.parent.mkdir(exist_ok=True)
+    stand_in.write_text('#!/bin/sh\necho "ftp-alg $* public=${FTP_ALG_PUBLIC_ADDRESS:-}"\n')
+    stand_in.chmod(0o755)
+    env = {"PATH": f"{stand_in.parent}{os.pathsep}/usr/bin:/bin"}
+    if public is not None:
+        env["FTP_ALG_PUBLIC_ADDRESS"] = public
+    script = DEPLOY / "container-entrypoint.sh"
+    return subprocess.run(["sh", script, *args], capture_output=True, text=True, timeout=30, env=env)
+
+
+@pytest.mark.parametrize("public", [None, ""])
+def test_the_container_refuses_to_run_without_the_public_address_and_names_the_variable(
+    tmp_path: Path, public: str | None
+) -> None:
+    refused = entrypoint(tmp_path, "run", "--config", "/etc/ftp-alg/gateway.yaml", public=public)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.startswith("ftp-alg: error: set FTP_ALG_PUBLIC_ADDRESS to the IP address FTP clients dial")
+    assert len(refused.stderr.splitlines()) == 1
+
+
+def test_the_container_runs_with_the_public_address_and_passes_other_commands_through(tmp_path: Path) -> None:
+    config = ("--config", "/etc/ftp-alg/gateway.yaml")
+    started = entrypoint(tmp_path, "run", *config, public="203.0.113.7")
+    assert started.returncode == 0 and started.stdout == f"ftp-alg run {' '.join(config)} public=203.0.113.7\n"
+    flag = entrypoint(tmp_path, "run", *config, "--public-address", "203.0.113.8", public=None)
+    assert flag.returncode == 0 and "--public-address 203.0.113.8" in flag.stdout
+    for command in (["sessions"], ["check", *config], ["--version"]):
+        passed = entrypoint(tmp_path, *command, public=None)
+        assert passed.returncode == 0 and passed.stdout == f"ftp-alg {' '.join(command)} public=\n"
+
+
+def test_the_image_config_takes_its_public_address_from_the_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = DEPLOY / "container-gateway.yaml"
+    assert load_config(config).public_address is None  # nothing baked in: the entrypoint requires the variable
+    monkeypatch.setenv("FTP_ALG_PUBLIC_ADDRESS", "203.0.113.7")
+    assert cli.main(["check", "--config", str(config)]) == 0
+    assert "public_address=203.0.113.7" in capsys.readouterr().out
 
 
 def test_the_image_default_config_passes_check_and_serves_the_healthcheck_port(
@@ -125,17 +181,23 @@ def test_the_image_default_config_passes_check_and_serves_the_healthcheck_port(
 
 def test_the_wheel_holds_the_package_and_its_entry_point(tmp_path: Path) -> None:
     # What the container's build stage does: a wheel from this checkout, with no network (--no-deps,
-    # --no-build-isolation use what is installed here).
+    # --no-build-isolation use what is installed here). -v shows setuptools' warnings: a deprecated setting
+    # (as `license = { text = ... }` was) means the build stops working on the date the warning names.
     result = run(
-        sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path, ".", cwd=ROOT
+        sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation", "-w", tmp_path, ".", cwd=ROOT
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "deprecat" not in (result.stdout + result.stderr).lower(), result.stdout + result.stderr
     (wheel,) = tmp_path.glob("ftp_alg-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "alg/cli.py" in names and "alg/gateway/registry.py" in names
     assert not any(name.startswith("tests/") for name in names)
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
     assert "ftp-alg = alg.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    # PEP 639: the licence as an SPDX expression, and its text inside the wheel.
+    metadata = zipfile.ZipFile(wheel).read(f"ftp_alg-{__version__}.dist-info/METADATA").decode()
+    assert "License-Expression: MIT" in metadata and f"Version: {__version__}" in metadata
+    assert f"ftp_alg-{__version__}.dist-info/licenses/LICENSE" in names
 
 
 # ---- Kubernetes -----------------------------------------------------------------------------------------------
@@ -167,6 +229,12 @@ def test_configmap_config_passes_check_and_each_pod_gets_the_slice_the_balancer_
     env = env_of(container)
     assert env["FTP_ALG_INSTANCE"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert int(env["FTP_ALG_INSTANCES"]) == replicas
+    # The public address: a required key (a pod without it is not started), not a value in the settings.
+    public_ref = env["FTP_ALG_PUBLIC_ADDRESS"]["configMapKeyRef"]
+    assert public_ref.get("optional") is False
+    public = manifest("ConfigMap", public_ref["name"])["data"][public_ref["key"]]
+    assert load_config(config).public_address is None
+    monkeypatch.setenv("FTP_ALG_PUBLIC_ADDRESS", public)
     balancer = haproxy_slices(manifest("ConfigMap", "ftp-alg-balancer")["data"]["haproxy.cfg"])
     assert len(balancer) == replicas
     settings = load_config(config)
@@ -175,7 +243,8 @@ def test_configmap_config_passes_check_and_each_pod_gets_the_slice_the_balancer_
         monkeypatch.setenv("FTP_ALG_INSTANCE", pod)
         monkeypatch.setenv("FTP_ALG_INSTANCES", env["FTP_ALG_INSTANCES"])
         assert cli.main(["check", "--config", str(config)]) == 0  # as the pod would start
-        assert "ok: mode=reverse" in capsys.readouterr().out
+        checked = capsys.readouterr().out
+        assert "ok: mode=reverse" in checked and f"public_address={public}" in checked
         mine = for_instance(settings, {"FTP_ALG_INSTANCE": pod, "FTP_ALG_INSTANCES": str(replicas)}).passive_ports
         assert balancer[f"gw{index}"] == (mine.first, mine.last)
     service = manifest("Service", "ftp")

@@ -315,3 +315,43 @@ def test_tls_garbage_after_auth_tls_is_scored(tmp_path: Path) -> None:
     assert seen["auth"].startswith(b"234")
     assert seen["next"].startswith(b"421 Service not available")
     assert seen["bans"] == 1
+
+
+async def reloaded(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Five wrong passwords under `first`, a SIGHUP-style reload to `second`, five more."""
+    upstream = ScriptedServer()
+    port = await upstream.start()
+    base = {"listen": "127.0.0.1:0", "upstream": f"127.0.0.1:{port}", "passive_ports": "50000-50009"}
+    gateway = Gateway(settings_from_mapping({**base, "defender": first}))
+    await gateway.start()
+    front = gateway.addresses[0].port
+    seen: dict[str, Any] = {}
+    try:
+        seen["before"] = await guess(front, 5)
+        gateway.reload(lambda: settings_from_mapping({**base, "defender": second}))
+        seen["threshold"] = gateway.guard.defender.settings.threshold
+        seen["bans_after_reload"] = [ban.client for ban in gateway.guard.bans()]
+        reader, writer = await asyncio.open_connection("127.0.0.1", front)
+        seen["door"] = await reply(reader)
+        writer.close()
+        if seen["door"].startswith(b"220"):
+            seen["after"] = await guess(front, 2)
+            seen["bans_in_the_end"] = [ban.client for ban in gateway.guard.bans()]
+        seen["reloads_ok"] = sample(gateway, "ftp_alg_reloads_total", result="ok")
+    finally:
+        await gateway.stop(1.0)
+        await upstream.stop()
+    return seen
+
+
+def test_a_reload_reconfigures_the_defender_and_its_bans_survive() -> None:
+    seen = asyncio.run(reloaded({"enabled": True}, {"enabled": True, "threshold": 4}))
+    assert seen["reloads_ok"] == 1 and seen["threshold"] == 4
+    assert seen["bans_after_reload"] == ["127.0.0.1/32"] and seen["door"].startswith(b"421 ")
+
+
+def test_a_reload_turns_the_defender_on() -> None:
+    seen = asyncio.run(reloaded({"enabled": False}, {"enabled": True, "threshold": 4}))
+    assert seen["reloads_ok"] == 1 and seen["bans_after_reload"] == [] and seen["door"].startswith(b"220")
+    # Two wrong passwords (4 points) after the reload reach its threshold: the defender scores from then on.
+    assert seen["bans_in_the_end"] == ["127.0.0.1/32"]

@@ -14,7 +14,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from alg.ftp.addresses import HostPort
+from alg.gateway.secure import TlsRuntime
 from alg.ops import banner, http
+from alg.ops.config_sections import HealthCheck
 from alg.ops.metrics import Metrics
 
 UPSTREAM = HostPort(ip_address("198.51.100.10"), 21)
@@ -53,8 +55,15 @@ def gateway(*, upstream: HostPort | None = None, stopping: bool = False, ready: 
     event = asyncio.Event()
     if ready:
         event.set()
+    servers = (SimpleNamespace(address=upstream),) if upstream is not None else ()
     return SimpleNamespace(
-        stopping=stopping, ready=event, settings=SimpleNamespace(upstream=upstream), metrics=Metrics()
+        stopping=stopping,
+        ready=event,
+        settings=SimpleNamespace(upstream_servers=servers),
+        metrics=Metrics(),
+        tls=TlsRuntime(),
+        upstream_health=lambda: "unchecked",
+        probe_address=lambda: upstream,
     )
 
 
@@ -177,7 +186,15 @@ async def test_readiness_checks_are_shared_and_cached(monkeypatch: pytest.Monkey
     assert len(calls) == 1
     assert set(reasons) == {"cannot connect to 198.51.100.10:21: Connection refused"}
     assert gw.metrics.upstream_ready._value.get() == 0
+    for _ in range(10):  # scrapes and probes in a row: the last answer, no new connection
+        await readiness.check()
+    assert len(calls) == 1
     readiness.cache_s = 0  # expired: the next check asks again
     assert await readiness.check() is None
     assert len(calls) == 2
     assert gw.metrics.upstream_ready._value.get() == 1
+
+
+def test_a_single_upstream_is_probed_at_most_once_per_health_interval() -> None:
+    assert HealthCheck().interval_s == http.READY_CACHE_S
+    assert http.Readiness(gateway(upstream=UPSTREAM)).cache_s == http.READY_CACHE_S

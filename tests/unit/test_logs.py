@@ -8,15 +8,19 @@ import logging
 import re
 import sys
 from collections.abc import Iterator
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
 
+from alg.ftp.addresses import HostPort
 from alg.ops.config import LogSettings
 from alg.ops.logs import (
     TRANSFER_LOGGER,
     JsonFormatter,
     KeyValueFormatter,
+    SessionLog,
+    fields,
     printable,
     quoted,
     redact,
@@ -204,3 +208,29 @@ def test_transfer_log_in_its_own_file(
     transfers.info("transfer", extra={"session": 4})
     assert parse_kv(capsys.readouterr().err.strip())["session"] == "4"
     assert "4" not in {str(json.loads(line)["session"]) for line in path.read_text().splitlines()}
+
+
+# ---- an event's fields: JSON keys, or key=value after the sentence in the text format --------------------------
+
+
+def test_fields_are_json_keys_and_follow_the_sentence_in_text() -> None:
+    log = SessionLog(logging.getLogger("ftp_alg.session"), {"session": 7})
+    upstream = HostPort(ip_address("198.51.100.10"), 21)
+    msg, kwargs = log.process("session start", {"extra": fields(client="203.0.113.10:5000", upstream=upstream)})
+    rec = record(msg, **kwargs["extra"])
+    as_json = json.loads(JsonFormatter().format(rec))
+    assert as_json["msg"] == "session start" and as_json["session"] == 7
+    assert as_json["client"] == "203.0.113.10:5000" and as_json["upstream"] == "198.51.100.10:21"  # text, not a list
+    text = parse_kv(KeyValueFormatter().format(rec))
+    assert text["msg"] == "session start client=203.0.113.10:5000 upstream=198.51.100.10:21"
+    assert text["session"] == "7" and "upstream" not in text
+
+
+def test_field_values_keep_their_json_types_and_never_hide_the_fixed_keys() -> None:
+    rec = record("transfer", **fields(bytes=65543, seconds=0.25, ok=True, level="forged", msg=HOSTILE))
+    as_json = json.loads(JsonFormatter().format(rec))
+    assert as_json["bytes"] == 65543 and as_json["seconds"] == 0.25 and as_json["ok"] is True
+    assert as_json["level"] == "info" and as_json["level_"] == "forged" and as_json["msg"] == "transfer"
+    assert as_json["msg_"] == HOSTILE
+    line = KeyValueFormatter().format(rec)
+    assert "\r" not in line and "\x1b" not in line and parse_kv(line)["level"] == "info"

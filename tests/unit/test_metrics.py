@@ -26,6 +26,7 @@ from alg.ops.metrics import (
     DATA_FAILURES,
     DATA_MODES,
     DEFENDER_STORES,
+    INTERNAL_ERROR_PLACES,
     KNOWN_VERBS,
     POOLS,
     PROTECTIONS,
@@ -82,6 +83,7 @@ def test_every_labelled_series_exists_at_zero_from_start() -> None:
         *(("ftp_alg_refusals_total", {"reason": r}) for r in REFUSAL_REASONS),
         *(("ftp_alg_port_pool_size", {"pool": p}) for p in POOLS),
         *(("ftp_alg_port_pool_in_use", {"pool": p}) for p in POOLS),
+        *(("ftp_alg_internal_errors_total", {"where": w}) for w in INTERNAL_ERROR_PLACES),
         ("ftp_alg_sessions_active", {}),
         ("ftp_alg_data_channels_active", {}),
         ("ftp_alg_upstream_ready", {}),
@@ -210,6 +212,7 @@ def test_no_label_ever_carries_an_address_a_user_or_a_path() -> None:
         *REFUSAL_REASONS,
         *POOLS,
         *PROXY_REFUSAL_REASONS,
+        *INTERNAL_ERROR_PLACES,
         "1",  # PROXY protocol versions
         "2",
         __version__,
@@ -349,3 +352,15 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     checked = run_promtool("check", "rules", str(path))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"SUCCESS: {len(rules)} rules found" in checked.stdout
+
+
+def test_an_auth_tls_probe_to_a_gateway_without_tls_is_not_a_refusal() -> None:
+    """lftp and FileZilla ask AUTH TLS by default: counted in ftp_alg_tls_probes_total, so the refusal rate the
+    probing alert watches (ftp_alg_refusals_total) stays what hostile requests make it."""
+    metrics = Metrics()
+    metrics.refused("tls_off")
+    metrics.refused("tls_off")
+    metrics.refused("bounce")
+    get = metrics.registry.get_sample_value
+    assert get("ftp_alg_tls_probes_total") == 2
+    assert sum(get("ftp_alg_refusals_total", {"reason": reason}) or 0 for reason in REFUSAL_REASONS) == 1

@@ -1,7 +1,7 @@
 """The data relay: the same tests run against both movers (splice and asyncio) and both event loops.
 
 Each test joins `client <-> a` and `b <-> server` (socketpairs or TCP over loopback), relays a <-> b, and
-checks what the peers see: the bytes, the ends of stream, the first-EOF report, the timeout and the errors.
+checks what the peers see: the bytes, the ends of stream, the end-of-file reports, the timeout and the errors.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def test_both_directions_arrive_whole_and_are_counted(rig: Rig, mode: str, loop_
     up = os.urandom(700 * 1024 + 3)
 
     async def main() -> tuple[RelayResult, bytes, bytes]:
-        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_first_eof=lambda: None, mode=mode))
+        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_eof=lambda _: None, mode=mode))
         got_by_server, got_by_client, _, _ = await asyncio.gather(
             _read_all(rig.server),
             _read_all(rig.client),
@@ -118,7 +118,7 @@ def test_both_directions_arrive_whole_and_are_counted(rig: Rig, mode: str, loop_
 
 def test_empty_transfer_counts_zero_and_ends(rig: Rig, mode: str, loop_kind: str) -> None:
     async def main() -> tuple[RelayResult, bytes, bytes]:
-        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_first_eof=lambda: None, mode=mode))
+        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_eof=lambda _: None, mode=mode))
         rig.client.shutdown(socket.SHUT_WR)
         rig.server.shutdown(socket.SHUT_WR)
         got = await asyncio.gather(_read_all(rig.server), _read_all(rig.client))
@@ -132,7 +132,7 @@ def test_counts_can_be_read_while_the_relay_runs(rig: Rig, mode: str, loop_kind:
         loop = asyncio.get_running_loop()
         counts = RelayResult()
         task = asyncio.create_task(
-            relay(rig.a, rig.b, idle_timeout_s=10, on_first_eof=lambda: None, result=counts, mode=mode)
+            relay(rig.a, rig.b, idle_timeout_s=10, on_eof=lambda _: None, result=counts, mode=mode)
         )
         await loop.sock_sendall(rig.client, b"x" * 1000)
         received = b""
@@ -148,7 +148,7 @@ def test_counts_can_be_read_while_the_relay_runs(rig: Rig, mode: str, loop_kind:
     assert _run(loop_kind, main) == (1000, 1000)
 
 
-# --- half-close and the first-EOF report ----------------------------------------------------------------------
+# --- half-close and the end-of-file reports ------------------------------------------------------------------
 
 
 def test_half_close_is_passed_on_and_the_other_direction_keeps_flowing(rig: Rig, mode: str, loop_kind: str) -> None:
@@ -156,7 +156,7 @@ def test_half_close_is_passed_on_and_the_other_direction_keeps_flowing(rig: Rig,
 
     async def main() -> tuple[bytes, bytes, RelayResult]:
         loop = asyncio.get_running_loop()
-        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_first_eof=lambda: None, mode=mode))
+        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_eof=lambda _: None, mode=mode))
         await _send_and_close(rig.client, b"upload")
         upload = await _read_all(rig.server)  # ends: the client's EOF reached the server
         assert not task.done()
@@ -172,7 +172,7 @@ def test_half_close_is_passed_on_and_the_other_direction_keeps_flowing(rig: Rig,
 
 def test_half_close_from_the_b_side(rig: Rig, mode: str, loop_kind: str) -> None:
     async def main() -> tuple[bytes, bytes]:
-        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_first_eof=lambda: None, mode=mode))
+        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_eof=lambda _: None, mode=mode))
         await _send_and_close(rig.server, b"download")
         download = await _read_all(rig.client)
         await _send_and_close(rig.client, b"late")
@@ -183,20 +183,20 @@ def test_half_close_from_the_b_side(rig: Rig, mode: str, loop_kind: str) -> None
     assert _run(loop_kind, main) == (b"download", b"late")
 
 
-def test_first_eof_is_reported_once_after_the_last_byte_was_delivered(rig: Rig, mode: str, loop_kind: str) -> None:
+def test_each_end_of_file_is_reported_once_after_its_last_byte_was_delivered(
+    rig: Rig, mode: str, loop_kind: str
+) -> None:
     data = os.urandom(2 * 1024 * 1024)
 
-    async def main() -> list[tuple[int, int]]:
+    async def main() -> list[tuple[bool, int]]:
         counts = RelayResult()
-        reports: list[tuple[int, int]] = []
+        reports: list[tuple[bool, int]] = []
         got: list[bytes] = []
 
-        def on_first_eof() -> None:
-            reports.append((counts.to_a, len(data)))
+        def on_eof(forward: bool) -> None:
+            reports.append((forward, counts.to_a))
 
-        task = asyncio.create_task(
-            relay(rig.a, rig.b, idle_timeout_s=10, on_first_eof=on_first_eof, result=counts, mode=mode)
-        )
+        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_eof=on_eof, result=counts, mode=mode))
         reader = asyncio.create_task(_read_all(rig.client))
         await asyncio.get_running_loop().sock_sendall(rig.server, data)
         assert reports == []  # both directions still open
@@ -209,18 +209,19 @@ def test_first_eof_is_reported_once_after_the_last_byte_was_delivered(rig: Rig, 
         assert got == [data]
         return reports
 
-    # When the 226 is allowed, every byte of the transfer has been handed to the client's socket.
-    assert _run(loop_kind, main) == [(len(data), len(data))]
+    # When the 226 is allowed, every byte of the transfer has been handed to the client's socket; the other
+    # direction's end is reported when it comes.
+    assert _run(loop_kind, main) == [(False, len(data)), (True, len(data))]
 
 
-def test_first_eof_is_reported_when_the_relay_fails(rig: Rig, mode: str, loop_kind: str) -> None:
+def test_no_end_of_file_is_reported_when_the_relay_fails(rig: Rig, mode: str, loop_kind: str) -> None:
     async def main() -> int:
         reports = []
         with pytest.raises(TimeoutError):
-            await relay(rig.a, rig.b, idle_timeout_s=0.05, on_first_eof=lambda: reports.append(1), mode=mode)
+            await relay(rig.a, rig.b, idle_timeout_s=0.05, on_eof=reports.append, mode=mode)
         return len(reports)
 
-    assert _run(loop_kind, main) == 1
+    assert _run(loop_kind, main) == 0
 
 
 # --- timeouts and errors --------------------------------------------------------------------------------------
@@ -232,7 +233,7 @@ def test_idle_timeout_raises_and_is_flagged(rig: Rig, mode: str, loop_kind: str)
         counts = RelayResult()
         started = loop.time()
         with pytest.raises(TimeoutError):
-            await relay(rig.a, rig.b, idle_timeout_s=0.1, on_first_eof=lambda: None, result=counts, mode=mode)
+            await relay(rig.a, rig.b, idle_timeout_s=0.1, on_eof=lambda _: None, result=counts, mode=mode)
         return counts, loop.time() - started
 
     counts, waited = _run(loop_kind, main)
@@ -243,7 +244,7 @@ def test_idle_timeout_raises_and_is_flagged(rig: Rig, mode: str, loop_kind: str)
 def test_traffic_keeps_the_relay_from_idling_out(rig: Rig, mode: str, loop_kind: str) -> None:
     async def main() -> RelayResult:
         loop = asyncio.get_running_loop()
-        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=0.2, on_first_eof=lambda: None, mode=mode))
+        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=0.2, on_eof=lambda _: None, mode=mode))
         for _ in range(8):  # 8 x 0.05 s: twice the idle timeout in total, never idle for that long
             await loop.sock_sendall(rig.client, b"tick")
             assert await loop.sock_recv(rig.server, 16) == b"tick"
@@ -264,7 +265,7 @@ def test_a_reset_peer_raises_connection_error(mode: str, loop_kind: str) -> None
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
-            task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_first_eof=lambda: None, mode=mode))
+            task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_eof=lambda _: None, mode=mode))
             await loop.sock_sendall(rig.client, b"x" * 100_000)
             rig.server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             rig.server.close()  # RST toward b
@@ -279,7 +280,7 @@ def test_a_reset_peer_raises_connection_error(mode: str, loop_kind: str) -> None
 
 def test_sockets_are_left_open_for_the_caller(rig: Rig, mode: str, loop_kind: str) -> None:
     async def main() -> None:
-        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_first_eof=lambda: None, mode=mode))
+        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_eof=lambda _: None, mode=mode))
         rig.client.shutdown(socket.SHUT_WR)
         rig.server.shutdown(socket.SHUT_WR)
         await asyncio.gather(_read_all(rig.client), _read_all(rig.server))
@@ -297,7 +298,7 @@ def test_no_descriptor_leaks_whatever_the_ending(mode: str, loop_kind: str) -> N
     """Pipes are closed after a clean end, a timeout, a reset and a cancellation."""
 
     async def clean(rig: Rig) -> None:
-        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_first_eof=lambda: None, mode=mode))
+        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_eof=lambda _: None, mode=mode))
         await asyncio.gather(_send_and_close(rig.client, b"a" * 70_000), _send_and_close(rig.server, b"b" * 5))
         await asyncio.gather(_read_all(rig.client), _read_all(rig.server))
         await task
@@ -305,10 +306,10 @@ def test_no_descriptor_leaks_whatever_the_ending(mode: str, loop_kind: str) -> N
     async def timeout(rig: Rig) -> None:
         await asyncio.get_running_loop().sock_sendall(rig.client, b"then silence")
         with pytest.raises(TimeoutError):
-            await relay(rig.a, rig.b, idle_timeout_s=0.05, on_first_eof=lambda: None, mode=mode)
+            await relay(rig.a, rig.b, idle_timeout_s=0.05, on_eof=lambda _: None, mode=mode)
 
     async def cancelled(rig: Rig) -> None:
-        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_first_eof=lambda: None, mode=mode))
+        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_eof=lambda _: None, mode=mode))
         await asyncio.get_running_loop().sock_sendall(rig.client, b"z" * 10_000)
         await asyncio.sleep(0.01)
         task.cancel()
@@ -316,7 +317,7 @@ def test_no_descriptor_leaks_whatever_the_ending(mode: str, loop_kind: str) -> N
             await task
 
     async def reset(rig: Rig) -> None:
-        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_first_eof=lambda: None, mode=mode))
+        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_eof=lambda _: None, mode=mode))
         await asyncio.get_running_loop().sock_sendall(rig.client, b"y" * 50_000)
         rig.server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         rig.server.close()
@@ -361,7 +362,7 @@ def test_splice_refused_by_the_kernel_falls_back_to_copying(
     data = os.urandom(300_000)
 
     async def main() -> tuple[RelayResult, bytes]:
-        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_first_eof=lambda: None, mode="splice"))
+        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_eof=lambda _: None, mode="splice"))
         got, _, _ = await asyncio.gather(
             _read_all(rig.server), _send_and_close(rig.client, data), _send_and_close(rig.server, b"")
         )
@@ -393,7 +394,7 @@ def test_splice_carries_bulk_and_small_transfers_cost_no_pipe(
     data = os.urandom(size)
 
     async def main() -> bytes:
-        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_first_eof=lambda: None, mode="splice"))
+        task = asyncio.create_task(relay(rig.a, rig.b, idle_timeout_s=10, on_eof=lambda _: None, mode="splice"))
         got, _, _ = await asyncio.gather(
             _read_all(rig.server), _send_and_close(rig.client, data), _send_and_close(rig.server, b"")
         )

@@ -169,11 +169,12 @@ def test_sighup_reload_takes_a_renewed_certificate_and_keeps_the_old_one_for_a_b
 
     cert.write_text("-----BEGIN CERTIFICATE-----\nbroken\n")  # a renewal gone wrong
     gateway.reload()
-    assert certificate.context is first, "a file that does not load keeps the certificate in use"
+    assert gateway.tls.certificate is certificate, "a file that does not load keeps the certificate in use"
+    assert gateway.metrics.registry.get_sample_value("ftp_alg_reloads_total", {"result": "failed"}) == 1
 
     write(tmp_path, ca.issue_cert("ftp.example.test", not_after=now + datetime.timedelta(days=90)))
     gateway.reload()
-    assert certificate.context is not first
+    assert gateway.tls.certificate is not None and gateway.tls.certificate.context is not first
     assert abs(expiry() - (now + datetime.timedelta(days=90)).timestamp()) < 5
 
 

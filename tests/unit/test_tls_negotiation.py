@@ -78,6 +78,8 @@ def test_refuse_mode_answers_auth_with_502_and_plain_ftp_goes_on() -> None:
     assert not any(isinstance(a, StartClientTls) for a in out)
     assert to_server(out) == b""  # never reaches the server: the gateway answers for the client side
     assert to_server(ch.client_data(b"USER ftp\r\n")) == b"USER ftp\r\n"
+    # A client's routine probe (lftp, FileZilla): its own reason, counted apart from hostile refusals.
+    assert [a.rule for a in out if isinstance(a, Refused)] == ["tls_off"]
 
 
 @pytest.mark.parametrize("argument", [b"TLS", b"tls", b"TLS-C", b"SSL"])

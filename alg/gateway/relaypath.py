@@ -1,0 +1,213 @@
+"""The relay data path: a data connection's two legs connected (passive: the server's first, then our port is
+announced; active: the server accepted first), made TLS where PROT P asked for it, and relayed by the gateway.
+
+Rules: one job per carry(); it fills `ended`, closes its sockets and its listener whatever happens, and speaks to
+the data channels only through TransferEvents. The error boundary and the finish are the data channels'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from alg.ftp.addresses import HostPort
+from alg.ftp.channelstate import DOWNLOAD_VERBS
+from alg.gateway import secure
+from alg.gateway.context import GatewayContext
+from alg.gateway.transfer import DataJob, Ended, Transfer, TransferEvents
+from alg.net.dataplane import RelayResult, accept_from, connect_from, relay
+from alg.net.delivery import DeliveryWatch
+from alg.net.tls import Leg, TlsTruncated, relay_legs
+from alg.ops.logs import fields
+from alg.ops.metrics import ByteCounts
+
+# How long a TLS server leg is read and drained after its client leg broke (_linger).
+LINGER_S = 2.0
+
+
+@dataclass(slots=True, frozen=True)
+class DataTls:
+    """What making a session's data legs TLS needs from its control connections."""
+
+    client_context: ssl.SSLContext | None  # the client-facing context the session started with
+    server_session: Callable[[], ssl.SSLSession | None]  # the upstream control session, to resume
+    upstream: HostPort
+
+
+class RelayPath:
+    def __init__(self, context: GatewayContext, tls: DataTls, log: logging.LoggerAdapter[logging.Logger]) -> None:
+        self.context = context
+        self.tls = tls
+        self.log = log
+
+    async def carry(self, job: DataJob, events: TransferEvents, ended: Ended) -> None:
+        """Passive: connect to the server's passive port first, then announce our port to the
+        client, so a port the server re-announces cannot receive another session's late connection, and the
+        client's data flows at once. Active: accept the server first, then connect to the client."""
+        accepted: socket.socket | None = None
+        connected: socket.socket | None = None
+        try:
+            if job.transfer.mode == "passive":
+                connected = await self._connect(job, ended)
+                if connected is None:
+                    return
+                events.announce(job)
+            accepted = await self._accept(job, events, ended)
+            if accepted is None:
+                return
+            events.connected(job)
+            if connected is None:
+                connected = await self._connect(job, ended)
+                if connected is None:
+                    return
+            await self._relay(job, events, ended, accepted, connected)
+        finally:
+            job.listener.close()
+            events.pools_changed()
+            for sock in (accepted, connected):
+                if sock is not None:
+                    sock.close()
+
+    async def _connect(self, job: DataJob, ended: Ended) -> socket.socket | None:
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.context.timeouts.data_connect_s):
+                sock = await connect_from(job.source, job.target)
+        except TimeoutError:
+            ended.failure = "connect_timeout"
+            return None
+        except OSError as error:
+            self.log.warning("data connect failed", extra=fields(ticket=job.ticket, target=job.target, error=error))
+            ended.failure = "connect_failed"
+            return None
+        self.context.metrics.data_setup_seconds.observe(time.monotonic() - started)
+        return sock
+
+    async def _accept(self, job: DataJob, events: TransferEvents, ended: Ended) -> socket.socket | None:
+        try:
+            async with asyncio.timeout(self.context.timeouts.data_connect_s):
+                return await accept_from(job.listener, job.expected, lambda ip: events.stranger(job, ip))
+        except TimeoutError:
+            ended.failure = "accept_timeout"
+            return None
+        finally:
+            job.listener.close()
+            events.pools_changed()
+
+    async def _relay(
+        self, job: DataJob, events: TransferEvents, ended: Ended, accepted: socket.socket, connected: socket.socket
+    ) -> None:
+        transfer, metrics = job.transfer, self.context.metrics
+        legs = None
+        if transfer.client_tls or transfer.server_tls:
+            try:
+                legs = await self._secure_legs(transfer, accepted, connected)
+            except secure.DataTlsFailed as error:
+                ended.failure, ended.text = error.reason, str(error)
+                if error.reason == "tls_session_reuse":
+                    metrics.refused("tls_session_reuse")
+                return
+        events.relaying(job)
+        metrics.data_protected(transfer.client_tls, transfer.server_tls)
+        counts = RelayResult()
+        transfer.moved, transfer.started = _byte_counts(counts, transfer.mode), time.time()
+        token = metrics.relay_started(transfer.moved)
+        metrics.data_active.inc()
+        started = time.monotonic()
+        watch = DeliveryWatch(lambda: events.delivered(job))
+
+        def eof(forward: bool) -> None:
+            # Only the end of the transfer's own direction completes it (a download: the server's data has
+            # reached the client, and the client acknowledged it); a client that closes its side of a
+            # download early, or drops it with bytes still in our send buffer, has not received it.
+            if _carries(transfer, forward=forward):
+                watch.sent(connected if forward else accepted)
+            else:
+                watch.look_again()  # a receiver closes after it has read (and acknowledged) everything
+
+        try:
+            idle = self.context.timeouts.data_idle_s
+            if legs is None:  # plain on both legs: the zero-copy relay
+                await relay(accepted, connected, idle_timeout_s=idle, on_eof=eof, result=counts)
+            else:
+                await relay_legs(*legs, idle_timeout_s=idle, on_eof=eof, result=counts)
+            if not watch.settle():
+                ended.failure = "reset"  # both sides ended, but the receiver never acknowledged the last bytes
+        except TimeoutError:
+            ended.failure = "idle_timeout"
+        except TlsTruncated:
+            ended.failure = "tls_truncated"
+        except (ConnectionError, OSError, ssl.SSLError):
+            ended.failure = "reset"
+            if transfer.server_tls:
+                transfer.lingering = True
+                await _linger(connected if transfer.mode == "passive" else accepted)
+        except asyncio.CancelledError:
+            ended.failure = "aborted"  # ABOR, or the session closing under a running transfer
+            if transfer.server_tls:
+                # Cut (an ABOR the server left unanswered): the server's TLS leg still ends with a FIN and is
+                # drained, never a reset, which proftpd's mod_tls takes for a fatal error (_linger).
+                await _linger(connected if transfer.mode == "passive" else accepted)
+            raise
+        finally:
+            watch.stop()
+            metrics.data_active.dec()
+            ended.moved, ended.seconds = metrics.relay_finished(token), time.monotonic() - started
+
+    async def _secure_legs(
+        self, transfer: Transfer, accepted: socket.socket, connected: socket.socket
+    ) -> tuple[Leg, Leg]:
+        """TLS on the legs that PROT P asked for; in relay order (the accepted socket first)."""
+        passive = transfer.mode == "passive"
+        client_sock, server_sock = (accepted, connected) if passive else (connected, accepted)
+        client_leg, server_leg = await secure.wrap_data_legs(
+            client_sock,
+            server_sock,
+            client_tls=transfer.client_tls,
+            server_tls=transfer.server_tls,
+            runtime=self.context.tls,
+            client_context=self.tls.client_context,
+            # Read now, not at the control handshake: a TLS 1.3 ticket arrives after it (docs/architecture.md).
+            server_session=self.tls.server_session(),
+            upstream=self.tls.upstream,
+            metrics=self.context.metrics,
+            timeout_s=self.context.timeouts.data_connect_s,
+        )
+        return (client_leg, server_leg) if passive else (server_leg, client_leg)
+
+
+def _carries(transfer: Transfer, *, forward: bool) -> bool:
+    """Does the relay's `forward` direction (accepted socket to connected one) carry the transfer's data?"""
+    if transfer.verb is None:
+        return True  # no command seen yet: whichever end comes first
+    download = transfer.verb in DOWNLOAD_VERBS
+    server_accepted = transfer.mode == "active"  # active: the server's leg is the accepted one
+    return forward == (download == server_accepted)
+
+
+def _byte_counts(result: RelayResult, mode: str) -> ByteCounts:
+    """(download, upload) of a running relay: passive, `a` is the client's leg; active, `a` is the server's."""
+    if mode == "active":
+        return lambda: (result.to_b, result.to_a)
+    return lambda: (result.to_a, result.to_b)
+
+
+async def _linger(sock: socket.socket | None) -> None:
+    """A TLS server leg whose client leg broke: our end closes with a FIN and what the server still sends is read
+    and dropped until it ends its own (it stops once it reads the ABOR), bounded by LINGER_S. Closed at once
+    with its data unread, the socket would answer with a reset, which proftpd's mod_tls takes for a fatal broken
+    pipe and ends the whole session on."""
+    if sock is None:
+        return
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(OSError, TimeoutError):
+        sock.shutdown(socket.SHUT_WR)
+        async with asyncio.timeout(LINGER_S):
+            while await loop.sock_recv(sock, 256 * 1024):
+                pass
