@@ -338,7 +338,7 @@ class Gateway:
             return
         route, secured = None, implicit_tls
         if self.upstreams is not None:
-            route, secured = await self._route(reader, writer, secured=implicit_tls)
+            route, secured = await self._route(reader, writer, client, secured=implicit_tls)
             if route is None:
                 self.metrics.session_ended("client_closed")
                 writer.close()
@@ -413,7 +413,7 @@ class Gateway:
                 self._empty.set()
 
     async def _route(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, secured: bool
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: IPAddress, *, secured: bool
     ) -> tuple[Route | None, bool]:
         """The upstreams this session tries, in order, and whether the client's control connection is TLS now;
         per_user: after our own greeting and the client's USER (None when it never came), which an FTPS
@@ -427,7 +427,10 @@ class Gateway:
             context = certificate.context  # the session's data connections resume against this one
 
             async def start() -> bool:
-                return await secure.client_handshake(reader, writer, self.tls, context, self.metrics, log)
+                if await secure.client_handshake(reader, writer, self.tls, context, self.metrics, log):
+                    return True
+                self.guard.offence(client, Offence.TLS_GARBAGE)  # as a session's own AUTH TLS would
+                return False
 
             front_tls = FrontTls(required=self.tls.client_mode == "require", start=start, secured=secured)
         login = await read_user(reader, writer, self.settings.timeouts.login_s, front_tls)

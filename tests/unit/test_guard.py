@@ -269,13 +269,21 @@ def test_a_user_under_attack_waits_after_a_failed_login() -> None:
     assert asyncio.run(slowed_login(0.3)) >= 0.3
 
 
-async def garbage_after_auth_tls(cert: Path, key: Path) -> dict[str, Any]:
+async def garbage_after_auth_tls(cert: Path, key: Path, *, per_user: bool) -> dict[str, Any]:
     upstream = ScriptedServer()
     port = await upstream.start()
+    # per_user: the gateway answers AUTH TLS itself, before USER picks the upstream (server.Gateway._route).
+    where: dict[str, Any] = {"upstream": f"127.0.0.1:{port}"}
+    if per_user:
+        where = {
+            "upstreams": [{"address": f"127.0.0.1:{port}", "name": "a"}],
+            "upstream_policy": "per_user",
+            "upstream_users": {"alice": "a"},
+        }
     settings = settings_from_mapping(
         {
             "listen": "127.0.0.1:0",
-            "upstream": f"127.0.0.1:{port}",
+            **where,
             "passive_ports": "50000-50009",
             "tls": {"client": {"mode": "allow", "cert": str(cert), "key": str(key)}},
             "defender": {"enabled": True, "threshold": 3},
@@ -311,10 +319,11 @@ def test_tls_garbage_after_auth_tls_is_scored(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
     leaf.private_key_pem.write_to_path(str(key))
-    seen = asyncio.run(garbage_after_auth_tls(cert, key))
-    assert seen["auth"].startswith(b"234")
-    assert seen["next"].startswith(b"421 Service not available")
-    assert seen["bans"] == 1
+    for per_user in (False, True):
+        seen = asyncio.run(garbage_after_auth_tls(cert, key, per_user=per_user))
+        assert seen["auth"].startswith(b"234"), per_user
+        assert seen["next"].startswith(b"421 Service not available"), per_user
+        assert seen["bans"] == 1, per_user
 
 
 async def reloaded(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
