@@ -1,4 +1,4 @@
-"""`ftp-alg run|check|demo|diagnose|sessions`: flags and a config file in, an exit code out.
+"""`ftp-alg run|check|demo|diagnose|sessions|bans`: flags and a config file in, an exit code out.
 
 Rules: the only module that picks the event loop, prints errors for people or returns exit codes
 (0 done, 1 failed at run time, 2 bad usage or config, 130 interrupted). An error is one line, no traceback.
@@ -112,7 +112,17 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         metavar="{relay,kernel}",
         help="relay: ftp-alg carries the data bytes; kernel: nftables NAT mappings (default: relay)",
     )
+    _add_defender_override(group)
     _add_tls_overrides(parser)
+
+
+def _add_defender_override(group: Any) -> None:
+    group.add_argument(
+        "--defender",
+        action="store_const",
+        const=True,
+        help="ban password guessers and hostile clients, with the defender's defaults (default: off)",
+    )
 
 
 def _add_tls_overrides(parser: argparse.ArgumentParser) -> None:
@@ -188,6 +198,7 @@ _OVERRIDE_DESTS = (
     "tls_upstream_verify",
     "tls_upstream_data",
     "data_path",
+    "defender",
 )
 
 
@@ -281,6 +292,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_cmd_demo)
     _add_diagnose(commands)
     _add_sessions(commands)
+    _add_bans(commands)
     return parser
 
 
@@ -447,6 +459,22 @@ def _add_sessions(commands: Any) -> None:
 
     add_parser(commands)
     commands.choices["sessions"].set_defaults(handler=_cmd_sessions)
+
+
+def _add_bans(commands: Any) -> None:
+    from alg.ops.admin_client import add_bans_parser
+
+    add_bans_parser(commands)
+    commands.choices["bans"].set_defaults(handler=_cmd_bans)
+
+
+def _cmd_bans(args: argparse.Namespace) -> int:
+    from alg.ops.admin_client import UsageError, run_bans
+
+    try:
+        return run_bans(args)
+    except UsageError as exc:
+        return _fail(str(exc))
 
 
 def _cmd_sessions(args: argparse.Namespace) -> int:

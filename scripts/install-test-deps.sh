@@ -19,6 +19,8 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 PACKAGES=(
     vsftpd lftp curl tnftp nftables iproute2 procps openssl prometheus haproxy
+    # the defender's shared store (defender.store: redis://...), started by its test on loopback
+    redis-server
     # ftp-alg's kernel data path (data_path: kernel) loads libnftables in-process (ctypes)
     libnftables1
     # shared libraries of the unpacked pure-ftpd / proftpd binaries
@@ -41,7 +43,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # vsftpd's package starts a system daemon on :21 in the root namespace; the tests run
 # their own in namespaces, so stop it where there is an init system that started it.
-for daemon in vsftpd haproxy; do
+for daemon in vsftpd haproxy redis-server; do
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$daemon" 2>/dev/null; then
         $SUDO systemctl stop "$daemon" || true
         $SUDO systemctl disable "$daemon" >/dev/null 2>&1 || true

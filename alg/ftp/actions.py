@@ -98,6 +98,13 @@ class LoggedIn:
 
 
 @dataclass(frozen=True, slots=True)
+class LoginFailed:
+    """The server answered USER or PASS with 530 (a wrong password, or a user it refuses), for the defender."""
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
 class TransferRequested:
     ticket: int | None
     verb: str
@@ -123,6 +130,7 @@ Action = (
     | Translated
     | Refused
     | LoggedIn
+    | LoginFailed
     | TransferRequested
     | TransferReplied
     | StartClientTls

@@ -31,6 +31,7 @@ from alg.ftp.actions import (
     ListenForClient,
     ListenForServer,
     LoggedIn,
+    LoginFailed,
     Refused,
     Rewrote,
     SendToClient,
@@ -70,6 +71,7 @@ __all__ = [
     "ListenForClient",
     "ListenForServer",
     "LoggedIn",
+    "LoginFailed",
     "Refused",
     "Rewrote",
     "SendToClient",
@@ -436,6 +438,8 @@ class ControlChannel:
         if entry.verb in ("USER", "PASS") and code == 230:
             self.logged_in = True
             return [LoggedIn(self.user or "")]
+        if entry.verb in ("USER", "PASS") and code == 530:
+            return [LoginFailed(self.user or "")]  # a wrong password, or a name refused outright (the defender)
         return []
 
     # ---- server lines ------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ class SessionOutcome(StrEnum):
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
     REFUSED_LIMIT = "refused_limit"
     REFUSED_ACL = "refused_acl"
+    REFUSED_BANNED = "refused_banned"
     TIMEOUT = "timeout"
     PROTOCOL_ERROR = "protocol_error"
     TLS_FAILED = "tls_failed"

@@ -11,6 +11,7 @@ from alg.ftp import control as c
 from alg.ftp.addresses import IPAddress
 from alg.gateway import secure
 from alg.gateway.advertise import Advertiser
+from alg.gateway.guard import Guard
 from alg.net.dataplane import PortPool
 from alg.net.kernelpath import KernelPath
 from alg.ops.metrics import Metrics
@@ -40,3 +41,4 @@ class GatewayContext:
     tls: secure.TlsRuntime = field(default_factory=secure.TlsRuntime)
     kernel_path: KernelPath | None = None  # data_path: kernel, where the kernel allows it
     advertiser: Advertiser | None = None  # split horizon and port offset; None: public_address alone
+    guard: Guard | None = None  # the defender: scores hostile acts (alg.gateway.guard)

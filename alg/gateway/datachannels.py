@@ -23,6 +23,7 @@ from alg.gateway.context import GatewayContext
 from alg.gateway.relaypath import DataTls, RelayPath
 from alg.gateway.transfer import FAILURE_TEXT, INTERNAL_ERROR, DataJob, Ended, Transfer
 from alg.net.dataplane import Listener, open_listener
+from alg.ops.defender import Offence
 from alg.ops.logs import fields, printable
 
 transfer_log = logging.getLogger("ftp_alg.transfer")
@@ -148,6 +149,8 @@ class DataChannels:
 
     def stranger(self, job: DataJob, ip: IPAddress) -> None:
         self.context.metrics.refused(Refusal.PORT_THEFT)
+        if self.context.guard is not None:
+            self.context.guard.offence(ip, Offence.PORT_THEFT)
         self.log.warning(
             "data port theft attempt", extra=fields(ticket=job.ticket, **{"from": ip}, expected=job.expected)
         )

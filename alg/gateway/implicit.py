@@ -17,11 +17,13 @@ from typing import Protocol
 from alg.ftp.addresses import HostPort
 from alg.ftp.reasons import Refusal
 from alg.gateway.frontdoor import Origin, ProxyRefused, receive_origin_before_tls
+from alg.gateway.guard import Guard
 from alg.gateway.peers import hostport
 from alg.gateway.secure import TlsRuntime
 from alg.net.listeners import listening_socket
 from alg.net.tls import reason_of
 from alg.ops.config import Settings
+from alg.ops.defender import Offence
 from alg.ops.logs import fields
 from alg.ops.metrics import Metrics
 
@@ -35,6 +37,7 @@ class Gateway(Protocol):
     settings: Settings
     metrics: Metrics
     tls: TlsRuntime
+    guard: Guard  # the defender: a failed handshake is TLS garbage
 
     @property
     def stopping(self) -> bool: ...
@@ -112,6 +115,7 @@ class ImplicitListeners:
             outcome = "timeout" if isinstance(error, TimeoutError) else "failed"
             gateway.metrics.tls_handshake("client", "control", outcome)
             gateway.metrics.refused(Refusal.TLS_HANDSHAKE)
+            gateway.guard.offence(origin.client.ip, Offence.TLS_GARBAGE)
             log.info("implicit tls handshake %s", outcome, extra=fields(reason=reason_of(error)))
             conn.close()
             return

@@ -26,6 +26,7 @@ from alg.ftp.wire import reply
 from alg.gateway import advertise, kerneldata, secure
 from alg.gateway.advertise import Advertiser
 from alg.gateway.frontdoor import FrontTls, Origin, ProxyRefused, read_user, receive_origin
+from alg.gateway.guard import guard_for
 from alg.gateway.health import HealthChecker
 from alg.gateway.implicit import ImplicitListeners
 from alg.gateway.peers import hostport
@@ -42,6 +43,7 @@ from alg.net.transparent import original_destination
 from alg.ops.admin import session_id
 from alg.ops.config import HealthCheck, Settings
 from alg.ops.config_check import lookup_user
+from alg.ops.defender import Offence
 from alg.ops.logs import fields
 from alg.ops.metrics import Metrics
 from alg.ops.rules import Policy
@@ -124,6 +126,9 @@ class Gateway:
         self._update_certificate_expiry()
         self.context = context_from_settings(settings, self.metrics, self.policy, worker, self.tls)
         self.worker = worker
+        # The defender: its scores and bans live as long as the process; a reload reconfigures it (apply).
+        self.guard = guard_for(settings.defender, self.metrics, worker, settings.workers)
+        self.context.guard = self.guard
         self.sessions: dict[str, Session] = {}
         self.ready = asyncio.Event()
         self.addresses: list[HostPort] = []
@@ -196,6 +201,7 @@ class Gateway:
         self.implicit.start(self.settings.tls.client.implicit_listen, reuse_port=self.settings.workers > 1)
         if self.health is not None:
             self.health.start()
+        self.guard.start()
         log.info(
             "listening on %s",
             ", ".join(map(str, self.addresses)),
@@ -260,6 +266,7 @@ class Gateway:
         logging.getLogger().setLevel(settings.log.level.upper())
         self.settings = settings
         self._update_certificate_expiry(message.cert)
+        self.guard.reconfigure(settings.defender)  # its scores and bans stay
         self.metrics.reloads.labels("ok").inc()
         log.info(
             "settings reloaded rule_files=%d command_rules=%d upstreams=%d tls_client=%s",
@@ -332,7 +339,7 @@ class Gateway:
             return
         route, secured = None, implicit_tls
         if self.upstreams is not None:
-            route, secured = await self._route(reader, writer, secured=implicit_tls)
+            route, secured = await self._route(reader, writer, client, secured=implicit_tls)
             if route is None:
                 self.metrics.session_ended(SessionOutcome.CLIENT_CLOSED)
                 writer.close()
@@ -350,6 +357,9 @@ class Gateway:
         shutdown, no upstream), before any upstream is contacted."""
         if not self.policy.allows_client(client):
             await self._refuse_by_policy(writer, client, self.policy.client_refusal_text)
+            return None
+        if self.guard.refuses(client) is not None:
+            await self._refuse_banned(writer, client)
             return None
         refusal = self._limit_refusal(client)
         try:
@@ -380,6 +390,7 @@ class Gateway:
         if len(self.sessions) >= limits.max_sessions:
             return f"Too many connections ({limits.max_sessions}); try again later."
         if self._per_client[client] >= limits.max_sessions_per_client:
+            self.guard.offence(client, Offence.OVER_LIMIT)
             return f"Too many connections from your address ({limits.max_sessions_per_client})."
         return None
 
@@ -403,7 +414,7 @@ class Gateway:
                 self._empty.set()
 
     async def _route(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, secured: bool
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: IPAddress, *, secured: bool
     ) -> tuple[Route | None, bool]:
         """The upstreams this session tries, in order, and whether the client's control connection is TLS now;
         per_user: after our own greeting and the client's USER (None when it never came), which an FTPS
@@ -417,7 +428,10 @@ class Gateway:
             context = certificate.context  # the session's data connections resume against this one
 
             async def start() -> bool:
-                return await secure.client_handshake(reader, writer, self.tls, context, self.metrics, log)
+                if await secure.client_handshake(reader, writer, self.tls, context, self.metrics, log):
+                    return True
+                self.guard.offence(client, Offence.TLS_GARBAGE)  # as a session's own AUTH TLS would
+                return False
 
             front_tls = FrontTls(required=self.tls.client_mode == "require", start=start, secured=secured)
         login = await read_user(reader, writer, self.settings.timeouts.login_s, front_tls)
@@ -436,6 +450,12 @@ class Gateway:
         self.metrics.session_ended(SessionOutcome.REFUSED_ACL)
         log.info("connection refused", extra=fields(client=client, reason="acl", text=text))
         await _refuse(writer, text)
+
+    async def _refuse_banned(self, writer: asyncio.StreamWriter, client: IPAddress) -> None:
+        """421 and close, before any upstream is contacted: the defender banned this client."""
+        self.metrics.session_ended(SessionOutcome.REFUSED_BANNED)
+        log.info("connection refused", extra=fields(client=client, reason="banned"))
+        await _refuse(writer, "Service not available: too many failed or refused attempts from your address.")
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting, let sessions finish for up to grace_s, then close the rest."""
@@ -465,6 +485,7 @@ class Gateway:
         if kernel is not None and kernel.tasks:  # ended transfers whose counters are still being read
             await asyncio.wait(list(kernel.tasks), timeout=SETTLE_MAX_S + 1)
         self.close_kernel_path()
+        await self.guard.stop()  # last: sessions in their grace period still score and share
 
     def _refuse_backlog(self, fd: int) -> None:
         """421 to the connections the kernel completed that nobody accepted yet: closing the listener would

@@ -26,6 +26,7 @@ from alg.gateway.relaypath import DataTls
 from alg.gateway.transfer import Transfer
 from alg.gateway.upstreams import Route
 from alg.net.tls import describe
+from alg.ops.defender import Offence
 from alg.ops.logs import SessionLog, fields, printable, redact
 
 __all__ = ["GatewayContext", "Session", "Timeouts"]  # the context's home is alg.gateway.context
@@ -72,6 +73,7 @@ class Session:
         self._last_activity = time.monotonic()
         self._draining = False
         self._quit = False  # the client said QUIT: the server closing next is the normal end
+        self._login_delay = 0.0  # the defender slows the next try on a user name under attack
         # The client-facing TLS context this session started with: its data connections resume against it,
         # even after SIGHUP loaded a new certificate for later sessions.
         certificate = context.tls.certificate
@@ -182,6 +184,8 @@ class Session:
             self.log,
         ):
             self.outcome = SessionOutcome.TLS_FAILED
+            if self.context.guard is not None:
+                self.context.guard.offence(self.client.address.ip, Offence.TLS_GARBAGE)
             self.close(SessionOutcome.TLS_FAILED)
             return False
         self.tls_client = describe(self.client.writer.get_extra_info("ssl_object"))
@@ -274,6 +278,9 @@ class Session:
             while not self._closed.is_set():
                 await peer.can_read.wait()
                 data = await peer.reader.read(peers.READ_BYTES)
+                if from_client and self._login_delay > 0:  # after a failed login for a user under attack
+                    delay, self._login_delay = self._login_delay, 0.0
+                    await asyncio.sleep(delay)
                 lines = channel.client_lines
                 self.execute(feed(data))
                 if channel.client_lines != lines:
@@ -410,10 +417,16 @@ class Session:
                 self.log.debug("translated %s -> %s", client_verb, server_verb)
             case c.Refused(reason, verb, code, detail, rule):
                 metrics.refused(reason)
+                if self.context.guard is not None:
+                    self.context.guard.refused(self.client.address.ip, reason)
                 refused = fields(rule=rule or reason, verb=verb, code=code, detail=printable(detail))
                 self.log.info("refused", extra=refused)
             case c.LoggedIn(user):
                 self.log.info("logged in", extra=fields(user=printable(user)))
+            case c.LoginFailed(user):
+                if self.context.guard is not None:
+                    # The next read from the client waits this long: a user name under attack gets slow logins.
+                    self._login_delay = self.context.guard.login_failed(self.client.address.ip, user)
 
     def _write_client(self, parts: list[bytes]) -> None:
         if parts:

@@ -1,4 +1,5 @@
-"""`ftp-alg sessions`: list a running gateway's live sessions as a table, or end one (`--end ID`).
+"""`ftp-alg sessions`: list a running gateway's live sessions as a table, or end one (`--end ID`);
+`ftp-alg bans`: list the defender's bans, or lift one (`--unban ADDRESS`).
 
 Rules: talks only to the admin URL it is given (or the one the config's admin.listen names); the token comes
 from --token-file, --token or $FTP_ALG_ADMIN_TOKEN; exit 0 done, 1 the gateway refused or could not be
@@ -12,6 +13,7 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from ipaddress import IPv6Address
 from pathlib import Path
@@ -36,21 +38,37 @@ def add_parser(commands: Any) -> None:
         description="List the live sessions of a running gateway (its admin endpoint, admin.listen), or end "
         "one: the client gets a 421. Exit status: 0 done, 1 refused or unreachable, 2 bad usage.",
     )
-    where = sessions.add_mutually_exclusive_group()
-    where.add_argument("--url", metavar="URL", help=f"the gateway's admin URL (default {DEFAULT_URL})")
-    where.add_argument(
-        "--config", metavar="FILE", help="take the URL (admin.listen) and token file from here (default: none, --url)"
-    )
-    sessions.add_argument(
-        "--token-file", metavar="FILE", help=f"bearer token file (default: --token, else ${TOKEN_ENV})"
-    )
-    sessions.add_argument(
-        "--token", metavar="TOKEN", help="bearer token, visible to other users: prefer a file (default: none)"
-    )
+    _add_target(sessions)
     sessions.add_argument(
         "--end", type=_session_id, metavar="ID", help="end session ID, whose client gets 421 (default: none, list them)"
     )
     sessions.add_argument("--json", action="store_true", help="print the gateway's JSON as it is (default: a table)")
+
+
+def add_bans_parser(commands: Any) -> None:
+    bans = commands.add_parser(
+        "bans",
+        help="list the defender's bans on a running gateway, or lift one",
+        description="List the client addresses the defender has banned (its admin endpoint, admin.listen), or "
+        "lift a ban with --unban. Exit status: 0 done, 1 refused, unreachable or no such ban, 2 bad usage.",
+    )
+    _add_target(bans)
+    bans.add_argument(
+        "--unban", metavar="ADDRESS", help="lift the ban on ADDRESS or its network, e.g. a /64 (default: none, list)"
+    )
+    bans.add_argument("--json", action="store_true", help="print the gateway's JSON as it is (default: a table)")
+
+
+def _add_target(parser: Any) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--url", metavar="URL", help=f"the gateway's admin URL (default {DEFAULT_URL})")
+    where.add_argument(
+        "--config", metavar="FILE", help="take the URL (admin.listen) and token file from here (default: none, --url)"
+    )
+    parser.add_argument("--token-file", metavar="FILE", help=f"bearer token file (default: --token, else ${TOKEN_ENV})")
+    parser.add_argument(
+        "--token", metavar="TOKEN", help="bearer token, visible to other users: prefer a file (default: none)"
+    )
 
 
 def _session_id(text: str) -> str:
@@ -90,6 +108,62 @@ def _request(url: str, method: str, token: str | None) -> bytes:
         return body
 
 
+def _call(url: str, method: str, token: str | None) -> bytes | None:
+    """The answer's body; None (and one line on stderr) when the gateway refused or could not be reached."""
+    try:
+        return _request(url, method, token)
+    except urllib.error.HTTPError as error:
+        detail = error.read(200).decode("utf-8", "replace").strip()
+        hint = " (give the token with --token-file or $FTP_ALG_ADMIN_TOKEN)" if error.code == 401 else ""
+        print(f"ftp-alg: error: {url}: {error.code} {printable(detail)}{hint}", file=sys.stderr)
+        return None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        print(f"ftp-alg: error: cannot reach {url}: {printable(str(reason))}", file=sys.stderr)
+        return None
+
+
+def run_bans(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    base, token = _target(args)
+    if args.unban is not None:
+        if not args.unban.strip() or not args.unban.isascii() or not args.unban.isprintable():
+            raise UsageError(f"--unban: expected an address or ADDRESS/PREFIX, got {args.unban!r}")
+        url, method = f"{base}/bans/{urllib.parse.quote(args.unban.strip(), safe=':')}", "DELETE"
+    else:
+        url, method = f"{base}/bans", "GET"
+    body = _call(url, method, token)
+    if body is None:
+        return 1
+    if args.unban is not None or args.json:
+        text = body.decode("utf-8", "replace")
+        out.write(text if args.json and args.unban is None else printable(text.strip()) + "\n")
+        return 0
+    out.write(bans_table(json.loads(body)))
+    return 0
+
+
+def bans_table(answer: dict[str, Any]) -> str:
+    """The bans as aligned columns (client, reason, repeat, time left), then a count; every field escaped."""
+    rows = [("CLIENT", "REASON", "REPEAT", "LEFT")]
+    for ban in answer.get("bans") or []:
+        rows.append(
+            (
+                printable(str(ban.get("client", "?")), 64),
+                printable(str(ban.get("reason", "?")), 32),
+                str(int(ban.get("repeat") or 0)),
+                f"{float(ban.get('remaining_s') or 0):.0f}s",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows
+    ]
+    count = len(rows) - 1
+    lines.append(f"{count} ban{'s' if count != 1 else ''}" + ("" if answer.get("enabled", True) else " (defender off)"))
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     base, token = _target(args)
@@ -97,16 +171,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         url, method = f"{base}/sessions/{args.end}", "DELETE"
     else:
         url, method = f"{base}/sessions", "GET"
-    try:
-        body = _request(url, method, token)
-    except urllib.error.HTTPError as error:
-        detail = error.read(200).decode("utf-8", "replace").strip()
-        hint = " (give the token with --token-file or $FTP_ALG_ADMIN_TOKEN)" if error.code == 401 else ""
-        print(f"ftp-alg: error: {url}: {error.code} {printable(detail)}{hint}", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        print(f"ftp-alg: error: cannot reach {url}: {printable(str(reason))}", file=sys.stderr)
+    body = _call(url, method, token)
+    if body is None:
         return 1
     if args.end is not None:
         print(printable(body.decode("utf-8", "replace").strip()), file=out)

@@ -25,6 +25,7 @@ from alg.ftp.addresses import HostPort
 from alg.ops.config_sections import (
     AdminSettings,
     AdvertiseRule,
+    DefenderSettings,
     HealthCheck,
     Limits,
     LogSettings,
@@ -120,6 +121,8 @@ class Settings(Frozen):
     upstream_users: Mapping[str, Annotated[str, Field(strict=True, min_length=1)]] = {}
     # null: checked with the defaults when there are two upstreams or more; none for a single upstream.
     health_check: HealthCheck | None = None
+    # Scores and bans hostile clients at the door (alg.ops.defender); off unless asked for.
+    defender: DefenderSettings = DefenderSettings()
 
     @property
     def upstream_servers(self) -> tuple[UpstreamServer, ...]:
@@ -201,6 +204,7 @@ _OVERRIDABLE: dict[str, tuple[str, ...]] = {
     "tls_upstream_server_name": ("tls", "upstream", "server_name"),
     "tls_upstream_verify": ("tls", "upstream", "verify"),
     "tls_upstream_data": ("tls", "upstream", "data"),
+    "defender": ("defender", "enabled"),
 }
 
 

@@ -2,7 +2,8 @@
 file; what needs a restart keeps its running value, and each such key that changed is named.
 
 Applied live (to new sessions; running ones keep what they started with): rules, limits, timeouts, public and
-advertised addresses, upstreams (weights, policy, health checks), TLS files and policy, PROXY protocol, log level.
+advertised addresses, upstreams (weights, policy, health checks), TLS files and policy, PROXY protocol, log level,
+the defender (its bans stay).
 Kept until a restart: the keys in RESTART_KEYS (sockets, port ranges, processes, privileges, log destinations).
 
 Rules: pure; the merged value is validated again as a whole, so it is a Settings like any other.
@@ -34,6 +35,7 @@ RESTART_KEYS = (
     "tls.client.implicit_listen",
     "log.format",
     "log.transfer_log",
+    "defender.store",  # the shared store (Redis, the workers' mesh) is connected once, at start
 )
 
 

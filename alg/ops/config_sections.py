@@ -160,6 +160,11 @@ def _advertised(value: object) -> IPAddress | Literal["local"]:
 Networks = Annotated[tuple[IPNetwork, ...], PlainValidator(_networks)]
 
 
+def _networks_or_none(value: object) -> tuple[IPNetwork, ...]:
+    """As _networks, and an empty list (or null) is no network at all."""
+    return () if value in ((), [], None) else _networks(value)
+
+
 class ProxyProtocolIn(Frozen):
     # Only the balancers named here may speak for clients: anyone else sending a header is refused, and so is
     # one of these not sending it.
@@ -208,3 +213,56 @@ class HealthCheck(Frozen):
     rise: Count = 2
     # Failed checks in a row before an upstream is skipped (as HAProxy's fall 3).
     fall: Count = 3
+
+
+# --- the defender: scores and bans per client address (alg.ops.defender) ---
+
+
+class DefenderScores(Frozen):
+    """Points each hostile act adds to its address's score."""
+
+    # Five wrong passwords in the window reach the threshold: fail2ban's maxretry 5.
+    login_failed: Count = 2
+    # A refused command is often a confused client: it takes ten to ban on its own.
+    refused_command: Count = 1
+    # No real client sends a third party's address in PORT or steals a data port: two and banned.
+    bounce: Count = 5
+    port_theft: Count = 5
+    # A ClientHello that is not one, or plaintext after AUTH TLS: scanners, not clients.
+    tls_garbage: Count = 3
+    overlong_line: Count = 3
+    # A connection over limits.max_sessions_per_client: a NAT may do it, so it weighs little.
+    over_limit: Count = 1
+
+
+class DefenderSettings(Frozen):
+    # Off unless asked for (`--defender` or defender.enabled: true): a ban is an action an operator chooses.
+    enabled: bool = False
+    # Scores count the acts of the last 10 minutes (fail2ban's findtime 10m).
+    window_s: Seconds = 600.0
+    # A score of 10 or more bans the address.
+    threshold: Count = 10
+    scores: DefenderScores = DefenderScores()
+    # First ban 15 minutes; each repeat doubles it, up to a day (a guesser's night stays short).
+    ban_s: Seconds = 900.0
+    ban_growth: Annotated[float, Field(strict=True, ge=1.0, le=100.0)] = 2.0
+    max_ban_s: Seconds = 86400.0
+    # Repeats are remembered this long after a ban ends, then the next ban starts short again.
+    repeat_memory_s: Seconds = 86400.0
+    # One IPv4 address is one client; an IPv6 host can pick any address of its /64, so the /64 is one client.
+    ipv4_prefix: Annotated[int, Field(strict=True, ge=8, le=32)] = 32
+    ipv6_prefix: Annotated[int, Field(strict=True, ge=32, le=128)] = 64
+    # Never banned (monitoring, the office, the balancer's health checks).
+    allowlist: Annotated[tuple[IPNetwork, ...], PlainValidator(_networks_or_none)] = ()
+    # Per user name: this many failed logins in the window, from any addresses, slow that user's logins...
+    user_failures: Count = 10
+    # ...by this delay after each failed login (never a lockout: the right password still logs in).
+    user_delay_s: Seconds = 2.0
+    # Where the state lives: local (this process and, with workers, the parent's table) or redis://HOST:PORT/DB.
+    store: Annotated[str, Field(strict=True, pattern=r"^(local|rediss?://.+)$")] = "local"
+
+    @model_validator(mode="after")
+    def _bans_grow_to_max(self) -> DefenderSettings:
+        if self.max_ban_s < self.ban_s:
+            raise invalid_at("max_ban_s", f"{self.max_ban_s:g} s is shorter than ban_s ({self.ban_s:g} s)")
+        return self

@@ -24,8 +24,9 @@ from alg.net.dataplane import peer_ip
 from alg.ops import admin as a
 from alg.ops import banner
 from alg.ops.admin_peers import Peers, peer_addresses
+from alg.ops.bans import BansSource, bans_json, is_bans_path, unban_target
 from alg.ops.config import Settings
-from alg.ops.logs import fields
+from alg.ops.logs import fields, printable
 from alg.ops.metrics import Metrics
 
 
@@ -50,6 +51,10 @@ class Gateway(Protocol):
 
     @property
     def stopping(self) -> bool: ...
+
+    @property
+    def guard(self) -> BansSource:
+        """The defender's bans (alg.gateway.guard.Guard)."""
 
     def upstream_health(self) -> str | None:
         """None when an upstream passes its health checks, else why not; 'unchecked' without health checks."""
@@ -154,6 +159,7 @@ class AdminAccess:
     sessions: a.SessionsSource
     token: str | None = None
     peers: Peers = field(default_factory=lambda: Peers(worker=0, workers=1))
+    bans: BansSource | None = None  # the defender's: GET /bans, DELETE /bans/ADDRESS (alg.ops.bans)
 
 
 class HttpListener:
@@ -215,7 +221,7 @@ class HttpListener:
             method = b"GET"
         else:
             method, path, query, authorization = request
-            if self.admin is not None and a.is_admin_path(path):
+            if self.admin is not None and (a.is_admin_path(path) or is_bans_path(path)):
                 response = await self._admin(self.admin, method, path, query, authorization)
             else:
                 response = await self._route(method, path)
@@ -249,6 +255,8 @@ class HttpListener:
             self.gateway.metrics.admin_unauthorized.inc()
             log.warning("admin request refused: %s bearer token", "wrong" if authorization else "no")
             return _Response(401, b"unauthorized\n", headers=(("WWW-Authenticate", 'Bearer realm="ftp-alg"'),))
+        if is_bans_path(path):
+            return _bans(admin.bans, method, path)
         if path == b"/sessions":
             if method not in (b"GET", b"HEAD"):
                 return _Response(405, b"method not allowed\n", headers=(("Allow", "GET, HEAD"),))
@@ -261,6 +269,22 @@ class HttpListener:
             allow = "POST" if end_path else "DELETE"
             return _Response(405, b"method not allowed\n", headers=(("Allow", allow),))
         return await _end_session(admin, given)
+
+
+def _bans(bans: BansSource | None, method: bytes, path: bytes) -> _Response:
+    target = unban_target(path)
+    if bans is None:
+        return _Response(404, b"not found\n")
+    if target is None:
+        if method not in (b"GET", b"HEAD"):
+            return _Response(405, b"method not allowed\n", headers=(("Allow", "GET, HEAD"),))
+        return _Response(200, bans_json(bans.bans(), enabled=bans.enabled), "application/json")
+    if method != b"DELETE":
+        return _Response(405, b"method not allowed\n", headers=(("Allow", "DELETE"),))
+    lifted = bans.unban(target)
+    if lifted is None:
+        return _Response(404, f"no ban on {printable(target)}\n".encode())
+    return _Response(200, f"ban on {lifted.client} lifted\n".encode())
 
 
 async def _list_sessions(admin: AdminAccess, *, whole: bool) -> _Response:
@@ -358,7 +382,8 @@ async def start_http_listeners(
     if admin_at is not None:
         token = a.read_token(settings.admin.token_file)
         addresses = peer_addresses(admin_at, worker, settings.workers)
-        admin = AdminAccess(sessions, token, Peers(worker, settings.workers, addresses, token))
+        peers = Peers(worker, settings.workers, addresses, token)
+        admin = AdminAccess(sessions, token, peers, bans=gateway.guard)
     listeners: list[HttpListener] = []
     try:
         if metrics_at is not None:

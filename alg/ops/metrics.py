@@ -51,6 +51,7 @@ POOLS = ("public", "internal")
 # Where an unexpected exception was caught at a task's error boundary: a data connection (its transfer ends with
 # 426) or a session (it ends with 421).
 INTERNAL_ERROR_PLACES = ("data", "session")
+DEFENDER_STORES = ("workers", "redis")  # where shared defender state lives (alg.gateway.guard)
 
 _SETUP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _TRANSFER_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
@@ -260,6 +261,7 @@ class Metrics:
             self.internal_errors.labels(where)
         self._pool_in_use_series = {pool: self.pool_in_use.labels(pool) for pool in POOLS}
         self._declare_scaleout(r)
+        self._declare_defender(r)
 
     def _declare_scaleout(self, r: CollectorRegistry) -> None:
         """PROXY protocol and upstream pool metrics; the per-upstream series appear in declare_upstreams()."""
@@ -299,6 +301,34 @@ class Metrics:
             labels,
             registry=r,
         )
+
+    def _declare_defender(self, r: CollectorRegistry) -> None:
+        """The defender's metrics (alg.ops.defender); every event's series exist from the start."""
+        from alg.ops.defender import Offence
+
+        self.defender_bans_active = Gauge(
+            "ftp_alg_defender_bans_active", "Client addresses (or IPv6 /64s) banned now.", registry=r
+        )
+        self.defender_bans = Counter(
+            "ftp_alg_defender_bans", "Bans, by the event that crossed the threshold.", ["event"], registry=r
+        )
+        self.defender_points = Counter(
+            "ftp_alg_defender_score_points", "Score points added to client addresses, by event.", ["event"], registry=r
+        )
+        self.defender_refused = Counter(
+            "ftp_alg_defender_refused_connections", "Connections refused with 421 while banned.", registry=r
+        )
+        self.defender_store_faults = Counter(
+            "ftp_alg_defender_store_faults",
+            "Failures to reach the shared defender state (Redis, other workers): the local state carries on.",
+            ["store"],
+            registry=r,
+        )
+        for offence in Offence:
+            self.defender_bans.labels(offence.value)
+            self.defender_points.labels(offence.value)
+        for store in DEFENDER_STORES:
+            self.defender_store_faults.labels(store)
 
     def declare_upstreams(self, names: list[str]) -> None:
         for name in names:

@@ -20,11 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from alg import __version__
 from alg.ftp.reasons import DataFailure, Refusal, SessionOutcome
+from alg.ops.defender import Offence
 from alg.ops.metrics import (
     BYTE_DIRECTIONS,
     DATA_DIRECTIONS,
     DATA_FAILURES,
     DATA_MODES,
+    DEFENDER_STORES,
     INTERNAL_ERROR_PLACES,
     KNOWN_VERBS,
     POOLS,
@@ -216,6 +218,8 @@ def test_no_label_ever_carries_an_address_a_user_or_a_path() -> None:
         "1",  # PROXY protocol versions
         "2",
         __version__,
+        *DEFENDER_STORES,
+        *(offence.value for offence in Offence),
     }
     seen = {
         label_value
