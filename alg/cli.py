@@ -78,6 +78,13 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dual-stack", action="store_const", const=True, help="a [::] listener takes IPv4 clients too (default: off)"
     )
+    _add_ports_and_process(group)
+    _add_defender_override(group)
+    _add_tls_overrides(parser)
+
+
+def _add_ports_and_process(group: Any) -> None:
+    """Data ports, listeners of the HTTP side, processes and logs."""
     group.add_argument(
         "--passive-ports",
         metavar="FIRST-LAST",
@@ -112,8 +119,6 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         metavar="{relay,kernel}",
         help="relay: ftp-alg carries the data bytes; kernel: nftables NAT mappings (default: relay)",
     )
-    _add_defender_override(group)
-    _add_tls_overrides(parser)
 
 
 def _add_defender_override(group: Any) -> None:
