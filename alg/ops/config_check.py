@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from alg.errors import ConfigError
 from alg.net.tls import ServerCertificate, reason_of, upstream_context
 from alg.ops.config import Settings
 from alg.ops.config_sections import TlsClient, TlsUpstream
+from alg.ops.config_values import HostName
 from alg.ops.config_yaml import each_problem
 
 
@@ -88,7 +90,24 @@ def problems(settings: Settings) -> list[ConfigError]:
         attempt(load_upstream_context, settings.tls.upstream)
     if settings.admin.listen is not None:
         attempt(read_token, settings.admin.token_file)
+    for server in settings.upstream_servers:
+        if isinstance(server.address, HostName):
+            attempt(resolve_upstream, server.address)
     return found
+
+
+def resolve_upstream(name: HostName) -> None:
+    """ConfigError, in the words the upstream pool uses at start, when the name has no address now."""
+    try:
+        infos = socket.getaddrinfo(name.name, name.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as error:
+        why = f"{name.name} does not resolve ({error.strerror or error})"
+    else:
+        if any(family in (socket.AF_INET, socket.AF_INET6) for family, *_ in infos):
+            return
+        why = f"{name.name} does not resolve (no IPv4 or IPv6 address)"
+    hint = "give a name this host resolves (/etc/hosts, DNS) or an IP address"
+    raise ConfigError(f"{why}; {hint}", key="upstream")
 
 
 # ---- what the unprivileged user could not read (warnings: the parent process reads those files as root) ----
