@@ -268,13 +268,13 @@ class Gateway:
         self._update_certificate_expiry(message.cert)
         self.guard.reconfigure(settings.defender)  # its scores and bans stay
         self.metrics.reloads.labels("ok").inc()
-        log.info(
-            "settings reloaded rule_files=%d command_rules=%d upstreams=%d tls_client=%s",
-            len(settings.rules),
-            len(message.rules.commands),
-            len(settings.upstream_servers),
-            tls.client_mode,
+        reloaded = fields(
+            rule_files=len(settings.rules),
+            command_rules=len(message.rules.commands),
+            upstreams=len(settings.upstream_servers),
+            tls_client=tls.client_mode,
         )
+        log.info("settings reloaded", extra=reloaded)
 
     def _replace_upstreams(self, settings: Settings) -> None:
         """A new upstream pool and health checker; sessions routed by the old pool release it when they end.

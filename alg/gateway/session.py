@@ -375,7 +375,7 @@ class Session:
         # Over TLS an urgent byte would land inside a TLS record: ABOR goes as a plain line.
         if urgent and self.server.writer.get_extra_info("ssl_object") is None:
             sent, sent_then = peers.write_urgent(self.server.writer, urgent, rest)
-            self.log.debug("sent urgent bytes=%d of %d, then %d of %d", sent, len(urgent), sent_then, len(rest))
+            self.log.debug("sent urgent", extra=fields(bytes=sent, of=len(urgent), then=sent_then, then_of=len(rest)))
         else:
             peers.write(self.server.writer, urgent + rest)
 
