@@ -51,9 +51,9 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (override the config file)")
     group.add_argument(
         "--mode",
-        metavar="{reverse,transparent}",
+        metavar="{reverse,transparent,forward}",
         help="reverse: clients dial the gateway, which forwards to --upstream; transparent: a firewall redirects "
-        "clients' FTP connections here (default: reverse)",
+        "clients' FTP connections here; forward: clients log in as USER user@host (default: reverse)",
     )
     group.add_argument(
         "--listen",
@@ -113,7 +113,23 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         help="relay: ftp-alg carries the data bytes; kernel: nftables NAT mappings (default: relay)",
     )
     _add_defender_override(group)
+    _add_forward_overrides(group)
     _add_tls_overrides(parser)
+
+
+def _add_forward_overrides(group: Any) -> None:
+    group.add_argument(
+        "--forward-allow",
+        action="append",
+        metavar="ENTRY",
+        help="mode forward: a destination clients may reach, CIDR:PORTS, NAME:PORTS or *.DOMAIN:PORTS; replaces "
+        "the file's list; repeat for more (default: none, nothing reachable)",
+    )
+    group.add_argument(
+        "--forward-users-file",
+        metavar="FILE",
+        help="mode forward: NAME:HASH lines; clients log in to the proxy first (default: none, no proxy login)",
+    )
 
 
 def _add_defender_override(group: Any) -> None:
@@ -199,6 +215,8 @@ _OVERRIDE_DESTS = (
     "tls_upstream_data",
     "data_path",
     "defender",
+    "forward_allow",
+    "forward_users_file",
 )
 
 
@@ -489,6 +507,8 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
 def summary(settings: Settings) -> str:
     servers = settings.upstream_servers
     upstream = ",".join(str(server.address) for server in servers) if servers else "original destination"
+    if settings.mode == "forward":
+        upstream = "USER user@host, allowed: " + (",".join(map(str, settings.forward.allow)) or "none")
     fields = {
         "mode": settings.mode,
         "listen": ",".join(map(str, settings.listen)),

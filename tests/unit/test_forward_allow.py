@@ -7,6 +7,8 @@ from ipaddress import ip_address
 
 import pytest
 
+from alg.errors import ConfigError
+from alg.ops.config import load_config
 from alg.ops.forward_allow import Allowlist, Destination, internal, parse_allow_entry, parse_destination
 
 
@@ -116,3 +118,25 @@ def test_a_network_entry_reaches_inside_even_by_name() -> None:
 def test_internal_addresses() -> None:
     assert internal(ip_address("198.51.100.1")) and internal(ip_address("224.0.0.1"))
     assert not internal(ip_address("8.8.8.8"))
+
+
+def test_forward_settings_from_flags_and_file() -> None:
+    settings = load_config(
+        None, mode="forward", listen=["127.0.0.1:2100"], forward_allow=["198.51.100.0/24:21", "*.ftp.test:21,990"]
+    )
+    assert [str(entry) for entry in settings.forward.allow] == ["198.51.100.0/24:21", "*.ftp.test:21,990"]
+    assert settings.forward.users_file is None
+    assert load_config(None, mode="forward").forward.allow == ()  # nothing allowed by default
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        ({"forward_allow": ["bad name:21"]}, "--forward-allow: 'bad name:21': expected a network"),
+        ({"upstream": "198.51.100.10"}, "--upstream: not allowed in forward mode"),
+    ],
+)
+def test_bad_forward_settings_are_one_line_errors(flags: dict[str, object], words: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(None, mode="forward", **flags)
+    assert words in str(error.value) and "\n" not in str(error.value)
