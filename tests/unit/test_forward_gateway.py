@@ -1,0 +1,134 @@
+"""Forward mode in-process over loopback: the gateway on 127.0.0.2, a scripted server on 127.0.0.1 reached by the
+name the login gives (an injected resolver), refusals that never connect, and the proxy login."""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+from shellrig import Client, ScriptedServer, run
+
+from alg.ftp.addresses import IPAddress
+from alg.gateway.resolve import NameNotResolved
+from alg.gateway.server import Gateway
+from alg.ops.config import settings_from_mapping
+from alg.ops.proxy_users import user_line
+
+NAMES = {"ftp.test": "127.0.0.1", "inside.test": "127.0.0.9", "both.test": "127.0.0.1 127.0.0.9"}
+
+
+async def fake_resolver(name: str, port: int) -> list[IPAddress]:
+    if name not in NAMES:
+        raise NameNotResolved(f"{name} does not resolve")
+    return [ip_address(text) for text in NAMES[name].split()]
+
+
+class Door:
+    """A listener that only counts who connects: a destination the gateway must never reach."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+
+    async def start(self, host: str, port: int) -> int:
+        async def count(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            writer.close()
+
+        self.server = await asyncio.start_server(count, host, port)
+        return int(self.server.sockets[0].getsockname()[1])
+
+
+async def session(port: int, lines: list[str]) -> list[tuple[int, bytes]]:
+    client = Client(*await asyncio.open_connection("127.0.0.2", port))
+    replies = [await client.reply()]
+    try:
+        for line in lines:
+            replies.append(await client.command(line))
+    finally:
+        client.close()
+    return replies
+
+
+async def forward_run(extra: dict[str, Any], script: list[list[str]], users_file: str | None = None) -> dict[str, Any]:
+    upstream = ScriptedServer()
+    await upstream.start()
+    door = Door()
+    door_port = await door.start("127.0.0.9", upstream.port)  # where a name pointed inside would lead
+    settings = {"mode": "forward", "listen": "127.0.0.2:0", "passive_ports": "50000-50009", **extra}
+    allow = [f"127.0.0.1/32:{upstream.port}", "127.0.0.9/32:21"]
+    gateway = Gateway(settings_from_mapping({"forward": {"allow": allow, "users_file": users_file}, **settings}))
+    gateway.resolver = fake_resolver
+    await gateway.start()
+    seen: dict[str, Any] = {}
+    try:
+        front = gateway.addresses[0].port
+        seen["replies"] = [
+            await session(front, [line.format(port=upstream.port, door=door_port) for line in lines])
+            for lines in script
+        ]
+        seen["commands"] = list(upstream.commands)
+        seen["door"] = door.connections
+        registry = gateway.metrics.registry
+        seen["metric"] = lambda name, **labels: registry.get_sample_value(name, labels) or 0.0
+    finally:
+        await gateway.stop(1.0)
+        await upstream.close()
+        door.server.close()
+    return seen
+
+
+def test_user_at_host_reaches_the_named_server_and_replays_the_login() -> None:
+    seen = run(lambda: forward_run({}, [["USER alice@ftp.test:{port}", "PASS secret", "NOOP", "QUIT"]]))
+    replies = seen["replies"][0]
+    assert replies[0][1].startswith(b"220 FTP proxy ready")
+    assert [code for code, _ in replies[1:]] == [331, 230, 200, 221]
+    assert seen["commands"][:3] == ["USER alice", "PASS secret", "NOOP"]
+
+
+def test_refusals_never_connect_and_are_counted_by_reason() -> None:
+    script = [
+        ["USER a@nowhere.test:{port}"],  # unknown name
+        ["USER a@inside.test:{port}"],  # a name that resolves to an address the allowlist does not hold
+        ["USER a@both.test:{door}"],  # one address allowed, the other not: every address must pass
+        ["USER a@127.0.0.9:{door}"],  # an IP literal allowed, but at another port
+        ["USER a@127.0.0.2:{port}"],  # the gateway itself
+    ]
+    seen = run(lambda: forward_run({}, script))
+    codes = [replies[1][0] for replies in seen["replies"]]
+    assert codes == [530] * 5
+    texts = [replies[1][1] for replies in seen["replies"]]
+    assert texts[0] == b"530 nowhere.test: no such FTP server.\r\n"
+    assert texts[1].startswith(b"530 Access to inside.test:")  # the name, never the address it resolved to
+    assert not any(b"127.0.0.1" in text or b"127.0.0.9" in text for text in texts[:3])
+    assert seen["door"] == 0 and seen["commands"] == []
+    metric = seen["metric"]
+    assert metric("ftp_alg_refusals_total", reason="forward_unknown_host") == 1
+    assert metric("ftp_alg_refusals_total", reason="forward_not_allowed") == 4
+    assert metric("ftp_alg_sessions_total", outcome="refused_forward") == 5
+
+
+def test_a_user_without_host_is_told_how_to_log_in() -> None:
+    seen = run(lambda: forward_run({}, [["USER alice", "USER alice@ftp.test:{port}", "QUIT"]]))
+    replies = seen["replies"][0]
+    assert replies[1] == (530, b"530 Log in as USER user@host[:port] to name the FTP server.\r\n")
+    assert [code for code, _ in replies[2:]] == [331, 221]
+
+
+def test_the_proxy_login_comes_first_when_a_users_file_is_set(tmp_path: Path) -> None:
+    users = tmp_path / "proxy-users"
+    users.write_text("# made by ftp-alg forward-passwd\n" + user_line("bob", "right horse") + "\n")
+    script = [
+        ["USER alice@ftp.test:{port}"],
+        ["USER bob", "PASS wrong"],
+        ["USER bob", "PASS right horse", "USER alice@ftp.test:{port}", "PASS x"],
+    ]
+    seen = run(lambda: forward_run({}, script, users_file=str(users)))
+    first, wrong, right = seen["replies"]
+    assert first[0][1].startswith(b"220 FTP proxy ready; log in to the proxy")
+    assert first[1][0] == 530 and b"Log in to the proxy first" in first[1][1]
+    assert [code for code, _ in wrong[1:]] == [331, 530]
+    assert [code for code, _ in right[1:]] == [331, 230, 331, 230]
+    assert seen["commands"][:2] == ["USER alice", "PASS x"]  # only the last session reached the server
+    assert seen["metric"]("ftp_alg_refusals_total", reason="forward_login") == 2

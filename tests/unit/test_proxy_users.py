@@ -1,0 +1,43 @@
+"""Forward mode's users file: scrypt hashes from the standard library, checked in constant time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from alg.errors import ConfigError
+from alg.ops.proxy_users import ProxyUsers, user_line
+
+
+def test_a_line_written_by_the_helper_verifies_its_password_only(tmp_path: Path) -> None:
+    line = user_line("bob", "right horse")
+    assert line.startswith("bob:scrypt$16384$8$1$") and "right horse" not in line
+    path = tmp_path / "users"
+    path.write_text(f"# proxy users\n\n{line}\n")
+    users = ProxyUsers.read(path)
+    assert users.verify("bob", "right horse")
+    assert not users.verify("bob", "wrong")
+    assert not users.verify("alice", "right horse")
+    assert user_line("bob", "right horse") != line  # a fresh salt each time
+
+
+@pytest.mark.parametrize(
+    "text", ["bob\n", "bob:plain\n", "bob:scrypt$3$8$1$AA==$AA==\n", ":scrypt$16384$8$1$AA==$AA==\n"]
+)
+def test_a_wrong_file_names_its_line(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "users"
+    path.write_text("# first\n" + text)
+    with pytest.raises(ConfigError, match="line 2: expected NAME:HASH"):
+        ProxyUsers.read(path)
+
+
+def test_a_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        ProxyUsers.read(tmp_path / "none")
+
+
+@pytest.mark.parametrize("name", ["", "a:b", "a b", "#a", "a@b"])
+def test_names_the_file_cannot_hold_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="proxy user name"):
+        user_line(name, "x")
