@@ -311,6 +311,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_diagnose(commands)
     _add_sessions(commands)
     _add_bans(commands)
+    _add_forward_passwd(commands)
     return parser
 
 
@@ -502,6 +503,38 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
         return run(args)
     except UsageError as exc:
         return _fail(str(exc))
+
+
+# --------------------------------------------------------------------------- forward-passwd (alg/ops/proxy_users.py)
+
+
+def _add_forward_passwd(commands: Any) -> None:
+    passwd = commands.add_parser(
+        "forward-passwd",
+        help="print a forward.users_file line (NAME:HASH) for a proxy user",
+        description="Print the forward.users_file line for NAME: the password is read from the terminal (twice), or "
+        "as the first line of standard input when that is not a terminal. Append the line to the users file.",
+    )
+    passwd.add_argument("name", metavar="NAME", help="the proxy user name clients send first, USER NAME")
+    passwd.set_defaults(handler=_cmd_forward_passwd)
+
+
+def _cmd_forward_passwd(args: argparse.Namespace) -> int:
+    import getpass
+
+    from alg.ops.proxy_users import user_line
+
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            return _fail("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        print(user_line(args.name, password))
+    except ValueError as error:
+        return _fail(str(error))
+    return 0
 
 
 def summary(settings: Settings) -> str:

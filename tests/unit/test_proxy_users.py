@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 
+from alg.cli import main
 from alg.errors import ConfigError
 from alg.ops.proxy_users import ProxyUsers, user_line
 
@@ -41,3 +43,16 @@ def test_a_missing_file_is_an_error(tmp_path: Path) -> None:
 def test_names_the_file_cannot_hold_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="proxy user name"):
         user_line(name, "x")
+
+
+def test_forward_passwd_prints_a_line_the_gateway_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("right horse\n"))
+    assert main(["forward-passwd", "bob"]) == 0
+    path = tmp_path / "users"
+    path.write_text(capsys.readouterr().out)
+    assert ProxyUsers.read(path).verify("bob", "right horse")
+    monkeypatch.setattr("sys.stdin", io.StringIO("x\n"))
+    assert main(["forward-passwd", "a:b"]) != 0
+    assert "proxy user name" in capsys.readouterr().err
