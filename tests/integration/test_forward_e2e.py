@@ -17,11 +17,15 @@ from netns import Topology
 from scaleout import start_gateway, value
 from servers import FtpServer, FtpTarget
 
+from alg.ops.proxy_users import user_line
+
 GW = "203.0.113.1"
 HOSTS = "127.0.0.1 localhost\n198.51.100.10 vs.ftp.test\n198.51.100.11 pro.ftp.test\n198.51.100.12 evil.ftp.test\n"
 
 
-def _world(topo: Topology, factory: Callable[..., FtpServer]) -> tuple[FtpServer, FtpServer, socket.socket]:
+def _world(
+    topo: Topology, factory: Callable[..., FtpServer], users_file: str | None = None
+) -> tuple[FtpServer, FtpServer, socket.socket]:
     iface = next(iter(topo.server.interfaces))
     for extra in ("198.51.100.11/24", "198.51.100.12/24"):
         topo.server.ip("addr", "add", extra, "dev", iface)
@@ -31,7 +35,13 @@ def _world(topo: Topology, factory: Callable[..., FtpServer]) -> tuple[FtpServer
     topo.gw.hosts_file(HOSTS)
     allow = ["198.51.100.10/32:21", "198.51.100.11/32:21", "*.ftp.test:21"]
     start_gateway(
-        topo.gw, {"mode": "forward", "listen": f"{GW}:21", "passive_ports": "50000-50019", "forward": {"allow": allow}}
+        topo.gw,
+        {
+            "mode": "forward",
+            "listen": f"{GW}:21",
+            "passive_ports": "50000-50019",
+            "forward": {"allow": allow, "users_file": users_file},
+        },
     )
     return vs, pro, trap
 
@@ -100,3 +110,39 @@ def test_destinations_outside_the_allowlist_are_refused_without_a_connection(
     assert value(gw, "ftp_alg_refusals_total", reason="forward_not_allowed") == 3
     assert value(gw, "ftp_alg_refusals_total", reason="forward_unknown_host") == 1
     assert value(gw, "ftp_alg_sessions_total", outcome="refused_forward") == 4
+
+
+def test_lftp_logs_in_to_the_proxy_first_when_a_users_file_is_set(
+    reverse_topo: Topology, ftp_server_factory: Callable[..., FtpServer], tmp_path: Path
+) -> None:
+    topo = reverse_topo
+    users = tmp_path / "proxy-users"
+    users.write_text(user_line("bob", "right-horse") + "\n")
+    vs, _, trap = _world(topo, ftp_server_factory, users_file=str(users))
+
+    def lftp_via(proxy: str) -> tuple[bool, str, Path]:
+        dest = tmp_path / f"lftp-{len(proxy)}.bin"
+        script = "; ".join(
+            [
+                "set cmd:fail-exit yes",
+                "set net:max-retries 1",
+                "set net:timeout 10",
+                "set ftp:ssl-allow no",
+                f"set ftp:proxy {proxy}",
+                f"open -u {vs.user},{vs.password} ftp://vs.ftp.test",
+                f"get big.bin -o {dest}",
+            ]
+        )
+        result = run_client(topo.client, "lftp", ["lftp", "--norc", "-d", "-c", script], timeout_s=30)
+        return result.ok, result.stderr, dest
+
+    ok, log, dest = lftp_via(f"ftp://bob:right-horse@{GW}")
+    assert ok, log[-3000:]
+    assert "USER bob" in log and f"USER {vs.user}@vs.ftp.test" in log
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == vs.seeded["big.bin"]
+    ok, log, _ = lftp_via(f"ftp://bob:wrong@{GW}")
+    assert not ok and "530 Login incorrect." in log
+    ok, log, _ = lftp_via(f"ftp://{GW}")  # no proxy login at all
+    assert not ok and "530 Log in to the proxy first" in log
+    assert value(topo.gw, "ftp_alg_refusals_total", reason="forward_login") >= 2
+    assert _nobody_came(trap)
