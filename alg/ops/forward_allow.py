@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address, ip_network
 
 from alg.ftp.addresses import IPAddress
 
@@ -137,11 +137,20 @@ def _ports(text: str, ports_text: str) -> frozenset[int]:
     return frozenset(ports)
 
 
+NAT64 = ip_network("64:ff9b::/96")  # the well-known prefix: a NAT64 gateway carries these to the IPv4 inside
+NAT64_LOCAL = ip_network("64:ff9b:1::/48")
+
+
 def internal(address: IPAddress) -> bool:
-    """Not an address of the public internet: a name entry does not vouch for it."""
-    mapped = getattr(address, "ipv4_mapped", None)
-    if mapped is not None:
-        address = mapped
+    """Not an address of the public internet: a name entry does not vouch for it. An IPv4-mapped or NAT64
+    address is judged by the IPv4 address it carries."""
+    if address.version == 6:
+        if address in NAT64_LOCAL:
+            return True
+        if address in NAT64:
+            address = IPv4Address(int(address) & 0xFFFFFFFF)
+        elif address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
     return not address.is_global or address.is_multicast
 
 

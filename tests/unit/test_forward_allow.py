@@ -103,7 +103,8 @@ def test_a_name_entry_vouches_for_public_addresses_only() -> None:
     assert not allow.allowed(parse_destination("u@ftp.example.org:990"), public)
     assert not allow.allowed(parse_destination("u@other.example.org"), public)
     # The same name made to point inside: refused, whatever the name entry says.
-    for inside in ("10.1.2.3", "127.0.0.1", "169.254.169.254", "198.51.100.10", "::1", "fd00::1", "::ffff:10.0.0.1"):
+    inside_addresses = ("10.1.2.3", "127.0.0.1", "169.254.169.254", "198.51.100.10", "100.64.0.1", "::1", "fd00::1")
+    for inside in (*inside_addresses, "::ffff:10.0.0.1", "64:ff9b::10.0.0.1", "64:ff9b:1::1"):
         assert not allow.allowed(parse_destination("u@ftp.example.org"), _ips(inside)), inside
     # An IP literal is for network entries to allow, not name entries.
     assert not allow.allowed(parse_destination("u@8.8.8.8"), _ips("8.8.8.8"))
@@ -117,7 +118,7 @@ def test_a_network_entry_reaches_inside_even_by_name() -> None:
 
 def test_internal_addresses() -> None:
     assert internal(ip_address("198.51.100.1")) and internal(ip_address("224.0.0.1"))
-    assert not internal(ip_address("8.8.8.8"))
+    assert not internal(ip_address("8.8.8.8")) and not internal(ip_address("64:ff9b::8.8.8.8"))
 
 
 def test_forward_settings_from_flags_and_file() -> None:

@@ -9,6 +9,8 @@ import pytest
 
 from alg.cli import main
 from alg.errors import ConfigError
+from alg.ops.config import load_config
+from alg.ops.config_check import problems
 from alg.ops.proxy_users import ProxyUsers, user_line
 
 
@@ -56,3 +58,14 @@ def test_forward_passwd_prints_a_line_the_gateway_reads(
     monkeypatch.setattr("sys.stdin", io.StringIO("x\n"))
     assert main(["forward-passwd", "a:b"]) != 0
     assert "proxy user name" in capsys.readouterr().err
+
+
+def test_check_reads_the_users_file_as_run_would(tmp_path: Path) -> None:
+    path = tmp_path / "users"
+    path.write_text("bob:plain\n")
+    settings = load_config(None, mode="forward", forward_users_file=str(path))
+    assert [str(error) for error in problems(settings)] == [
+        f"forward.users_file {path} line 1: expected NAME:HASH as ftp-alg forward-passwd NAME writes it"
+    ]
+    path.write_text(user_line("bob", "x") + "\n")
+    assert problems(settings) == []
