@@ -44,6 +44,7 @@ class Refused:
     reason: Refusal
     text: str  # the 530's words: only what the client wrote
     detail: str = ""  # for the log
+    guessed: bool = False  # a wrong proxy password: the defender scores it as a failed login
 
 
 class _Dialog:
@@ -72,7 +73,8 @@ class _Dialog:
         if await asyncio.to_thread(self.users.verify, name, password):
             self.proxy_user = name
             return reply(230, "Proxy login accepted; now USER user@host[:port]."), None
-        return b"", Refused(Refusal.FORWARD_LOGIN, "Login incorrect.", f"proxy user {printable(name)}")
+        detail = f"proxy user {printable(name)}"
+        return b"", Refused(Refusal.FORWARD_LOGIN, "Login incorrect.", detail, guessed=True)
 
     def _user(self, argument: str) -> tuple[bytes, Asked | Refused | None]:
         if "@" not in argument:

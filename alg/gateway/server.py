@@ -498,6 +498,8 @@ class Gateway:
         self, writer: asyncio.StreamWriter, refused: forward.Refused, client: IPAddress, destination: str
     ) -> None:
         forward.refuse(writer, refused, client, destination)
+        if refused.guessed:
+            self.guard.offence(client, Offence.LOGIN_FAILED)
         self.metrics.refused(refused.reason)
         self.metrics.session_ended(SessionOutcome.REFUSED_FORWARD)
         with contextlib.suppress(Exception):

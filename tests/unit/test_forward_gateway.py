@@ -124,7 +124,7 @@ def test_the_proxy_login_comes_first_when_a_users_file_is_set(tmp_path: Path) ->
         ["USER bob", "PASS wrong"],
         ["USER bob", "PASS right horse", "USER alice@ftp.test:{port}", "PASS x"],
     ]
-    seen = run(lambda: forward_run({}, script, users_file=str(users)))
+    seen = run(lambda: forward_run({"defender": {"enabled": True}}, script, users_file=str(users)))
     first, wrong, right = seen["replies"]
     assert first[0][1].startswith(b"220 FTP proxy ready; log in to the proxy")
     assert first[1][0] == 530 and b"Log in to the proxy first" in first[1][1]
@@ -132,3 +132,5 @@ def test_the_proxy_login_comes_first_when_a_users_file_is_set(tmp_path: Path) ->
     assert [code for code, _ in right[1:]] == [331, 230, 331, 230]
     assert seen["commands"][:2] == ["USER alice", "PASS x"]  # only the last session reached the server
     assert seen["metric"]("ftp_alg_refusals_total", reason="forward_login") == 2
+    # The wrong password is a failed login to the defender (2 points); a missing proxy login is not.
+    assert seen["metric"]("ftp_alg_defender_score_points_total", event="login_failed") == 2
