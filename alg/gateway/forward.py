@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from alg.ftp.addresses import HostPort, IPAddress
@@ -141,12 +142,13 @@ async def resolve(destination: Destination, resolver: Resolver, timeout_s: float
 
 
 def check(
-    destination: Destination, addresses: list[IPAddress], allow: Allowlist, own: list[IPAddress]
+    destination: Destination, addresses: list[IPAddress], allow: Allowlist, loops: Callable[[IPAddress, int], bool]
 ) -> Refused | None:
-    """None when every address may be reached; the gateway's own addresses never (a loop)."""
+    """None when every address may be reached; never the gateway's own listeners (`loops`: a session would
+    connect to itself, again and again)."""
     refused = allow.first_refused(destination, addresses)
     if refused is None:
-        refused = next((address for address in addresses if address in own), None)
+        refused = next((address for address in addresses if loops(address, destination.port)), None)
     if refused is None and addresses:
         return None
     text = f"Access to {destination} is not allowed by this proxy."

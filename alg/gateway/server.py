@@ -50,7 +50,7 @@ from alg.ops.forward_allow import Allowlist
 from alg.ops.logs import fields
 from alg.ops.metrics import Metrics
 from alg.ops.proxy_users import ProxyUsers
-from alg.ops.rules import Policy
+from alg.ops.rules import Policy, is_own_address
 
 log = logging.getLogger("ftp_alg.server")
 
@@ -485,14 +485,18 @@ class Gateway:
         if isinstance(found, forward.Refused):
             refused: forward.Refused | None = found
         else:
-            own = list(self.policy.own_addresses)
-            refused = forward.check(destination, found, Allowlist(settings.allow), own)
+            refused = forward.check(destination, found, Allowlist(settings.allow), self._loops)
         if refused is not None:
             await self._refuse_forward(writer, refused, client, str(destination))
             return None, secured
         assert isinstance(found, list)
         log.info("forward", extra=fields(client=client, destination=destination, proxy_user=asked.proxy_user))
         return forward.route_to(destination, found, forward.replay_line(destination)), asked.secured
+
+    def _loops(self, ip: IPAddress, port: int) -> bool:
+        """Forward mode: `ip`:`port` is one of our own listeners."""
+        ports = {address.port for address in (*self.addresses, *self.settings.tls.client.implicit_listen)}
+        return port in ports and (ip in self.policy.own_addresses or is_own_address(ip))
 
     async def _refuse_forward(
         self, writer: asyncio.StreamWriter, refused: forward.Refused, client: IPAddress, destination: str

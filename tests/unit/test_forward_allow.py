@@ -8,6 +8,8 @@ from ipaddress import ip_address
 import pytest
 
 from alg.errors import ConfigError
+from alg.ftp.reasons import Refusal
+from alg.gateway.forward import check
 from alg.ops.config import load_config
 from alg.ops.forward_allow import Allowlist, Destination, internal, parse_allow_entry, parse_destination
 
@@ -141,3 +143,13 @@ def test_bad_forward_settings_are_one_line_errors(flags: dict[str, object], word
     with pytest.raises(ConfigError) as error:
         load_config(None, mode="forward", **flags)
     assert words in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_gateways_own_listeners_are_never_a_destination() -> None:
+    allow = _allow("198.51.100.0/24:21")
+    destination = parse_destination("u@198.51.100.1")
+    ours = {(ip_address("198.51.100.1"), 21)}
+    refused = check(destination, _ips("198.51.100.1"), allow, lambda ip, port: (ip, port) in ours)
+    assert refused is not None and refused.reason == Refusal.FORWARD_NOT_ALLOWED
+    assert refused.text == "Access to 198.51.100.1:21 is not allowed by this proxy."
+    assert check(destination, _ips("198.51.100.2"), allow, lambda ip, port: (ip, port) in ours) is None
