@@ -12,8 +12,9 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from clients import ftplib_run, run_client
+from clients import ClientTls, curl_download, ftplib_run, run_client
 from netns import Topology
+from pki import issue_for
 from scaleout import start_gateway, value
 from servers import FtpServer, FtpTarget
 
@@ -24,11 +25,11 @@ HOSTS = "127.0.0.1 localhost\n198.51.100.10 vs.ftp.test\n198.51.100.11 pro.ftp.t
 
 
 def _world(
-    topo: Topology, factory: Callable[..., FtpServer], users_file: str | None = None
+    topo: Topology, factory: Callable[..., FtpServer], users_file: str | None = None, **extra: object
 ) -> tuple[FtpServer, FtpServer, socket.socket]:
     iface = next(iter(topo.server.interfaces))
-    for extra in ("198.51.100.11/24", "198.51.100.12/24"):
-        topo.server.ip("addr", "add", extra, "dev", iface)
+    for address in ("198.51.100.11/24", "198.51.100.12/24"):
+        topo.server.ip("addr", "add", address, "dev", iface)
     vs = factory("vsftpd", topo.server)
     pro = factory("proftpd", topo.server, addr="198.51.100.11")
     trap = topo.server.listen("198.51.100.12", 21)
@@ -41,6 +42,7 @@ def _world(
             "listen": f"{GW}:21",
             "passive_ports": "50000-50019",
             "forward": {"allow": allow, "users_file": users_file},
+            **extra,
         },
     )
     return vs, pro, trap
@@ -146,3 +148,28 @@ def test_lftp_logs_in_to_the_proxy_first_when_a_users_file_is_set(
     assert not ok and "530 Log in to the proxy first" in log
     assert value(topo.gw, "ftp_alg_refusals_total", reason="forward_login") >= 2
     assert _nobody_came(trap)
+
+
+def test_ftps_clients_name_the_server_inside_tls(
+    reverse_topo: Topology, ftp_server_factory: Callable[..., FtpServer], tmp_path: Path
+) -> None:
+    """TLS required toward clients, plain servers inside: the gateway answers AUTH TLS itself, reads USER
+    user@host inside TLS, and the session goes on encrypted (PROT P data) to the server named."""
+    topo = reverse_topo
+    ca_file, cert = issue_for(tmp_path / "pki", GW)
+    tls = {"client": {"mode": "require", "cert": str(cert.cert), "key": str(cert.key)}}
+    vs, pro, _ = _world(topo, ftp_server_factory, tls=tls)
+    for server, name in ((vs, "vs.ftp.test"), (pro, "pro.ftp.test")):
+        dest = tmp_path / f"curl-{name}.bin"
+        target = FtpTarget(topo.public_addr, 21, f"{server.user}@{name}", server.password)
+        result = curl_download(topo.client, target, "big.bin", dest, tls=ClientTls(ca_file))
+        assert result.ok, result.stderr[-3000:]
+        assert hashlib.sha256(dest.read_bytes()).hexdigest() == server.seeded["big.bin"]
+        assert "PROT P" in result.sent()
+    plain = curl_download(
+        topo.client,
+        FtpTarget(topo.public_addr, 21, f"{vs.user}@vs.ftp.test", vs.password),
+        "big.bin",
+        tmp_path / "plain.bin",
+    )
+    assert not plain.ok and "530 TLS required" in plain.stderr
