@@ -134,3 +134,27 @@ def test_the_proxy_login_comes_first_when_a_users_file_is_set(tmp_path: Path) ->
     assert seen["metric"]("ftp_alg_refusals_total", reason="forward_login") == 2
     # The wrong password is a failed login to the defender (2 points); a missing proxy login is not.
     assert seen["metric"]("ftp_alg_defender_score_points_total", event="login_failed") == 2
+
+
+def test_a_reload_changes_what_is_allowed_for_new_sessions() -> None:
+    async def main() -> list[int]:
+        upstream = ScriptedServer()
+        await upstream.start()
+        base = {"mode": "forward", "listen": "127.0.0.2:0", "passive_ports": "50000-50009"}
+        allowed = settings_from_mapping({**base, "forward": {"allow": [f"127.0.0.1/32:{upstream.port}"]}})
+        gateway = Gateway(allowed)
+        gateway.resolver = fake_resolver
+        await gateway.start()
+        codes = []
+        try:
+            front = gateway.addresses[0].port
+            login = [f"USER alice@ftp.test:{upstream.port}"]
+            codes.append((await session(front, login))[1][0])
+            gateway.reload(lambda: settings_from_mapping({**base, "forward": {"allow": []}}))
+            codes.append((await session(front, login))[1][0])
+        finally:
+            await gateway.stop(1.0)
+            await upstream.close()
+        return codes
+
+    assert run(main) == [331, 530]
