@@ -66,7 +66,7 @@ class _Dialog:
         if then != "login":
             return answer, then
         assert command is not None
-        return self._user(command.argument.strip().decode("utf-8", "replace"))
+        return self._user(command.argument.strip().decode("utf-8", "surrogateescape"))  # replayed byte for byte
 
     async def _password(self, password: str) -> tuple[bytes, Refused | None]:
         assert self.users is not None and self.pending is not None
@@ -169,7 +169,7 @@ def route_to(destination: Destination, addresses: list[IPAddress], replay: bytes
 
 
 def replay_line(destination: Destination) -> bytes:
-    return b"USER " + destination.user.encode("utf-8") + b"\r\n"
+    return b"USER " + destination.user.encode("utf-8", "surrogateescape") + b"\r\n"
 
 
 def refuse(writer: asyncio.StreamWriter, refused: Refused, client: IPAddress, destination: str = "") -> None:

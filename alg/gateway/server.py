@@ -490,7 +490,7 @@ class Gateway:
             await self._refuse_forward(writer, refused, client, str(destination))
             return None, secured
         assert isinstance(found, list)
-        log.info("forward", extra=fields(client=client, destination=destination, proxy_user=asked.proxy_user))
+        log.info("forward", extra=fields(client=client, destination=destination, proxy_user=asked.proxy_user or "-"))
         return forward.route_to(destination, found, forward.replay_line(destination)), asked.secured
 
     def _loops(self, ip: IPAddress, port: int) -> bool:

@@ -158,3 +158,27 @@ def test_a_reload_changes_what_is_allowed_for_new_sessions() -> None:
         return codes
 
     assert run(main) == [331, 530]
+
+
+def test_a_user_name_in_another_encoding_is_replayed_byte_for_byte() -> None:
+    async def main() -> list[str]:
+        upstream = ScriptedServer()
+        await upstream.start()
+        allow = [f"127.0.0.1/32:{upstream.port}"]
+        settings = {"mode": "forward", "listen": "127.0.0.2:0", "passive_ports": "50000-50009"}
+        gateway = Gateway(settings_from_mapping({**settings, "forward": {"allow": allow}}))
+        gateway.resolver = fake_resolver
+        await gateway.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.2", gateway.addresses[0].port)
+            client = Client(reader, writer)
+            await client.reply()
+            writer.write(b"USER j\xf6rg@ftp.test:" + str(upstream.port).encode() + b"\r\n")  # latin-1
+            assert (await client.reply())[0] == 331
+            client.close()
+        finally:
+            await gateway.stop(1.0)
+            await upstream.close()
+        return upstream.commands
+
+    assert run(main)[0] == "USER j\xf6rg"  # the scripted server reads latin-1: the byte 0xf6 arrived as sent
