@@ -213,6 +213,8 @@ class Gateway:
         private = advertise.private_address_warning(self.settings, advertise.local_ipv4_addresses())
         if private is not None and self.worker == 0:  # once for the gateway, not once per worker
             log.warning(private)
+        if self.settings.mode == "forward" and not self.settings.forward.allow and self.worker == 0:
+            log.warning("forward mode with an empty forward.allow: every destination is refused until one is listed")
         self.implicit.start(self.settings.tls.client.implicit_listen, reuse_port=self.settings.workers > 1)
         if self.health is not None:
             self.health.start()

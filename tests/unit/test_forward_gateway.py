@@ -8,7 +8,8 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
-from shellrig import Client, ScriptedServer, run
+import pytest
+from shellrig import Client, ScriptedServer, records, run
 
 from alg.ftp.addresses import IPAddress
 from alg.gateway.resolve import NameNotResolved
@@ -182,3 +183,14 @@ def test_a_user_name_in_another_encoding_is_replayed_byte_for_byte() -> None:
         return upstream.commands
 
     assert run(main)[0] == "USER j\xf6rg"  # the scripted server reads latin-1: the byte 0xf6 arrived as sent
+
+
+def test_an_empty_allowlist_is_warned_about_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        settings = {"mode": "forward", "listen": "127.0.0.2:0", "passive_ports": "50000-50009"}
+        gateway = Gateway(settings_from_mapping(settings))
+        await gateway.start()
+        await gateway.stop(1.0)
+
+    run(main)
+    assert any("every destination is refused" in record.getMessage() for record in records(caplog, "ftp_alg.server"))
