@@ -4,6 +4,7 @@ name the login gives (an injected resolver), refusals that never connect, and th
 from __future__ import annotations
 
 import asyncio
+import socket
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,24 @@ def test_an_empty_allowlist_is_warned_about_at_start(caplog: pytest.LogCaptureFi
 
     run(main)
     assert any("every destination is refused" in record.getMessage() for record in records(caplog, "ftp_alg.server"))
+
+
+def test_a_destination_that_is_down_gets_421_without_its_address() -> None:
+    async def main() -> tuple[tuple[int, bytes], float]:
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]
+        settings = {"mode": "forward", "listen": "127.0.0.2:0", "passive_ports": "50000-50009"}
+        gateway = Gateway(settings_from_mapping({**settings, "forward": {"allow": [f"127.0.0.1/32:{closed}"]}}))
+        gateway.resolver = fake_resolver
+        await gateway.start()
+        try:
+            answer = (await session(gateway.addresses[0].port, [f"USER alice@ftp.test:{closed}"]))[1]
+        finally:
+            await gateway.stop(1.0)  # every session has ended, and is counted, when it returns
+        count = gateway.metrics.registry.get_sample_value("ftp_alg_sessions_total", {"outcome": "upstream_unreachable"})
+        return answer, count or 0.0
+
+    (code, text), unreachable = run(main)
+    assert code == 421 and b"cannot be reached" in text and b"127.0.0.1" not in text
+    assert unreachable == 1
