@@ -22,6 +22,7 @@ from alg.ops.config import Settings
 from alg.ops.config_sections import TlsClient, TlsUpstream
 from alg.ops.config_values import HostName
 from alg.ops.config_yaml import each_problem
+from alg.ops.proxy_users import ProxyUsers
 
 
 def _why(error: Exception) -> str:
@@ -93,6 +94,9 @@ def problems(settings: Settings) -> list[ConfigError]:
     for server in settings.upstream_servers:
         if isinstance(server.address, HostName):
             attempt(resolve_upstream, server.address)
+    users_file = settings.forward.users_file
+    if settings.mode == "forward" and users_file is not None:
+        attempt(ProxyUsers.read, users_file)
     return found
 
 
@@ -123,6 +127,8 @@ def _files(settings: Settings) -> list[tuple[str, Path, int]]:
         found.append(("tls.upstream.ca_file", upstream.ca_file, os.R_OK))
     if settings.admin.listen is not None and settings.admin.token_file is not None:
         found.append(("admin.token_file", settings.admin.token_file, os.R_OK))
+    if settings.mode == "forward" and settings.forward.users_file is not None:
+        found.append(("forward.users_file", settings.forward.users_file, os.R_OK))  # read again at each reload
     if settings.log.transfer_log is not None:
         log_file = settings.log.transfer_log
         found.append(("log.transfer_log", log_file if log_file.exists() else log_file.parent, os.W_OK))
