@@ -135,6 +135,7 @@ class Session:
             client_secured=self.client_secured,
             server_secured=upstream.secured,
             server_private=upstream.private,
+            server_side=upstream.peer.ours,
         )
         self.data = self._data_channels(self.channel, upstream.peer)
         if upstream.banner:  # read by the route (to know the upstream is alive) or by the TLS negotiation

@@ -139,6 +139,34 @@ def test_an_abor_left_unanswered_ends_the_data_connection_when_the_session_says_
     pasv_works(ch)
 
 
+def test_a_data_leg_broken_under_an_abor_keeps_the_servers_replies_for_retr_and_abor() -> None:
+    # proftpd over TLS: the gateway ends the data connection under the running RETR (the ABOR's cut, or the
+    # overdue timer's), the session reports the leg failed, and proftpd answers the RETR with 226 and the ABOR
+    # with 426 (or 426 then 226). The client asked for the cut: no 426 of ours in place of the transfer's reply,
+    # which would leave it with two 426s and no 226 for its ABOR; the replies pass as the server sent them.
+    for replies in (
+        b"226 Transfer complete\r\n426 Transfer aborted. Data connection closed\r\n",
+        b"426 Transfer aborted. Data connection closed\r\n226 Abort successful\r\n",
+    ):
+        ch = retr_under_way()
+        (ticket,) = ch.open_tickets
+        ch.client_data(b"ABOR\r\n")
+        ch.data_endpoint_failed(ticket, "the data connection broke")
+        actions = feed(ch, replies, server=True)
+        assert to_client(actions) == replies and NOOP in actions
+        assert to_client(ch.server_data(b"200 Zzz...\r\n")) == b""  # our NOOP's
+        pasv_works(ch)
+
+
+def test_a_data_leg_broken_without_an_abor_still_turns_the_226_into_our_426() -> None:
+    ch = retr_under_way()
+    (ticket,) = ch.open_tickets
+    ch.data_endpoint_failed(ticket, "the data connection broke")
+    ours = b"426 Connection closed; transfer aborted: the data connection broke.\r\n"
+    assert to_client(feed(ch, b"226 Transfer complete\r\n", server=True)) == ours
+    pasv_works(ch)
+
+
 def test_an_overdue_abor_closes_a_relay_still_delivering_and_nothing_once_answered() -> None:
     ch = retr_under_way()
     (ticket,) = ch.open_tickets
