@@ -2,7 +2,7 @@
 
 Rules: replies reach the client in the order of the commands that caused them, ours included; a line that needs a
 data endpoint is held (with everything behind it) until the session reports the endpoint ready or failed; a
-227/229 is acted on only as the single-line final reply to an outstanding PASV/EPSV; no I/O, no clocks.
+227/229 is acted on only as the final reply to an outstanding PASV/EPSV; no I/O, no clocks.
 
 Commands sent during a transfer (RFC 959 4.1.3: STAT, ABOR, QUIT; servers answer more) are answered as the
 server answers them. Once a transfer has had its 1xx, its own final reply is one of TRANSFER_DONE (RFC 959 5.4:
@@ -457,11 +457,11 @@ class ControlChannel:
             handling, lines = self._multiline.end(line)
             if handling is Handling.FEAT:
                 line = tls.rewrite_feat(lines, offer_tls=self.tls.offers_tls)
-            elif handling is Handling.KEEP:
+            elif handling in (Handling.KEEP, Handling.SUPPRESS):
                 line = b"".join(lines)
             if parsed.code < 200 and handling is not Handling.SUPPRESS:
                 return self._preliminary(line)  # a multi-line preliminary reply (pure-ftpd's 150-) ends
-            return self._final_reply(parsed.code, line, single_line=False)
+            return self._final_reply(parsed.code, line)
         if parsed.code is None:
             return [SendToClient(line)]  # not a reply line: passed on, acted on never
         if parsed.more:
@@ -470,7 +470,7 @@ class ControlChannel:
             return self._preliminary(line)
         if self.state.pending and self.state.pending[0].verb == "FEAT":
             line = tls.rewrite_feat([line], offer_tls=self.tls.offers_tls)
-        return self._final_reply(parsed.code, line, single_line=True)
+        return self._final_reply(parsed.code, line)
 
     def _handling(self, code: int) -> Handling:
         """What a multi-line reply's continuation lines get, decided at its first line."""
@@ -509,18 +509,18 @@ class ControlChannel:
             front.started = True
         return [SendToClient(line)]
 
-    def _final_reply(self, code: int, line: bytes, *, single_line: bool) -> list[Action]:
+    def _final_reply(self, code: int, line: bytes) -> list[Action]:
         front = self.state.pending[0] if self.state.pending and self.state.pending[0].local_reply is None else None
         settled = self.data.settle_before_abor_reply(code)
         if settled is not None:  # entries the reply cannot belong to, answered or dropped: pair it again
-            return [*settled, *self._flush_local_replies(), *self._final_reply(code, line, single_line=single_line)]
+            return [*settled, *self._flush_local_replies(), *self._final_reply(code, line)]
         if code in (227, 229) and (front is None or front.verb not in ("PASV", "EPSV")):
             # Out of turn (a server's extra reply after ABOR shifts the pairing): it may name the internal
             # address, so it is never passed on as it is.
             detail = "the FTP server sent a passive reply out of turn"
             line = reply(425, f"Can't open data connection: {detail}.")
             refused: list[Action] = [Refused(Refusal.SERVER_REPLY, front.verb if front else "", 425, detail)]
-            return refused + self._final_reply(425, line, single_line=True)
+            return refused + self._final_reply(425, line)
         if not self.state.pending or self.state.pending[0].local_reply is not None:
             self._said_goodbye = self._said_goodbye or code in (221, 421)
             return [SendToClient(line)]  # unsolicited (a 421 on idle, say): passed on, acted on never
@@ -541,7 +541,7 @@ class ControlChannel:
         elif verb == "FEAT":
             self.features.feat_done(code)
         if verb in ("PASV", "EPSV") and code in (227, 229):
-            return self.data.passive_reply(entry.sent or verb, code, line, single_line, client_verb=verb)
+            return self.data.passive_reply(entry.sent or verb, code, line, client_verb=verb)
         out: list[Action] = []
         if verb in ("PORT", "EPRT") and code >= 300 and entry.ticket is not None:
             if self.state.tickets.pop(entry.ticket, None) is not None:

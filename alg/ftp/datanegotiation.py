@@ -3,7 +3,8 @@ endpoints the session opens, the translated verb retried once (RFC 6384), a tran
 its data has drained.
 
 Rules: pure, as the rest of ControlChannel (its part, sharing the channel's ChannelState); a 227/229 is acted
-on only as the single-line final reply to an outstanding PASV/EPSV; an address that a reply cannot carry is
+on only as the final reply to an outstanding PASV/EPSV (a multi-line one read whole, answered with our own
+single line); an address that a reply cannot carry is
 refused, never written wrong.
 """
 
@@ -64,12 +65,14 @@ class DataNegotiation:
                 # Not expressible in a 227: refused in its place, never a wrong address.
                 record.ready = False
                 return [CloseDataEndpoint(ticket), *self.data_endpoint_failed(ticket, f"{public.ip} is not IPv4")]
+            # A multi-line reply gets our own single line: its other lines may name the internal side.
+            one_line = record.line.count(b"\n") <= 1
             if record.verb == "PASV":
-                same = record.sent == "PASV"
+                same = record.sent == "PASV" and one_line
                 after = addresses.rewrite_227(record.line, public) if same else addresses.format_227(public)
                 out.append(Rewrote("pasv", record.line, after))
             else:
-                same = record.sent == "EPSV"
+                same = record.sent == "EPSV" and one_line
                 after = addresses.rewrite_229(record.line, public.port) if same else addresses.format_229(public.port)
                 out.append(Rewrote("epsv", record.line, after))
             out.append(SendToClient(after))
@@ -373,10 +376,11 @@ class DataNegotiation:
             return [CloseDataEndpoint(ticket), SendToClient(line)]
         return [SendToClient(line)]
 
-    def passive_reply(self, verb: str, code: int, line: bytes, single_line: bool, *, client_verb: str) -> list[Action]:
+    def passive_reply(self, verb: str, code: int, line: bytes, *, client_verb: str) -> list[Action]:
         """`verb` is what the server got, `client_verb` what the client sent (and the form of its reply)."""
         unusable = reply(425, "Can't open data connection: the FTP server's passive reply was not understood.")
-        if not single_line or (verb, code) not in (("PASV", 227), ("EPSV", 229)):
+        # A multi-line reply is read whole: its numbers may stand in any of its lines (curl and ftplib accept it).
+        if (verb, code) not in (("PASV", 227), ("EPSV", 229)):
             return [Refused(Refusal.SERVER_REPLY, verb, 425, "unusable passive reply"), SendToClient(unusable)]
         try:
             if code == 227:
