@@ -28,6 +28,8 @@ from alg.ftp.actions import (
     CloseDataEndpoint,
     CloseSession,
     CommandReceived,
+    ConnectBoth,
+    ListenForBoth,
     ListenForClient,
     ListenForServer,
     LoggedIn,
@@ -67,7 +69,9 @@ __all__ = [
     "CloseDataEndpoint",
     "CloseSession",
     "CommandReceived",
+    "ConnectBoth",
     "ControlChannel",
+    "ListenForBoth",
     "ListenForClient",
     "ListenForServer",
     "LoggedIn",
@@ -145,8 +149,9 @@ class ControlChannel:
 
     # ---- the data half's facts and state, under the channel's names ------------------------------------------
 
-    def data_endpoint_ready(self, ticket: int, public: HostPort) -> list[Action]:
-        return self.data.data_endpoint_ready(ticket, public)
+    def data_endpoint_ready(self, ticket: int, public: HostPort, internal: HostPort | None = None) -> list[Action]:
+        """`internal`: a ListenForBoth's endpoint for the server, `public` the one for the client."""
+        return self.data.data_endpoint_ready(ticket, public, internal)
 
     def data_endpoint_failed(self, ticket: int, reason: str) -> list[Action]:
         return self.data.data_endpoint_failed(ticket, reason)
@@ -476,7 +481,7 @@ class ControlChannel:
         """What a multi-line reply's continuation lines get, decided at its first line."""
         front = self.state.pending[0] if self.state.pending else None
         verb = front.verb if front is not None else ""
-        if code in (227, 229) and verb in ("PASV", "EPSV"):
+        if code in (227, 229) and front is not None and (front.sent or verb) in ("PASV", "EPSV"):
             return Handling.SUPPRESS  # it may name the internal address; never forwarded
         if verb == "FEAT":
             return Handling.FEAT  # the features the client sees are the gateway's (alg.ftp.tls)
@@ -514,7 +519,7 @@ class ControlChannel:
         settled = self.data.settle_before_abor_reply(code)
         if settled is not None:  # entries the reply cannot belong to, answered or dropped: pair it again
             return [*settled, *self._flush_local_replies(), *self._final_reply(code, line)]
-        if code in (227, 229) and (front is None or front.verb not in ("PASV", "EPSV")):
+        if code in (227, 229) and (front is None or (front.sent or front.verb) not in ("PASV", "EPSV")):
             # Out of turn (a server's extra reply after ABOR shifts the pairing): it may name the internal
             # address, so it is never passed on as it is.
             detail = "the FTP server sent a passive reply out of turn"
@@ -540,6 +545,8 @@ class ControlChannel:
             self.features.learn_success(entry.sent, code)
         elif verb == "FEAT":
             self.features.feat_done(code)
+        if self.data.crossed(entry):
+            return self.data.cross_reply(entry, code, line)
         if verb in ("PASV", "EPSV") and code in (227, 229):
             return self.data.passive_reply(entry.sent or verb, code, line, client_verb=verb)
         out: list[Action] = []
