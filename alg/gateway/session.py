@@ -345,7 +345,7 @@ class Session:
                     to_client.append(line)
                 case c.SendToServer(line, urgent):
                     to_server.append((line, urgent))
-                case c.ListenForClient() | c.ListenForServer():
+                case c.ListenForClient() | c.ListenForServer() | c.ListenForBoth() | c.ConnectBoth():
                     queue.extend(data.open(action))
                 case c.TransferRequested(ticket, verb, argument):
                     data.requested(ticket, verb, argument)
@@ -460,4 +460,7 @@ class Session:
 
 
 # Actions with effects beyond bookkeeping: the client's replies queued before them are written first.
-_WRITE_FIRST = frozenset({c.ListenForClient, c.ListenForServer, StartClientTls, c.CloseDataEndpoint, c.CloseSession})
+_WRITE_FIRST = frozenset(
+    {c.ListenForClient, c.ListenForServer, c.ListenForBoth, c.ConnectBoth, StartClientTls, c.CloseDataEndpoint}
+    | {c.CloseSession}
+)
