@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from clients import Mode, curl_download, curl_upload
 from conftest import require_netns, require_server
-from gateway import Gateway, random_file, sha256_file, start_reverse_gateway
+from gateway import Gateway, random_file, sha256_file, start_reverse_gateway, wait_listening
 from netns import Topology
 from scenarios import ftplib_round_trip
 from servers import FtpServer, start_server
@@ -34,7 +34,25 @@ class Setup:
     no_port: FtpServer  # port_enable=NO
     active: Gateway  # upstream_data_mode active, toward no_pasv
     passive: Gateway  # upstream_data_mode passive, toward no_port
+    per_upstream: Gateway  # top level follow; `upstreams:` entries with their own modes, by USER (per_user)
     files: Path
+
+
+def start_per_upstream_gateway(topo: Topology, config: Path) -> Gateway:
+    """Two upstreams, each with its own upstream_data_mode: anonymous goes to no_pasv, ftp to no_port."""
+    config.write_text(
+        "upstream_data_mode: follow\n"
+        "upstreams:\n"
+        "  - {address: 198.51.100.10:21, name: no_pasv, upstream_data_mode: active}\n"
+        "  - {address: 198.51.100.10:2121, name: no_port, upstream_data_mode: passive}\n"
+        "upstream_policy: per_user\n"
+        "upstream_users: {anonymous: no_pasv, ftp: no_port}\n"
+    )
+    public = topo.public_addr
+    args = ["run", "--config", config, "--listen", f"{public}:2103", "--public-address", str(public)]
+    process = topo.start_gateway([*args, "--passive-ports", "50200-50299", "--log-level", "debug"])
+    wait_listening(topo.gw, process, public, 2103)
+    return Gateway(topo, process, public, 2103)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +84,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                     passive_ports="50100-50199",
                 )
             )
-            yield Setup(topo, no_pasv, no_port, gateways[0], gateways[1], files)
+            gateways.append(start_per_upstream_gateway(topo, files / "per-upstream.yaml"))
+            yield Setup(topo, no_pasv, no_port, gateways[0], gateways[1], gateways[2], files)
         finally:
             for gateway in gateways:
                 gateway.stop()
@@ -121,3 +140,16 @@ def test_directly_the_same_cells_fail(setup: Setup, server: str, mode: Mode, tmp
     assert not (tmp_path / "small.bin").exists() or sha256_file(tmp_path / "small.bin") != sha256_file(
         setup.files / "small.bin"
     )
+
+
+def test_each_upstream_entry_has_its_own_data_mode(setup: Setup, tmp_path: Path) -> None:
+    """One gateway, top level follow: the entry for the server refusing PASV says active, the other passive."""
+    via = setup.topo.public_addr, setup.per_upstream.port
+    local = tmp_path / "pasv.bin"
+    curl_download(setup.topo.client, setup.no_pasv.target(*via), "small.bin", local, mode="pasv").check()
+    assert sha256_file(local) == sha256_file(setup.files / "small.bin")
+    target = setup.no_port.target(*via)
+    target = type(target)(target.addr, target.port, "ftp", target.password)  # per_user: ftp goes to no_port
+    local = tmp_path / "port.bin"
+    curl_download(setup.topo.client, target, "small.bin", local, mode="port").check()
+    assert sha256_file(local) == sha256_file(setup.files / "small.bin")
