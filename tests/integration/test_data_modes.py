@@ -153,3 +153,27 @@ def test_each_upstream_entry_has_its_own_data_mode(setup: Setup, tmp_path: Path)
     local = tmp_path / "port.bin"
     curl_download(setup.topo.client, target, "small.bin", local, mode="port").check()
     assert sha256_file(local) == sha256_file(setup.files / "small.bin")
+
+
+def test_the_kernel_data_path_relays_what_it_cannot_map(setup: Setup, tmp_path: Path) -> None:
+    """data_path kernel: a crossed transfer is relayed (one NAT mapping joins an accepted and a connected leg),
+    and the debug log says so."""
+    setup.topo.gw.sysctl("net.ipv4.ip_forward", 1)
+    gateway = start_reverse_gateway(
+        setup.topo,
+        "--upstream-data-mode",
+        "active",
+        "--data-path",
+        "kernel",
+        listen_port=2104,
+        passive_ports="50300-50399",
+    )
+    try:
+        assert "data_path=kernel" in gateway.log()
+        local = tmp_path / "big.bin"
+        target = setup.no_pasv.target(setup.topo.public_addr, gateway.port)
+        curl_download(setup.topo.client, target, "big.bin", local, mode="pasv").check()
+        assert sha256_file(local) == sha256_file(setup.files / "big.bin")
+        assert "upstream_data_mode: relaying this transfer" in gateway.log()
+    finally:
+        gateway.stop()
