@@ -97,6 +97,11 @@ def _add_ports_and_process(group: Any) -> None:
         help="ports for active-mode data connections from the server (default: the kernel's ephemeral ports)",
     )
     group.add_argument(
+        "--upstream-data-mode",
+        metavar="{follow,passive,active}",
+        help="the data mode toward the server: the client's own, or always passive or active (default: follow)",
+    )
+    group.add_argument(
         "--metrics-listen", metavar="ADDR:PORT", help="/metrics, /healthz and /readyz (default: none, not served)"
     )
     group.add_argument(
@@ -201,6 +206,7 @@ _OVERRIDE_DESTS = (
     "dual_stack",
     "passive_ports",
     "active_ports",
+    "upstream_data_mode",
     "metrics_listen",
     "admin_listen",
     "workers",

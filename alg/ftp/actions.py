@@ -47,6 +47,28 @@ class ListenForServer:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenForBoth:
+    """A client's PASV/EPSV served by PORT/EPRT toward the server (upstream_data_mode active): a public endpoint
+    for the control client and an internal one for the server, both accepted, then relayed together."""
+
+    ticket: int
+    client_tls: bool = False
+    server_tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectBoth:
+    """A client's PORT/EPRT served by PASV/EPSV toward the server (upstream_data_mode passive): connect to the
+    server's `server` first, then to the client's `client`, and relay them together."""
+
+    ticket: int
+    server: HostPort
+    client: HostPort
+    client_tls: bool = False
+    server_tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class CloseDataEndpoint:
     ticket: int
 
@@ -123,6 +145,8 @@ Action = (
     | SendToServer
     | ListenForClient
     | ListenForServer
+    | ListenForBoth
+    | ConnectBoth
     | CloseDataEndpoint
     | CloseSession
     | CommandReceived

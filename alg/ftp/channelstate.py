@@ -35,6 +35,8 @@ class ChannelSettings:
     max_pipelined_commands: int = 32
     max_data_channels: int = 4
     passive_target: str = "upstream"  # or "advertised"
+    # follow: the server gets the client's data mode; passive/active: always that mode toward the server.
+    upstream_data_mode: str = "follow"
     port_address_mismatch: str = "refuse"  # or "rewrite": use the control client's address instead
     min_active_port: int = 1024
     check_command: CommandCheck | None = None
@@ -72,6 +74,10 @@ class Ticket:
     verb: str  # the client's verb: decides the reply it gets
     sent: str = ""  # passive: the verb the server answered
     public: HostPort | None = None  # active: the endpoint the server was told of (kept for a retry)
+    # Served in the other mode toward the server (upstream_data_mode): the client's own endpoint, the one
+    # announced to it (a PASV's) or the one it announced (a PORT's).
+    cross: bool = False
+    client_end: HostPort | None = None
     connected: bool = False
     finished: bool = False
     ready: bool = False

@@ -2,7 +2,7 @@
 
 Rules: replies reach the client in the order of the commands that caused them, ours included; a line that needs a
 data endpoint is held (with everything behind it) until the session reports the endpoint ready or failed; a
-227/229 is acted on only as the single-line final reply to an outstanding PASV/EPSV; no I/O, no clocks.
+227/229 is acted on only as the final reply to an outstanding PASV/EPSV; no I/O, no clocks.
 
 Commands sent during a transfer (RFC 959 4.1.3: STAT, ABOR, QUIT; servers answer more) are answered as the
 server answers them. Once a transfer has had its 1xx, its own final reply is one of TRANSFER_DONE (RFC 959 5.4:
@@ -29,6 +29,8 @@ from alg.ftp.actions import (
     CloseDataEndpoint,
     CloseSession,
     CommandReceived,
+    ConnectBoth,
+    ListenForBoth,
     ListenForClient,
     ListenForServer,
     LoggedIn,
@@ -68,7 +70,9 @@ __all__ = [
     "CloseDataEndpoint",
     "CloseSession",
     "CommandReceived",
+    "ConnectBoth",
     "ControlChannel",
+    "ListenForBoth",
     "ListenForClient",
     "ListenForServer",
     "LoggedIn",
@@ -151,8 +155,9 @@ class ControlChannel:
 
     # ---- the data half's facts and state, under the channel's names ------------------------------------------
 
-    def data_endpoint_ready(self, ticket: int, public: HostPort) -> list[Action]:
-        return self.data.data_endpoint_ready(ticket, public)
+    def data_endpoint_ready(self, ticket: int, public: HostPort, internal: HostPort | None = None) -> list[Action]:
+        """`internal`: a ListenForBoth's endpoint for the server, `public` the one for the client."""
+        return self.data.data_endpoint_ready(ticket, public, internal)
 
     def data_endpoint_failed(self, ticket: int, reason: str) -> list[Action]:
         return self.data.data_endpoint_failed(ticket, reason)
@@ -465,11 +470,11 @@ class ControlChannel:
             handling, lines = self._multiline.end(line)
             if handling is Handling.FEAT:
                 line = tls.rewrite_feat(lines, offer_tls=self.tls.offers_tls)
-            elif handling is Handling.KEEP:
+            elif handling in (Handling.KEEP, Handling.SUPPRESS):
                 line = b"".join(lines)
             if parsed.code < 200 and handling is not Handling.SUPPRESS:
                 return self._preliminary(line)  # a multi-line preliminary reply (pure-ftpd's 150-) ends
-            return self._final_reply(parsed.code, line, single_line=False)
+            return self._final_reply(parsed.code, line)
         if parsed.code is None:
             return [SendToClient(line)]  # not a reply line: passed on, acted on never
         if parsed.more:
@@ -478,7 +483,7 @@ class ControlChannel:
             return self._preliminary(line)
         if self.state.pending and self.state.pending[0].verb == "FEAT":
             line = tls.rewrite_feat([line], offer_tls=self.tls.offers_tls)
-        return self._final_reply(parsed.code, line, single_line=True)
+        return self._final_reply(parsed.code, line)
 
     def _status_owed(self) -> bool:
         """A STAT without argument (the connection's status, RFC 959 4.1.3) is owed its reply from the server."""
@@ -491,7 +496,7 @@ class ControlChannel:
         """What a multi-line reply's continuation lines get, decided at its first line."""
         front = self.state.pending[0] if self.state.pending else None
         verb = front.verb if front is not None else ""
-        if code in (227, 229) and verb in ("PASV", "EPSV"):
+        if code in (227, 229) and front is not None and (front.sent or verb) in ("PASV", "EPSV"):
             return Handling.SUPPRESS  # it may name the internal address; never forwarded
         if verb == "FEAT":
             return Handling.FEAT  # the features the client sees are the gateway's (alg.ftp.tls)
@@ -524,18 +529,18 @@ class ControlChannel:
             front.started = True
         return [SendToClient(line)]
 
-    def _final_reply(self, code: int, line: bytes, *, single_line: bool) -> list[Action]:
+    def _final_reply(self, code: int, line: bytes) -> list[Action]:
         front = self.state.pending[0] if self.state.pending and self.state.pending[0].local_reply is None else None
         settled = self.data.settle_before_abor_reply(code)
         if settled is not None:  # entries the reply cannot belong to, answered or dropped: pair it again
-            return [*settled, *self._flush_local_replies(), *self._final_reply(code, line, single_line=single_line)]
-        if code in (227, 229) and (front is None or front.verb not in ("PASV", "EPSV")):
+            return [*settled, *self._flush_local_replies(), *self._final_reply(code, line)]
+        if code in (227, 229) and (front is None or (front.sent or front.verb) not in ("PASV", "EPSV")):
             # Out of turn (a server's extra reply after ABOR shifts the pairing): it may name the internal
             # address, so it is never passed on as it is.
             detail = "the FTP server sent a passive reply out of turn"
             line = reply(425, f"Can't open data connection: {detail}.")
             refused: list[Action] = [Refused(Refusal.SERVER_REPLY, front.verb if front else "", 425, detail)]
-            return refused + self._final_reply(425, line, single_line=True)
+            return refused + self._final_reply(425, line)
         if not self.state.pending or self.state.pending[0].local_reply is not None:
             self._said_goodbye = self._said_goodbye or code in (221, 421)
             return [SendToClient(line)]  # unsolicited (a 421 on idle, say): passed on, acted on never
@@ -555,8 +560,16 @@ class ControlChannel:
             self.features.learn_success(entry.sent, code)
         elif verb == "FEAT":
             self.features.feat_done(code)
+        if self.data.crossed(entry):
+            return self.data.cross_reply(entry, code, line)
         if verb in ("PASV", "EPSV") and code in (227, 229):
-            return self.data.passive_reply(entry.sent or verb, code, line, single_line, client_verb=verb)
+            return self.data.passive_reply(entry.sent or verb, code, line, client_verb=verb)
+        return self._answer(entry, code, line)
+
+    def _answer(self, entry: Pending, code: int, line: bytes) -> list[Action]:
+        """A reply paired with the client's command it answers: what it changes (data endpoints, protection,
+        login, a transfer's end), then the line to the client."""
+        verb = entry.verb
         out: list[Action] = []
         if verb in ("PORT", "EPRT") and code >= 300 and entry.ticket is not None:
             if self.state.tickets.pop(entry.ticket, None) is not None:

@@ -3,7 +3,8 @@ endpoints the session opens, the translated verb retried once (RFC 6384), a tran
 its data has drained.
 
 Rules: pure, as the rest of ControlChannel (its part, sharing the channel's ChannelState); a 227/229 is acted
-on only as the single-line final reply to an outstanding PASV/EPSV; an address that a reply cannot carry is
+on only as the final reply to an outstanding PASV/EPSV (a multi-line one read whole, answered with our own
+single line); an address that a reply cannot carry is
 refused, never written wrong.
 """
 
@@ -17,6 +18,8 @@ from alg.ftp import addresses, wire
 from alg.ftp.actions import (
     Action,
     CloseDataEndpoint,
+    ConnectBoth,
+    ListenForBoth,
     ListenForClient,
     ListenForServer,
     Refused,
@@ -53,23 +56,27 @@ class DataNegotiation:
 
     # ---- facts from the session ----------------------------------------------------------------------------
 
-    def data_endpoint_ready(self, ticket: int, public: HostPort) -> list[Action]:
+    def data_endpoint_ready(self, ticket: int, public: HostPort, internal: HostPort | None = None) -> list[Action]:
         record = self.state.tickets.get(ticket)
         if record is None or record.ready or self.state.closed:
             return []
         record.ready = True
         out: list[Action] = []
+        if record.passive and record.verb == "PASV" and not isinstance(public.ip, IPv4Address):
+            # Not expressible in a 227: refused in its place, never a wrong address.
+            record.ready = False
+            return [CloseDataEndpoint(ticket), *self.data_endpoint_failed(ticket, f"{public.ip} is not IPv4")]
+        if record.cross:
+            return self._cross_ready(ticket, record, public, internal or public) + self._run()
         if record.passive:
-            if record.verb == "PASV" and not isinstance(public.ip, IPv4Address):
-                # Not expressible in a 227: refused in its place, never a wrong address.
-                record.ready = False
-                return [CloseDataEndpoint(ticket), *self.data_endpoint_failed(ticket, f"{public.ip} is not IPv4")]
+            # A multi-line reply gets our own single line: its other lines may name the internal side.
+            one_line = record.line.count(b"\n") <= 1
             if record.verb == "PASV":
-                same = record.sent == "PASV"
+                same = record.sent == "PASV" and one_line
                 after = addresses.rewrite_227(record.line, public) if same else addresses.format_227(public)
                 out.append(Rewrote("pasv", record.line, after))
             else:
-                same = record.sent == "EPSV"
+                same = record.sent == "EPSV" and one_line
                 after = addresses.rewrite_229(record.line, public.port) if same else addresses.format_229(public.port)
                 out.append(Rewrote("epsv", record.line, after))
             out.append(SendToClient(after))
@@ -108,10 +115,13 @@ class DataNegotiation:
             return self._finished(ticket)
         refusal = reply(425, f"Can't open data connection: {reason}.")
         out: list[Action] = [Refused(Refusal.DATA_ENDPOINT, record.verb, 425, reason)]
-        if record.passive:
-            # The server's 227/229 is replaced by our refusal, in its place in the reply order.
+        if record.passive != record.cross:
+            # The server's 227/229 (a PASV of ours, for a client's PORT) is replaced by our refusal, in its place
+            # in the reply order.
             out.append(SendToClient(refusal))
             self.state.server_side.waiting_for = None
+            if self.state.client_side.waiting_for == ticket:
+                self.state.client_side.waiting_for = None
         else:
             self.state.client_side.waiting_for = None
             out.extend(self._answer_locally(refusal))
@@ -195,6 +205,8 @@ class DataNegotiation:
         self._check_data_limit()
         ticket, out = self._new_ticket(passive=False, line=command.raw, verb=command.verb)
         self.state.client_side.waiting_for = ticket
+        if self.state.settings.upstream_data_mode == "passive":
+            return out + self._cross_active(ticket, target)
         out.append(ListenForServer(ticket, target, self.state.tls.client_private, self.state.tls.server_private))
         return out
 
@@ -203,6 +215,8 @@ class DataNegotiation:
         if command.verb == "EPSV" and argument == b"ALL":
             # RFC 2428 section 4: from now on only EPSV; the server enforces it too.
             self._epsv_all = True
+            if self.state.settings.upstream_data_mode == "active":
+                return self._answer_locally(reply(200, "EPSV ALL command successful."))  # the server gets EPRT
             self.state.pending.append(Pending("EPSV ALL"))
             return [SendToServer(command.raw)]
         if command.verb == "PASV" and self._epsv_all:
@@ -220,6 +234,8 @@ class DataNegotiation:
         if command.verb == "PASV" and isinstance(self.state.client.ip, IPv6Address):
             raise PolicyDenied("PASV cannot carry an IPv6 address; use EPSV", reason=Refusal.SYNTAX, reply_code=425)
         self._check_data_limit()
+        if self.state.settings.upstream_data_mode == "active":
+            return self._cross_passive(command)
         sent = self.state.features.verb_for_server(command.verb)
         out: list[Action] = []
         if sent != command.verb:
@@ -230,6 +246,76 @@ class DataNegotiation:
         if probe:
             self.state.client_side.waiting_for = PROBING
         return [*out, SendToServer(raw)]
+
+    # ---- the client's mode served by the other one toward the server (upstream_data_mode) -------------------------
+
+    def _cross_passive(self, command: Command) -> list[Action]:
+        """A client's PASV/EPSV, the server in active mode: both endpoints opened before the server hears of it."""
+        ticket, out = self._new_ticket(passive=True, line=command.raw, verb=command.verb)
+        self.state.tickets[ticket].cross = True
+        self.state.client_side.waiting_for = ticket  # its next command goes after our PORT
+        tls = self.state.tls
+        return [*out, ListenForBoth(ticket, tls.client_private, tls.server_private)]
+
+    def _cross_active(self, ticket: int, target: HostPort) -> list[Action]:
+        """A client's PORT/EPRT, the server in passive mode: PASV toward an IPv4 server, EPSV toward IPv6."""
+        record = self.state.tickets[ticket]
+        record.cross, record.client_end = True, target
+        sent = self.state.features.verb_for_server("PASV")
+        self.state.pending.append(Pending(record.verb, ticket=ticket, sent=sent))
+        return [Translated(record.verb, sent), SendToServer(sent.encode() + b"\r\n")]
+
+    def _cross_ready(self, ticket: int, record: Ticket, public: HostPort, internal: HostPort) -> list[Action]:
+        self.state.armed = ticket
+        self.state.client_side.waiting_for = None
+        if not record.passive:
+            # The server's leg is connected: the client's PORT gets its 200 in the place of the server's 227.
+            self.state.server_side.waiting_for = None
+            return [SendToClient(reply(200, f"{record.verb} command successful."))]
+        # The server is told of our internal endpoint; the client's 227/229 waits for the server's 200.
+        record.client_end, record.public = public, internal
+        verb = self.state.features.verb_for_server("PORT")
+        if verb == "PORT" and not isinstance(internal.ip, IPv4Address):
+            verb = "EPRT"
+        after = self._active_line(verb, internal)
+        self.state.pending.append(Pending(record.verb, ticket=ticket, sent=verb))
+        return [Translated(record.verb, verb), Rewrote(verb.lower(), record.line, after), SendToServer(after)]
+
+    @staticmethod
+    def crossed(entry: Pending) -> bool:
+        """Was the client's data command sent to the server in the other mode (upstream_data_mode)?"""
+        return bool(entry.sent) and (entry.verb in _PASSIVE) != (entry.sent in _PASSIVE)
+
+    def cross_reply(self, entry: Pending, code: int, line: bytes) -> list[Action]:
+        """The server's answer to a crossed data command, answered to the client in its own command's form."""
+        ticket = entry.ticket if entry.ticket is not None else -1
+        record = self.state.tickets.get(ticket)
+        if entry.verb in _PASSIVE:
+            if record is None or not 200 <= code < 300 or record.client_end is None:
+                return self._cross_refused(entry, ticket, f"the FTP server refused {entry.sent} ({code})")
+            if entry.verb == "PASV":
+                after = addresses.format_227(record.client_end)
+            else:
+                after = addresses.format_229(record.client_end.port)
+            return [Rewrote(entry.verb.lower(), line, after), SendToClient(after)]
+        if record is None or record.client_end is None:
+            return self._cross_refused(entry, ticket, "its data endpoint is gone")
+        target, out = self._server_passive_address(entry.sent, code, line)
+        if target is None:
+            return out + self._cross_refused(entry, ticket, "the FTP server's passive reply was not understood")
+        self.state.server_side.waiting_for = ticket
+        tls = self.state.tls
+        return [*out, ConnectBoth(ticket, target, record.client_end, tls.client_private, tls.server_private)]
+
+    def _cross_refused(self, entry: Pending, ticket: int, detail: str) -> list[Action]:
+        out: list[Action] = [Refused(Refusal.SERVER_REPLY, entry.sent, 425, detail)]
+        if self.state.tickets.pop(ticket, None) is not None:
+            out.append(CloseDataEndpoint(ticket))
+        if self.state.armed == ticket:
+            self.state.armed = None
+        if self.state.client_side.waiting_for == ticket:
+            self.state.client_side.waiting_for = None
+        return [*out, SendToClient(reply(425, f"Can't open data connection: {detail}."))]
 
     # ---- ABOR --------------------------------------------------------------------------------------------------
 
@@ -332,7 +418,7 @@ class DataNegotiation:
 
     def retry(self, entry: Pending, verb: str) -> list[Action]:
         """The server does not know EPSV/EPRT: the same request in the RFC 959 form, in the same place."""
-        if entry.verb in ("PORT", "EPRT"):
+        if entry.sent in ("PORT", "EPRT"):
             record = self.state.tickets.get(entry.ticket) if entry.ticket is not None else None
             if record is None or record.public is None or not isinstance(record.public.ip, IPv4Address):
                 detail = "Can't open data connection: the FTP server knows neither EPRT nor an IPv4 PORT for us"
@@ -376,11 +462,24 @@ class DataNegotiation:
             return [CloseDataEndpoint(ticket), SendToClient(line)]
         return [SendToClient(line)]
 
-    def passive_reply(self, verb: str, code: int, line: bytes, single_line: bool, *, client_verb: str) -> list[Action]:
+    def passive_reply(self, verb: str, code: int, line: bytes, *, client_verb: str) -> list[Action]:
         """`verb` is what the server got, `client_verb` what the client sent (and the form of its reply)."""
-        unusable = reply(425, "Can't open data connection: the FTP server's passive reply was not understood.")
-        if not single_line or (verb, code) not in (("PASV", 227), ("EPSV", 229)):
-            return [Refused(Refusal.SERVER_REPLY, verb, 425, "unusable passive reply"), SendToClient(unusable)]
+        target, out = self._server_passive_address(verb, code, line)
+        if target is None:
+            unusable = reply(425, "Can't open data connection: the FTP server's passive reply was not understood.")
+            return [*out, SendToClient(unusable)]
+        ticket, closed = self._new_ticket(passive=True, line=line, verb=client_verb)
+        self.state.tickets[ticket].sent = verb
+        out.extend(closed)
+        self.state.server_side.waiting_for = ticket
+        out.append(ListenForClient(ticket, target, self.state.tls.client_private, self.state.tls.server_private))
+        return out
+
+    def _server_passive_address(self, verb: str, code: int, line: bytes) -> tuple[HostPort | None, list[Action]]:
+        """Where to connect for the server's 227/229 (None: unusable), and what was refused on the way."""
+        # A multi-line reply is read whole: its numbers may stand in any of its lines (curl and ftplib accept it).
+        if (verb, code) not in (("PASV", 227), ("EPSV", 229)):
+            return None, [Refused(Refusal.SERVER_REPLY, verb, 425, "unusable passive reply")]
         try:
             if code == 227:
                 announced, _, _ = addresses.find_227(line)
@@ -388,7 +487,7 @@ class DataNegotiation:
                 port, _, _ = addresses.find_229(line)
                 announced = HostPort(self.state.server.ip, port)
         except FtpProtocolError as error:
-            return [Refused(Refusal.SERVER_REPLY, verb, 425, str(error)), SendToClient(unusable)]
+            return None, [Refused(Refusal.SERVER_REPLY, verb, 425, str(error))]
         target = announced
         out: list[Action] = []
         if self.state.settings.passive_target == "upstream":
@@ -401,12 +500,10 @@ class DataNegotiation:
                 target = HostPort(self.state.server.ip, announced.port)
                 detail = f"the server announced third-party address {announced.ip}; using {self.state.server.ip}"
                 out.append(Refused(Refusal.BOUNCE, verb, 0, detail))
-        ticket, closed = self._new_ticket(passive=True, line=line, verb=client_verb)
-        self.state.tickets[ticket].sent = verb
-        out.extend(closed)
-        self.state.server_side.waiting_for = ticket
-        out.append(ListenForClient(ticket, target, self.state.tls.client_private, self.state.tls.server_private))
-        return out
+        return target, out
+
+
+_PASSIVE = ("PASV", "EPSV")
 
 
 def _fenced(owed: list[Pending], abor_at: int) -> bool:

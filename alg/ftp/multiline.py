@@ -1,9 +1,9 @@
 """A server's multi-line reply in progress (RFC 959 4.2): each continuation line passed on at once, dropped, or
 kept until the last line decides.
 
-Rules: pure; bounded (a kept reply longer than its limit is passed on, a FEAT list longer than 256 lines is not
-a feature list); the control channel decides at the first line which of the four a reply gets and acts on the
-whole reply at its last line.
+Rules: pure; bounded (a kept reply longer than its limit is passed on, a suppressed one cut short, a FEAT
+list longer than 256 lines is not a feature list); the control channel decides at the first line which of the
+four a reply gets and acts on the whole reply at its last line.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ MAX_FEATURES = 256
 
 class Handling(Enum):
     PASS = "pass"  # continuation lines go to the client as they come
-    SUPPRESS = "suppress"  # a 227/229 that may name the internal address: never forwarded
+    SUPPRESS = "suppress"  # a 227/229 that may name the internal address: never forwarded, kept to be read
     FEAT = "feat"  # collected, rewritten once complete (alg.ftp.tls.rewrite_feat)
     KEEP = "keep"  # a transfer's final reply: not before its data, so kept whole until its last line
 
@@ -31,12 +31,15 @@ class MultilineReply:
     def start(self, code: int, line: bytes, handling: Handling) -> bytes:
         """The first line; returns what goes to the client now."""
         self.code, self._handling, self._kept_bytes = code, handling, 0
-        self._lines = [] if handling in (Handling.PASS, Handling.SUPPRESS) else [line]
+        self._lines = [] if handling is Handling.PASS else [line]
         return line if handling is Handling.PASS else b""
 
     def continuation(self, line: bytes) -> bytes:
         """A line before the last; returns what goes to the client now."""
         if self._handling is Handling.SUPPRESS:
+            if self._kept_bytes + len(line) <= self._max_kept_bytes:
+                self._lines.append(line)  # the numbers may stand in any line; past the limit, none are read
+                self._kept_bytes += len(line)
             return b""
         if self._handling is Handling.PASS:
             return line

@@ -21,7 +21,7 @@ from alg.ftp.reasons import Refusal
 from alg.gateway import kerneldata
 from alg.gateway.context import GatewayContext
 from alg.gateway.relaypath import DataTls, RelayPath
-from alg.gateway.transfer import FAILURE_TEXT, INTERNAL_ERROR, DataJob, Ended, Transfer
+from alg.gateway.transfer import FAILURE_TEXT, INTERNAL_ERROR, Cross, DataJob, Ended, Transfer
 from alg.net.dataplane import Listener, open_listener
 from alg.ops.defender import Offence
 from alg.ops.logs import fields, printable
@@ -65,11 +65,14 @@ class DataChannels:
 
     # ---- orders from the session -----------------------------------------------------------------------------
 
-    def open(self, action: c.ListenForClient | c.ListenForServer) -> list[c.Action]:
+    def open(self, action: c.ListenForClient | c.ListenForServer | c.ListenForBoth | c.ConnectBoth) -> list[c.Action]:
         """Open the endpoint the channel asked for; the channel's answer (the rewritten line, or a refusal)."""
         passive = isinstance(action, c.ListenForClient)
         try:
-            job = self._job(action, passive)
+            if isinstance(action, c.ListenForBoth | c.ConnectBoth):
+                job = self._cross_job(action)
+            else:
+                job = self._job(action, passive)
         except DataChannelError as error:
             self.context.metrics.data_failure(error.reason)
             self.log.warning("data endpoint failed", extra=fields(ticket=action.ticket, reason=str(error)))
@@ -85,9 +88,10 @@ class DataChannels:
             task.add_done_callback(kernel.path.tasks.discard)
             return self.channel.data_endpoint_ready(action.ticket, job.public)  # mapped before it is announced
         self._start(job, lambda ended: self._relay.carry(job, self, ended))
-        if passive:
+        if passive or isinstance(action, c.ConnectBoth):
             return []  # announced once the server's leg is connected (TransferEvents.announce)
-        return self.channel.data_endpoint_ready(action.ticket, job.public)
+        internal = job.cross.internal if job.cross is not None else None
+        return self.channel.data_endpoint_ready(action.ticket, job.public, internal)
 
     def close(self, ticket: int) -> None:
         """The channel is done with this endpoint (ABOR, a new PASV, an aborted transfer): cut it."""
@@ -134,7 +138,8 @@ class DataChannels:
     # ---- TransferEvents: what the data paths tell ---------------------------------------------------------------
 
     def announce(self, job: DataJob) -> None:
-        self._report(self.channel.data_endpoint_ready(job.ticket, job.public))
+        internal = job.cross.internal if job.cross is not None else None
+        self._report(self.channel.data_endpoint_ready(job.ticket, job.public, internal))
 
     def connected(self, job: DataJob) -> None:
         self._report(self.channel.data_connected(job.ticket))
@@ -185,6 +190,38 @@ class DataChannels:
         dialled = ends.server.ip if passive and context.transparent else listen_on
         public = self._announced(listener, passive=passive)
         return DataJob(action.ticket, transfer, listener, expected, dialled, action.then_connect, source, public)
+
+    def _cross_job(self, action: c.ListenForBoth | c.ConnectBoth) -> DataJob:
+        """upstream_data_mode: the client's leg in its own mode, the server's in the other (the relay carries
+        it). Each leg is opened or dialled on the side its peer talks to us on, as in _job."""
+        context, ends = self.context, self.ends
+        transfer = Transfer(
+            mode="passive" if isinstance(action, c.ListenForBoth) else "active",
+            client_tls=action.client_tls,
+            server_tls=action.server_tls,
+        )
+        if isinstance(action, c.ConnectBoth):
+            cross = Cross(client_target=action.client, client_source=ends.client_side.ip)
+            return DataJob(
+                action.ticket, transfer, None, ends.server.ip, ends.server.ip, action.server, ends.server_side.ip,
+                action.server, cross,
+            )  # fmt: skip
+        public_pool, internal_pool = context.public_pool, context.internal_pool
+        if context.transparent:
+            public_pool, internal_pool = internal_pool or public_pool, public_pool
+        listener = open_listener(ends.client_side.ip, public_pool)
+        try:
+            server_listener = open_listener(ends.server_side.ip, internal_pool)
+        except DataChannelError:
+            listener.close()
+            raise
+        public = self._announced(listener, passive=True)
+        internal = self._announced(server_listener, passive=False)
+        cross = Cross(server_listener=server_listener, server_expected=ends.server.ip, internal=internal)
+        return DataJob(
+            action.ticket, transfer, listener, ends.data_peer, ends.client_side.ip, ends.server, ends.server_side.ip,
+            public, cross,
+        )  # fmt: skip
 
     def _announced(self, listener: Listener, *, passive: bool) -> HostPort:
         """The address told to the peer: ours, the configured public one, the advertiser's, or (transparent

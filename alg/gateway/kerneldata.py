@@ -18,6 +18,7 @@ from alg.ftp.addresses import HostPort
 from alg.ftp.reasons import DataFailure
 from alg.gateway.context import GatewayContext
 from alg.gateway.transfer import DataJob, Ended, TransferEvents
+from alg.net.dataplane import Listener
 from alg.net.kernelpath import Carried, KernelPath, KernelPathUnavailable, carry, stop_listening
 from alg.net.nft import NftError
 from alg.net.nftrules import Mapping, table_name
@@ -30,13 +31,13 @@ SessionLog = logging.LoggerAdapter[logging.Logger]
 class KernelCarrier:
     """One data connection mapped in the kernel: carried until end() (the transfer's final reply), then counted."""
 
-    def __init__(self, path: KernelPath, mapping: Mapping, job: DataJob) -> None:
-        self.path, self.mapping, self.job = path, mapping, job
+    def __init__(self, path: KernelPath, mapping: Mapping, job: DataJob, listener: Listener) -> None:
+        self.path, self.mapping, self.job, self.listener = path, mapping, job, listener
         self._ended = asyncio.Event()
 
     def end(self) -> None:
         """The transfer's final reply came: the port is refused before the client hears it, the watch stops."""
-        stop_listening(self.job.listener)
+        stop_listening(self.listener)
         self._ended.set()
 
     async def carry(
@@ -59,7 +60,7 @@ class KernelCarrier:
             await carry(
                 self.path,
                 self.mapping,
-                job.listener,
+                self.listener,
                 lambda ip: events.stranger(job, ip),
                 self._ended,
                 connect_timeout_s=timeouts.data_connect_s,
@@ -97,6 +98,10 @@ def mapped(context: GatewayContext, job: DataJob, session_log: SessionLog) -> Ke
     path = context.kernel_path
     if path is None or job.transfer.client_tls or job.transfer.server_tls:
         return None  # TLS-protected data is decrypted and re-encrypted: only the relay can do that
+    if job.cross is not None or job.listener is None:
+        # One NAT mapping joins one accepted leg to one connected leg; two of a kind need the relay.
+        session_log.debug("upstream_data_mode: relaying this transfer", extra=fields(ticket=job.ticket))
+        return None
     announced = HostPort(job.dialled, job.listener.address.port)
     mapping = path.mapping(job.expected, announced, job.target, job.source, context.timeouts.data_connect_s)
     if mapping is None:
@@ -106,7 +111,7 @@ def mapped(context: GatewayContext, job: DataJob, session_log: SessionLog) -> Ke
     except NftError as error:
         session_log.warning("kernel mapping failed; relaying", extra=fields(ticket=job.ticket, error=error))
         return None
-    return KernelCarrier(path, mapping, job)
+    return KernelCarrier(path, mapping, job, job.listener)
 
 
 def open_path(worker: int, workers: int, user: str | None = None) -> KernelPath | None:

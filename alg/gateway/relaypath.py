@@ -14,15 +14,15 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from alg.ftp.addresses import HostPort
 from alg.ftp.channelstate import DOWNLOAD_VERBS
 from alg.ftp.reasons import DataFailure, Refusal
 from alg.gateway import secure
 from alg.gateway.context import GatewayContext
-from alg.gateway.transfer import DataJob, Ended, Transfer, TransferEvents
-from alg.net.dataplane import RelayResult, accept_from, connect_from, relay
+from alg.gateway.transfer import Cross, DataJob, Ended, Transfer, TransferEvents
+from alg.net.dataplane import Listener, RelayResult, accept_from, connect_from, relay
 from alg.net.delivery import DeliveryWatch
 from alg.net.tls import Leg, TlsTruncated, relay_legs
 from alg.ops.logs import fields
@@ -54,6 +54,9 @@ class RelayPath:
         accepted: socket.socket | None = None
         connected: socket.socket | None = None
         try:
+            if job.cross is not None:
+                await self._carry_crossed(job, job.cross, events, ended)
+                return
             if job.transfer.mode == "passive":
                 connected = await self._connect(job, ended)
                 if connected is None:
@@ -69,11 +72,66 @@ class RelayPath:
                     return
             await self._relay(job, events, ended, accepted, connected)
         finally:
-            job.listener.close()
+            if job.listener is not None:
+                job.listener.close()
             events.pools_changed()
             for sock in (accepted, connected):
                 if sock is not None:
                     sock.close()
+
+    async def _carry_crossed(self, job: DataJob, cross: Cross, events: TransferEvents, ended: Ended) -> None:
+        """upstream_data_mode. ListenForBoth: the client's and the server's connections accepted, in whichever
+        order they come (a client may send RETR before it connects). ConnectBoth: the server's passive port
+        first, then (the client's 200 announced) the client's PORT address. Relayed as the client's mode is."""
+        socks: list[socket.socket] = []
+        try:
+            if cross.server_listener is not None:
+                server_listener = cross.server_listener
+                try:
+                    client, server = await self._accept_both(job, server_listener, events, ended, socks)
+                finally:
+                    server_listener.close()
+                if client is None or server is None:
+                    return
+                events.connected(job)
+                await self._relay(job, events, ended, client, server)  # as passive: the client's leg accepted
+                return
+            server = await self._connect(job, ended)
+            if server is None:
+                return
+            socks.append(server)
+            events.announce(job)
+            assert cross.client_target is not None
+            client_job = replace(job, target=cross.client_target, source=cross.client_source or job.source)
+            client = await self._connect(client_job, ended)
+            if client is None:
+                return
+            socks.append(client)
+            events.connected(job)
+            await self._relay(job, events, ended, server, client)  # as active: the server's leg first
+        finally:
+            for sock in socks:
+                sock.close()
+
+    async def _accept_both(
+        self, job: DataJob, server_listener: Listener, events: TransferEvents, ended: Ended, socks: list[socket.socket]
+    ) -> tuple[socket.socket | None, socket.socket | None]:
+        expected = job.cross.server_expected if job.cross is not None else None
+        server_job = replace(job, listener=server_listener, expected=expected or job.target.ip)
+        client_task = asyncio.ensure_future(self._accept(job, events, ended))
+        server_task = asyncio.ensure_future(self._accept(server_job, events, ended))
+        try:
+            await asyncio.gather(client_task, server_task)
+        finally:
+            for task in (client_task, server_task):
+                task.cancel()
+            results = await asyncio.gather(client_task, server_task, return_exceptions=True)
+            socks.extend(sock for sock in results if isinstance(sock, socket.socket))
+        client, server = results
+        return (
+            client if isinstance(client, socket.socket) else None,
+            server if isinstance(server, socket.socket) else None,
+        )
 
     async def _connect(self, job: DataJob, ended: Ended) -> socket.socket | None:
         started = time.monotonic()
@@ -91,6 +149,7 @@ class RelayPath:
         return sock
 
     async def _accept(self, job: DataJob, events: TransferEvents, ended: Ended) -> socket.socket | None:
+        assert job.listener is not None  # a ConnectBoth's job accepts nothing
         try:
             async with asyncio.timeout(self.context.timeouts.data_connect_s):
                 return await accept_from(job.listener, job.expected, lambda ip: events.stranger(job, ip))

@@ -64,6 +64,7 @@ def channel_settings(settings: Settings, policy: Policy | None, tls: TlsRuntime)
         max_pipelined_commands=limits.max_pipelined_commands,
         max_data_channels=limits.max_data_channels_per_session,
         passive_target=settings.passive_target,
+        upstream_data_mode=settings.upstream_data_mode,
         port_address_mismatch=settings.port_address_mismatch,
         # The policy object, not its current rules: a reload reaches running sessions at their next command.
         check_command=policy.check_command if policy is not None else None,

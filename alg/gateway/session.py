@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 import time
@@ -128,10 +129,14 @@ class Session:
             self.outcome = failed.outcome
             return False
         self.upstream, self.server, self.tls_server = upstream.address, upstream.peer, upstream.tls
+        settings = self.context.channel_settings
+        chosen = self.route.chosen if self.route is not None else None
+        if chosen is not None and chosen.data_mode is not None:  # this upstream's own upstream_data_mode
+            settings = dataclasses.replace(settings, upstream_data_mode=chosen.data_mode)
         self.channel = c.ControlChannel(
             self.client.address,
             upstream.peer.address,
-            self.context.channel_settings,
+            settings,
             client_secured=self.client_secured,
             server_secured=upstream.secured,
             server_private=upstream.private,
@@ -346,7 +351,7 @@ class Session:
                     to_client.append(line)
                 case c.SendToServer(line, urgent):
                     to_server.append((line, urgent))
-                case c.ListenForClient() | c.ListenForServer():
+                case c.ListenForClient() | c.ListenForServer() | c.ListenForBoth() | c.ConnectBoth():
                     queue.extend(data.open(action))
                 case c.TransferRequested(ticket, verb, argument):
                     data.requested(ticket, verb, argument)
@@ -461,4 +466,7 @@ class Session:
 
 
 # Actions with effects beyond bookkeeping: the client's replies queued before them are written first.
-_WRITE_FIRST = frozenset({c.ListenForClient, c.ListenForServer, StartClientTls, c.CloseDataEndpoint, c.CloseSession})
+_WRITE_FIRST = frozenset(
+    {c.ListenForClient, c.ListenForServer, c.ListenForBoth, c.ConnectBoth, StartClientTls, c.CloseDataEndpoint}
+    | {c.CloseSession}
+)

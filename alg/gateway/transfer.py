@@ -58,12 +58,27 @@ class DataJob:
 
     ticket: int
     transfer: Transfer
-    listener: Listener
+    listener: Listener | None  # None: a ConnectBoth, which only connects
     expected: IPAddress  # the only peer the listener accepts
     dialled: IPAddress  # the address that peer dials (the kernel path maps it)
     target: HostPort
     source: IPAddress
     public: HostPort  # the address the peer is told (passive: once the relay has the server's leg connected)
+    # upstream_data_mode: the server's leg in the other mode than the client's (relay path only).
+    cross: Cross | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Cross:
+    """The client's leg of a job whose server leg is in the other mode. ListenForBoth: the job's listener is the
+    client's and `server_listener` the server's (told to it as `internal`); ConnectBoth: the job connects to
+    the server (target, source) and then to the client's `client_target` from `client_source`."""
+
+    server_listener: Listener | None = None
+    server_expected: IPAddress | None = None  # the only peer server_listener accepts
+    internal: HostPort | None = None
+    client_target: HostPort | None = None
+    client_source: IPAddress | None = None
 
 
 @dataclass(slots=True)

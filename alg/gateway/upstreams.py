@@ -48,6 +48,7 @@ class Upstream:
     current: int = 0  # smooth weighted round robin's running score
     name: HostName | None = None  # given by host name: resolved by the pool
     resolve_interval_s: float = RESOLVE_INTERVAL_S
+    data_mode: str | None = None  # upstream_data_mode for this server; None: the gateway's
     endpoints: list[Checked] = field(default_factory=list)  # each address, with its own health checks
     unresolved: str | None = None  # why the name does not resolve now
 
@@ -108,6 +109,7 @@ class UpstreamPool:
                     health=HealthState(rise=rise, fall=fall, healthy=named is None),
                     name=named,
                     resolve_interval_s=server.resolve_interval_s,
+                    data_mode=server.upstream_data_mode,
                 )
             )
         return cls(

@@ -89,6 +89,10 @@ class Settings(Frozen):
     active_ports: DataPorts | None = None
     # upstream: the address a server announces is often private or wrong, and must not steer us elsewhere.
     passive_target: Literal["upstream", "advertised"] = "upstream"
+    # follow: the server gets the client's data mode. passive: always PASV/EPSV toward the server (it never
+    # connects out); active: always PORT/EPRT to the gateway's internal address (the server's firewall opens
+    # port 21 only). The client is answered in its own mode either way (docs/data-modes.md).
+    upstream_data_mode: Literal["follow", "passive", "active"] = "follow"
     # refuse: a PORT/EPRT naming another host than the client is an FTP bounce (RFC 2577) and gets 504;
     # rewrite: ignore the address and use the client's own, as OpenBSD ftp-proxy does (clients behind NAT).
     port_address_mismatch: Literal["refuse", "rewrite"] = "refuse"
@@ -193,6 +197,7 @@ _OVERRIDABLE: dict[str, tuple[str, ...]] = {
     "passive_ports": ("passive_ports",),
     "active_ports": ("active_ports",),
     "passive_target": ("passive_target",),
+    "upstream_data_mode": ("upstream_data_mode",),
     "data_path": ("data_path",),
     "metrics_listen": ("metrics_listen",),
     "admin_listen": ("admin", "listen"),

@@ -199,6 +199,8 @@ class UpstreamServer(Frozen):
     proxy_protocol: Literal["v1", "v2"] | None = None
     # An address given by host name is looked up again this often (each address is then tried in order).
     resolve_interval_s: Seconds = 30.0
+    # null: the top-level upstream_data_mode; else follow, passive or active toward this server.
+    upstream_data_mode: Literal["follow", "passive", "active"] | None = None
 
     @property
     def label(self) -> str:

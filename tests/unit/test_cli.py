@@ -179,3 +179,10 @@ def test_key_value_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
         root.handlers[:], root.level = saved
     assert line.startswith("ts=")
     assert line.endswith('level=info logger=alg.test msg="said \\"hi\\" twice" session=7')
+
+
+def test_upstream_data_mode_flag_reaches_the_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    args = cli._parser().parse_args(["check", "--config", str(EXAMPLE), "--upstream-data-mode", "active"])
+    assert cli._load(args).upstream_data_mode == "active"
+    assert cli.main(["check", *FLAGS, "--upstream-data-mode", "sideways"]) == 2
+    assert "--upstream-data-mode: expected 'follow', 'passive' or 'active', got 'sideways'" in one_error_line(capsys)

@@ -146,11 +146,48 @@ def test_a_227_out_of_turn_never_reaches_the_client_with_the_internal_address() 
     assert any(isinstance(a, Refused) and a.reason == "server_reply" for a in actions)
 
 
-def test_a_multiline_227_is_never_forwarded_with_the_internal_address() -> None:
+def multiline_passive(verb: bytes, text: bytes) -> tuple[list[Action], list[Action]]:
+    """A client's PASV/EPSV answered by a multi-line reply: what the server's reply did, then the endpoint's."""
+    ch = logged_in()
+    ch.client_data(verb + b"\r\n")
+    actions = ch.server_data(text)
+    listen = [a for a in actions if isinstance(a, ListenForClient)]
+    assert len(listen) == 1, actions
+    return actions, [*ch.data_endpoint_ready(listen[0].ticket, PUBLIC)]
+
+
+def test_a_multiline_227_is_read_wherever_its_numbers_stand_and_answered_in_one_line() -> None:
+    for text in (
+        b"227-Entering (198,51,100,10,1,2)\r\n more\r\n227 done\r\n",
+        b"227-Entering Passive Mode\r\n (198,51,100,10,1,2)\r\n227 done\r\n",
+        b"227-Entering Passive Mode\r\n227 OK (198,51,100,10,1,2)\r\n",
+        b"227-Welcome\r\n227-Entering Passive Mode (10,0,0,7,1,2)\r\n227 done\r\n",
+    ):
+        actions, ready = multiline_passive(b"PASV", text)
+        listen = next(a for a in actions if isinstance(a, ListenForClient))
+        assert listen.then_connect == HostPort(SERVER.ip, 258), text  # passive_target "upstream": our host
+        assert to_client(actions) == b""
+        assert to_client(ready) == b"227 Entering Passive Mode (203,0,113,1,195,80).\r\n", text
+
+
+def test_a_multiline_229_is_read_wherever_its_port_stands_and_answered_in_one_line() -> None:
+    for text in (
+        b"229-Entering Extended Passive Mode (|||6446|)\r\n229 done\r\n",
+        b"229-Entering Extended Passive Mode\r\n (|||6446|)\r\n229 done\r\n",
+        b"229-Hello 10.0.0.7\r\n229 OK (!!!6446!)\r\n",
+    ):
+        actions, ready = multiline_passive(b"EPSV", text)
+        listen = next(a for a in actions if isinstance(a, ListenForClient))
+        assert listen.then_connect == HostPort(SERVER.ip, 6446), text
+        assert to_client(actions) == b""
+        assert to_client(ready) == b"229 Entering Extended Passive Mode (|||50000|)\r\n", text
+
+
+def test_a_multiline_227_without_numbers_is_refused_and_names_nothing_internal() -> None:
     ch = logged_in()
     ch.client_data(b"PASV\r\n")
-    out = to_client(ch.server_data(b"227-Entering (198,51,100,10,1,2)\r\n more\r\n227 done\r\n"))
-    assert b"198" not in out and out.startswith(b"425 ")
+    out = to_client(ch.server_data(b"227-Entering 198.51.100.10\r\n more\r\n227 done\r\n"))
+    assert out == b"425 Can't open data connection: the FTP server's passive reply was not understood.\r\n"
 
 
 def test_a_227_inside_a_multiline_reply_is_text() -> None:

@@ -371,3 +371,19 @@ def test_a_resolver_that_never_answers_is_a_name_that_does_not_resolve(monkeypat
     pool.resolver = silent
     with pytest.raises(ConfigError, match=r"ftp-a does not resolve \(no answer within 0.05 s\)"):
         asyncio.run(pool.start())
+
+
+def test_each_upstream_may_have_its_own_data_mode() -> None:
+    settings = settings_from_mapping(
+        {
+            "upstream_data_mode": "passive",
+            "upstreams": [
+                {"address": "198.51.100.10", "name": "a", "upstream_data_mode": "active"},
+                {"address": "198.51.100.11", "name": "b"},
+            ],
+        }
+    )
+    pool = UpstreamPool.from_settings(settings)
+    assert [(u.label, u.data_mode) for u in pool.upstreams] == [("a", "active"), ("b", None)]  # None: the top level
+    with pytest.raises(ConfigError, match="upstream_data_mode"):
+        settings_from_mapping({"upstreams": [{"address": "198.51.100.10", "upstream_data_mode": "sideways"}]})
