@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from ipaddress import ip_address
+from corerig import CLIENT, PUBLIC, SERVER, to_client
 
-from alg.ftp.addresses import HostPort
 from alg.ftp.control import (
     Action,
     CloseDataEndpoint,
     ControlChannel,
     ListenForClient,
     Refused,
-    SendToClient,
     SendToServer,
 )
-
-CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
-SERVER = HostPort(ip_address("198.51.100.10"), 21)
-PUBLIC = HostPort(ip_address("203.0.113.1"), 50000)
 
 # pure-ftpd over TLS, as recorded through the gateway: RETR, the client drops the data connection, ABOR. The
 # transfer fails on the closed connection and gets no final reply (only its statistics, as 150 lines); the ABOR
@@ -32,10 +26,6 @@ PURE_ONE_226 = (
     b"150 0.003 seconds (measured here), 37.40 Mbytes per second\r\n"
     b"226 Since you see this ABOR must've succeeded\r\n"
 )
-
-
-def to_client(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToClient))
 
 
 def feed(ch: ControlChannel, data: bytes, *, server: bool) -> list[Action]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
+from corerig import to_client, to_server
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,7 +16,6 @@ from alg.ftp.control import (
     ListenForClient,
     ListenForServer,
     Refused,
-    SendToClient,
     SendToServer,
     Translated,
 )
@@ -30,14 +30,6 @@ PUBLIC4 = HostPort(ip_address("203.0.113.1"), 50000)
 PUBLIC6 = HostPort(ip_address("2001:db8:1::1"), 50000)
 INTERNAL4 = HostPort(ip_address("198.51.100.1"), 40123)
 INTERNAL6 = HostPort(ip_address("2001:db8:2::1"), 40123)
-
-
-def to_client(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToClient))
-
-
-def to_server(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToServer))
 
 
 def translations(actions: list[Action]) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
+from corerig import CLIENT, PUBLIC, SERVER
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
@@ -32,9 +33,6 @@ from alg.ftp.control import (
 )
 from alg.ftp.wire import ABORT_BEFORE_URGENT, ABORT_COMMAND, ABORT_URGENT, Overlong, parse_command
 
-CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
-SERVER = HostPort(ip_address("198.51.100.10"), 21)
-PUBLIC = HostPort(ip_address("203.0.113.1"), 50000)
 INTERNAL = HostPort(ip_address("198.51.100.1"), 41000)
 
 LIMITS = ChannelSettings(max_line_bytes=512, max_server_line_bytes=1024, max_pipelined_commands=4, max_data_channels=2)

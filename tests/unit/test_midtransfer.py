@@ -8,17 +8,12 @@ NOOP, QUIT and REIN at once and send the transfer's 226 when the data is done; p
 
 from __future__ import annotations
 
-from ipaddress import ip_address
-
 import pytest
+from corerig import CLIENT, PUBLIC, SERVER, to_client
+from corerig import server_bytewise as feed
 
-from alg.ftp.addresses import HostPort
-from alg.ftp.control import Action, CloseSession, ControlChannel, ListenForClient, SendToClient, SendToServer
+from alg.ftp.control import CloseSession, ControlChannel, ListenForClient, SendToServer
 from alg.ftp.reasons import SessionOutcome
-
-CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
-SERVER = HostPort(ip_address("198.51.100.10"), 21)
-PUBLIC = HostPort(ip_address("203.0.113.1"), 50000)
 
 PROFTPD_STAT = (
     b"211-Status of 'ftp-alg test proftpd'\r\n"
@@ -51,15 +46,6 @@ VSFTPD_STAT = (
 )
 PURE_226 = b"226-File successfully transferred\r\n226 1.544 seconds (measured here), 20.72 Mbytes per second\r\n"
 PURE_500 = b"500 Unknown command\r\n"
-
-
-def to_client(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToClient))
-
-
-def feed(ch: ControlChannel, data: bytes) -> list[Action]:
-    """The server's bytes one at a time, as the worst network would deliver them."""
-    return [action for byte in data for action in ch.server_data(bytes([byte]))]
 
 
 def under_way(verb: bytes, preliminary: bytes) -> tuple[ControlChannel, int]:
