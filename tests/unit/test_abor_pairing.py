@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from corerig import CLIENT, PUBLIC, SERVER, to_client
+from corerig import CLIENT, PUBLIC, SERVER, passive_connected, to_client
 
 from alg.ftp.control import (
     Action,
@@ -41,10 +41,7 @@ def retr_under_way() -> ControlChannel:
     for line, answer in ((b"USER u\r\n", b"331 p\r\n"), (b"PASS p\r\n", b"230 ok\r\n")):
         ch.client_data(line)
         ch.server_data(answer)
-    ch.client_data(b"PASV\r\n")
-    listen = next(a for a in ch.server_data(b"227 ok (198,51,100,10,195,80)\r\n") if isinstance(a, ListenForClient))
-    ch.data_endpoint_ready(listen.ticket, PUBLIC)
-    ch.data_connected(listen.ticket)
+    passive_connected(ch)
     ch.client_data(b"RETR abor.bin\r\n")
     assert to_client(feed(ch, PURE_150, server=True)) == PURE_150
     return ch
@@ -174,10 +171,7 @@ def test_an_overdue_abor_leaves_an_upload_to_the_server() -> None:
     # Closed by the gateway, an upload's data connection would read as its end: the server would keep the file.
     ch = ControlChannel(CLIENT, SERVER)
     ch.server_data(b"220 hi\r\n")
-    ch.client_data(b"PASV\r\n")
-    listen = next(a for a in ch.server_data(b"227 ok (198,51,100,10,195,80)\r\n") if isinstance(a, ListenForClient))
-    ch.data_endpoint_ready(listen.ticket, PUBLIC)
-    ch.data_connected(listen.ticket)
+    passive_connected(ch)
     ch.client_data(b"STOR up.bin\r\n")
     ch.server_data(b"150 go\r\n")
     ch.client_data(b"ABOR\r\n")

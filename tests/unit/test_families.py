@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
-from corerig import to_client, to_server
+from corerig import passive_connected, to_client, to_server
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -178,13 +178,10 @@ SYNCH = [
 def transferring(client: HostPort = CLIENT4, server: HostPort = SERVER4) -> tuple[ControlChannel, int]:
     """A RETR under way: its data connection open, its final reply still owed."""
     ch = logged_in(client, server)
-    ch.client_data(b"PASV\r\n")
-    listen = next(a for a in ch.server_data(b"227 ok (198,51,100,10,195,80)\r\n") if isinstance(a, ListenForClient))
-    ch.data_endpoint_ready(listen.ticket, PUBLIC4)
-    ch.data_connected(listen.ticket)
+    ticket = passive_connected(ch, PUBLIC4)
     ch.client_data(b"RETR big\r\n")
     ch.server_data(b"150 go\r\n")
-    return ch, listen.ticket
+    return ch, ticket
 
 
 def test_abor_during_a_transfer_goes_with_the_telnet_synch_whatever_the_client_sent() -> None:

@@ -9,10 +9,10 @@ NOOP, QUIT and REIN at once and send the transfer's 226 when the data is done; p
 from __future__ import annotations
 
 import pytest
-from corerig import CLIENT, PUBLIC, SERVER, to_client
+from corerig import CLIENT, SERVER, passive_connected, to_client
 from corerig import server_bytewise as feed
 
-from alg.ftp.control import CloseSession, ControlChannel, ListenForClient, SendToServer
+from alg.ftp.control import CloseSession, ControlChannel, SendToServer
 from alg.ftp.reasons import SessionOutcome
 
 PROFTPD_STAT = (
@@ -55,13 +55,10 @@ def under_way(verb: bytes, preliminary: bytes) -> tuple[ControlChannel, int]:
     for line, answer in ((b"USER u\r\n", b"331 p\r\n"), (b"PASS p\r\n", b"230 ok\r\n"), (b"TYPE I\r\n", b"200 I\r\n")):
         ch.client_data(line)
         ch.server_data(answer)
-    ch.client_data(b"PASV\r\n")
-    listen = next(a for a in ch.server_data(b"227 ok (198,51,100,10,195,80)\r\n") if isinstance(a, ListenForClient))
-    ch.data_endpoint_ready(listen.ticket, PUBLIC)
-    ch.data_connected(listen.ticket)
+    ticket = passive_connected(ch)
     assert SendToServer(verb) in ch.client_data(verb)
     assert to_client(feed(ch, preliminary)) == preliminary
-    return ch, listen.ticket
+    return ch, ticket
 
 
 RETR = (b"RETR big.bin\r\n", b"150 Opening BINARY mode data connection for big.bin (33554432 bytes)\r\n")

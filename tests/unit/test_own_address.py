@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
-from corerig import CLIENT, PUBLIC, SERVER, to_client
+from corerig import CLIENT, SERVER, passive_connected, to_client
 
 from alg.ftp.addresses import HostPort
-from alg.ftp.control import ControlChannel, ListenForClient
+from alg.ftp.control import ControlChannel
 from alg.ftp.ownaddress import address_pattern, hide_own_address
 
 SERVER_SIDE = HostPort(ip_address("198.51.100.1"), 41000)  # the gateway's end of the control connection upstream
@@ -53,10 +53,7 @@ def test_stat_names_the_client_where_the_server_named_the_gateway() -> None:
 
 def test_stat_during_a_download_is_rewritten_too() -> None:
     ch = logged_in()
-    ch.client_data(b"PASV\r\n")
-    listen = next(a for a in ch.server_data(b"227 ok (198,51,100,10,195,80)\r\n") if isinstance(a, ListenForClient))
-    ch.data_endpoint_ready(listen.ticket, PUBLIC)
-    ch.data_connected(listen.ticket)
+    passive_connected(ch)
     ch.client_data(b"RETR big.bin\r\n")
     assert feed(ch, b"150 Here it comes.\r\n") == b"150 Here it comes.\r\n"
     ch.client_data(b"STAT\r\n")
