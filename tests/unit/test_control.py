@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
+from corerig import CLIENT, PUBLIC, SERVER, to_client, to_server
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,22 +24,11 @@ from alg.ftp.control import (
     SendToServer,
 )
 
-CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
-SERVER = HostPort(ip_address("198.51.100.10"), 21)
-PUBLIC = HostPort(ip_address("203.0.113.1"), 50000)
 INTERNAL = HostPort(ip_address("198.51.100.1"), 40123)
 
 
 def channel(**kw: object) -> ControlChannel:
     return ControlChannel(CLIENT, SERVER, ChannelSettings(**kw))  # type: ignore[arg-type]
-
-
-def to_client(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToClient))
-
-
-def to_server(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToServer))
 
 
 def logged_in() -> ControlChannel:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
+from corerig import CLIENT, SERVER, passive_connected, to_client
+
 from alg.ftp.addresses import HostPort
-from alg.ftp.control import Action, ControlChannel, ListenForClient, SendToClient
+from alg.ftp.control import ControlChannel
 from alg.ftp.ownaddress import address_pattern, hide_own_address
 
-CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
-SERVER = HostPort(ip_address("198.51.100.10"), 21)
 SERVER_SIDE = HostPort(ip_address("198.51.100.1"), 41000)  # the gateway's end of the control connection upstream
-PUBLIC = HostPort(ip_address("203.0.113.1"), 50000)
 
 # vsftpd 3.0's STAT, as it answers through the gateway (tests/integration/test_reply_scan.py).
 VSFTPD_STAT = (
@@ -28,10 +27,6 @@ VSFTPD_STAT = (
     b"     vsFTPd 3.0.3 - secure, fast, stable\r\n"
     b"211 End of status\r\n"
 )
-
-
-def to_client(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToClient))
 
 
 def feed(ch: ControlChannel, data: bytes) -> bytes:
@@ -58,10 +53,7 @@ def test_stat_names_the_client_where_the_server_named_the_gateway() -> None:
 
 def test_stat_during_a_download_is_rewritten_too() -> None:
     ch = logged_in()
-    ch.client_data(b"PASV\r\n")
-    listen = next(a for a in ch.server_data(b"227 ok (198,51,100,10,195,80)\r\n") if isinstance(a, ListenForClient))
-    ch.data_endpoint_ready(listen.ticket, PUBLIC)
-    ch.data_connected(listen.ticket)
+    passive_connected(ch)
     ch.client_data(b"RETR big.bin\r\n")
     assert feed(ch, b"150 Here it comes.\r\n") == b"150 Here it comes.\r\n"
     ch.client_data(b"STAT\r\n")
