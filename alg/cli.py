@@ -51,9 +51,9 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (override the config file)")
     group.add_argument(
         "--mode",
-        metavar="{reverse,transparent}",
+        metavar="{reverse,transparent,forward}",
         help="reverse: clients dial the gateway, which forwards to --upstream; transparent: a firewall redirects "
-        "clients' FTP connections here (default: reverse)",
+        "clients' FTP connections here; forward: clients log in as USER user@host (default: reverse)",
     )
     group.add_argument(
         "--listen",
@@ -78,6 +78,14 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dual-stack", action="store_const", const=True, help="a [::] listener takes IPv4 clients too (default: off)"
     )
+    _add_ports_and_process(group)
+    _add_defender_override(group)
+    _add_forward_overrides(group)
+    _add_tls_overrides(parser)
+
+
+def _add_ports_and_process(group: Any) -> None:
+    """Data ports, listeners of the HTTP side, processes and logs."""
     group.add_argument(
         "--passive-ports",
         metavar="FIRST-LAST",
@@ -117,8 +125,21 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         metavar="{relay,kernel}",
         help="relay: ftp-alg carries the data bytes; kernel: nftables NAT mappings (default: relay)",
     )
-    _add_defender_override(group)
-    _add_tls_overrides(parser)
+
+
+def _add_forward_overrides(group: Any) -> None:
+    group.add_argument(
+        "--forward-allow",
+        action="append",
+        metavar="ENTRY",
+        help="mode forward: a destination clients may reach, CIDR:PORTS, NAME:PORTS or *.DOMAIN:PORTS; replaces "
+        "the file's list; repeat for more (default: none, nothing reachable)",
+    )
+    group.add_argument(
+        "--forward-users-file",
+        metavar="FILE",
+        help="mode forward: NAME:HASH lines; clients log in to the proxy first (default: none, no proxy login)",
+    )
 
 
 def _add_defender_override(group: Any) -> None:
@@ -205,6 +226,8 @@ _OVERRIDE_DESTS = (
     "tls_upstream_data",
     "data_path",
     "defender",
+    "forward_allow",
+    "forward_users_file",
 )
 
 
@@ -299,6 +322,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_diagnose(commands)
     _add_sessions(commands)
     _add_bans(commands)
+    _add_forward_passwd(commands)
     return parser
 
 
@@ -492,9 +516,43 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
 
+# --------------------------------------------------------------------------- forward-passwd (alg/ops/proxy_users.py)
+
+
+def _add_forward_passwd(commands: Any) -> None:
+    passwd = commands.add_parser(
+        "forward-passwd",
+        help="print a forward.users_file line (NAME:HASH) for a proxy user",
+        description="Print the forward.users_file line for NAME: the password is read from the terminal (twice), or "
+        "as the first line of standard input when that is not a terminal. Append the line to the users file.",
+    )
+    passwd.add_argument("name", metavar="NAME", help="the proxy user name clients send first, USER NAME")
+    passwd.set_defaults(handler=_cmd_forward_passwd)
+
+
+def _cmd_forward_passwd(args: argparse.Namespace) -> int:
+    import getpass
+
+    from alg.ops.proxy_users import user_line
+
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            return _fail("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        print(user_line(args.name, password))
+    except ValueError as error:
+        return _fail(str(error))
+    return 0
+
+
 def summary(settings: Settings) -> str:
     servers = settings.upstream_servers
     upstream = ",".join(str(server.address) for server in servers) if servers else "original destination"
+    if settings.mode == "forward":
+        upstream = "USER user@host, allowed: " + (",".join(map(str, settings.forward.allow)) or "none")
     fields = {
         "mode": settings.mode,
         "listen": ",".join(map(str, settings.listen)),

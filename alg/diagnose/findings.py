@@ -20,6 +20,7 @@ from alg.diagnose.observations import (
     address_kind,
     same_host,
 )
+from alg.ftp.addresses import HostPort
 from alg.ftp.wire import parse_reply_line
 
 Status = Literal["ok", "fallback", "failed", "unsupported", "stalled"]
@@ -183,29 +184,8 @@ def _analyse_passive(
         return
     announced = check.address
     first = check.paths[0]
-    tls = " Under TLS the 227 is encrypted: no NAT helper can read or rewrite it." if check.protected else ""
     if not same_host(announced.ip, control.server):
-        problems.announced = announced
-        words = announced_words(announced.ip, control.server)
-        if status == "ok":
-            notes.append(
-                f"The server announced {words} in its 227, and this host reaches it; clients elsewhere may not."
-            )
-            return
-        problems.server_side = True
-        problems.address_differs = True
-        problems.tls |= check.protected
-        text = f"Login works, then the 227 names {words}: {path_words(first, wait_s)}."
-        fallback = check.paths[1] if len(check.paths) > 1 else None
-        if fallback is not None and fallback.result == "listed":
-            text += (
-                " The same port on the address you connected to works, so the passive ports reach the server but"
-                " it writes its own address into the reply. Clients that substitute the control address (FileZilla:"
-                ' "Server sent passive reply with unroutable address") work; the others hang or fail.'
-            )
-        findings.append(Finding(1, SCENARIOS[1] + (" (TLS)" if check.protected else ""), text + tls, (label,)))
-        if fallback is not None and fallback.result != "listed":
-            _blocked(check, fallback, wait_s, findings, problems)
+        _announced_elsewhere(check, status, control, wait_s, findings, notes, problems)
         return
     if status != "ok":
         if first.result in ("tls", "transfer_failed"):
@@ -219,6 +199,41 @@ def _analyse_passive(
             )
             return
         _blocked(check, first, wait_s, findings, problems)
+
+
+def _announced_elsewhere(
+    check: ModeCheck,
+    status: Status,
+    control: Control,
+    wait_s: float,
+    findings: list[Finding],
+    notes: list[str],
+    problems: Problems,
+) -> None:
+    """The 227 names another host than the one we connected to: scenario 1 (or a note when it still works)."""
+    assert check.address is not None
+    announced, first, label = check.address, check.paths[0], mode_label(check)
+    tls = " Under TLS the 227 is encrypted: no NAT helper can read or rewrite it." if check.protected else ""
+    problems.announced = announced
+    words = announced_words(announced.ip, control.server)
+    if status == "ok":
+        notes.append(f"The server announced {words} in its 227, and this host reaches it; clients elsewhere may not.")
+        return
+    problems.server_side = True
+    problems.address_differs = True
+    problems.tls |= check.protected
+    text = f"Login works, then the 227 names {words}: {path_words(first, wait_s)}."
+    fallback = check.paths[1] if len(check.paths) > 1 else None
+    if fallback is not None and fallback.result == "listed":
+        text += (
+            " The same port on the address you connected to works, so the passive ports reach the server but"
+            " it writes its own address into the reply. Clients that substitute the control address (FileZilla:"
+            ' "Server sent passive reply with unroutable address") work; the others hang or fail.'
+        )
+    findings.append(Finding(1, SCENARIOS[1] + (" (TLS)" if check.protected else ""), text + tls, (label,)))
+    if fallback is not None and fallback.result != "listed":
+        _blocked(check, fallback, wait_s, findings, problems)
+    return
 
 
 def _blocked(check: ModeCheck, path: DataPath, wait_s: float, findings: list[Finding], problems: Problems) -> None:
@@ -269,18 +284,7 @@ def _analyse_active(
     )
     code = reply_code(check.reply)
     if code is not None and code >= 400:
-        problems.client_side = True
-        problems.tls |= check.protected
-        findings.append(
-            Finding(
-                3,
-                SCENARIOS[3],
-                f"The server refused {check.mode} {offered} ({check.reply}). Servers accept only the address they"
-                f" see on the control connection, and {lan}: behind NAT the server sees another address (or the"
-                " server refuses active mode altogether).",
-                (label,),
-            )
-        )
+        _active_refused(check, offered, lan, findings, problems)
         return
     for path in check.paths:
         if path.result == "listed" and path.peer is not None and not same_host(path.peer, control.server):
@@ -305,3 +309,19 @@ def _analyse_active(
             findings.append(
                 Finding(None, f"{check.mode} data fails", f"The data connection: {path_words(path, wait_s)}.", (label,))
             )
+
+
+def _active_refused(check: ModeCheck, offered: HostPort, lan: str, findings: list[Finding], problems: Problems) -> None:
+    """The server refused the PORT/EPRT: scenario 3."""
+    problems.client_side = True
+    problems.tls |= check.protected
+    findings.append(
+        Finding(
+            3,
+            SCENARIOS[3],
+            f"The server refused {check.mode} {offered} ({check.reply}). Servers accept only the address they"
+            f" see on the control connection, and {lan}: behind NAT the server sees another address (or the"
+            " server refuses active mode altogether).",
+            (mode_label(check),),
+        )
+    )

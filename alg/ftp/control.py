@@ -18,11 +18,12 @@ nothing of ours follows it.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from ipaddress import IPv6Address
 
 from alg.errors import FtpProtocolError, PolicyDenied
-from alg.ftp import tls
+from alg.ftp import ownaddress, tls
 from alg.ftp.actions import (
     Action,
     CloseDataEndpoint,
@@ -119,6 +120,7 @@ class ControlChannel:
         client_secured: bool = False,
         server_secured: bool = False,
         server_private: bool = False,
+        server_side: HostPort | None = None,
     ) -> None:
         self.settings = settings or ChannelSettings()
         # Implicit FTPS (client_secured) and the gateway's own AUTH TLS upstream are decided before the channel.
@@ -128,6 +130,10 @@ class ControlChannel:
         self._tls_ordered = False  # StartClientTls sent, handshake not reported yet
         self.client = client
         self.server = server
+        # The gateway's own end toward the server (the shell knows it): named in the server's STAT, never shown.
+        self._own_address: re.Pattern[bytes] | None = None
+        if server_side is not None and server_side.ip != client.ip:
+            self._own_address = ownaddress.address_pattern(server_side.ip)
         self.user: str | None = None
         self.logged_in = False
         self.client_lines = 0  # complete lines received: activity that a byte-a-minute client cannot fake
@@ -453,6 +459,8 @@ class ControlChannel:
         if isinstance(line, Overlong):
             out: list[Action] = [SendToClient(reply(421, "The FTP server sent an unreadable reply; closing."))]
             return out + self._close(SessionOutcome.PROTOCOL_ERROR, "the server sent an overlong line")
+        if self._own_address is not None and self._status_owed():
+            line = ownaddress.hide_own_address(line, self._own_address, self.client.ip)
         parsed = parse_reply_line(line)
         if self.state.pending and self.state.pending[0].verb == "FEAT" and self.state.pending[0].local_reply is None:
             self.features.feat_line(line)
@@ -476,6 +484,13 @@ class ControlChannel:
         if self.state.pending and self.state.pending[0].verb == "FEAT":
             line = tls.rewrite_feat([line], offer_tls=self.tls.offers_tls)
         return self._final_reply(parsed.code, line)
+
+    def _status_owed(self) -> bool:
+        """A STAT without argument (the connection's status, RFC 959 4.1.3) is owed its reply from the server."""
+        return any(
+            entry.verb == "STAT" and not entry.argument.strip() and entry.local_reply is None
+            for entry in self.state.pending
+        )
 
     def _handling(self, code: int) -> Handling:
         """What a multi-line reply's continuation lines get, decided at its first line."""
@@ -549,6 +564,12 @@ class ControlChannel:
             return self.data.cross_reply(entry, code, line)
         if verb in ("PASV", "EPSV") and code in (227, 229):
             return self.data.passive_reply(entry.sent or verb, code, line, client_verb=verb)
+        return self._answer(entry, code, line)
+
+    def _answer(self, entry: Pending, code: int, line: bytes) -> list[Action]:
+        """A reply paired with the client's command it answers: what it changes (data endpoints, protection,
+        login, a transfer's end), then the line to the client."""
+        verb = entry.verb
         out: list[Action] = []
         if verb in ("PORT", "EPRT") and code >= 300 and entry.ticket is not None:
             if self.state.tickets.pop(entry.ticket, None) is not None:

@@ -439,12 +439,15 @@ class DataNegotiation:
         if self.state.armed == ticket:
             self.state.armed = None  # one transfer per PASV/PORT
         failed = self.failed.pop(ticket, None)
-        if failed is not None and code < 300:
+        aborted = any(entry.verb == "ABOR" for entry in self.state.pending)
+        if failed is not None and code < 300 and not aborted:
             return [SendToClient(failed)]
+        # With an ABOR behind it, the client asked for the cut: the transfer's reply and the ABOR's pass as the
+        # server sends them (proftpd: 226 then 426, or 426 then 226); our 426 in the 226's place would give
+        # the client two 426s and no 226 for its ABOR (RFC 959 4.1.3).
         record = self.state.tickets.get(ticket)
         if record is None:
             return [SendToClient(line)]
-        aborted = any(entry.verb == "ABOR" for entry in self.state.pending)
         if code < 300 and not aborted:
             # Success means the data moved; the server may report it before we accepted or relayed the data
             # connection, so the 226 waits until our relay has delivered it (bounded by the data timeouts).

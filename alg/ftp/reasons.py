@@ -20,6 +20,7 @@ class SessionOutcome(StrEnum):
     REFUSED_LIMIT = "refused_limit"
     REFUSED_ACL = "refused_acl"
     REFUSED_BANNED = "refused_banned"
+    REFUSED_FORWARD = "refused_forward"
     TIMEOUT = "timeout"
     PROTOCOL_ERROR = "protocol_error"
     TLS_FAILED = "tls_failed"
@@ -67,4 +68,7 @@ class Refusal(StrEnum):
     TLS_PLAINTEXT = "tls_plaintext"
     TLS_HANDSHAKE = "tls_handshake"
     TLS_SESSION_REUSE = "tls_session_reuse"
+    FORWARD_NOT_ALLOWED = "forward_not_allowed"
+    FORWARD_UNKNOWN_HOST = "forward_unknown_host"
+    FORWARD_LOGIN = "forward_login"
     TLS_OFF = "tls_off"  # AUTH TLS to a gateway without client TLS: ftp_alg_tls_probes_total, not a refusal

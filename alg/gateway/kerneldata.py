@@ -129,5 +129,7 @@ def open_path(worker: int, workers: int, user: str | None = None) -> KernelPath 
             )
         return KernelPath.open(table_name(worker, workers))
     except KernelPathUnavailable as why:
-        log.warning("data_path kernel is not available; data connections use the relay", extra=fields(reason=why))
+        log.warning(  # said once at start: the sentence names the reason, and so does the field
+            "data_path kernel is not available: %s; data connections use the relay", why, extra=fields(reason=why)
+        )
         return None

@@ -20,7 +20,7 @@ from alg.ftp.reasons import DataFailure, Refusal
 from alg.net.tls import Leg, PlainLeg, ServerCertificate, TlsLeg, reason_of
 from alg.ops.config_check import client_tls_on, load_certificate, load_upstream_context
 from alg.ops.config_sections import TlsSettings
-from alg.ops.logs import printable
+from alg.ops.logs import fields, printable
 from alg.ops.metrics import Metrics
 
 log = logging.getLogger("ftp_alg.tls")
@@ -177,12 +177,12 @@ async def client_handshake(
         outcome = "timeout" if isinstance(error, TimeoutError) else "failed"
         metrics.tls_handshake("client", "control", outcome)
         metrics.refused(Refusal.TLS_HANDSHAKE)
-        logger.info("client tls handshake %s reason=%s", outcome, printable(reason_of(error)))
+        logger.info("client tls handshake failed", extra=fields(outcome=outcome, reason=printable(reason_of(error))))
         return False
     metrics.tls_handshake("client", "control", "ok")
     if dropped:
         metrics.refused(Refusal.TLS_PLAINTEXT)
-        logger.warning("dropped %d plaintext bytes sent after 234 before the TLS handshake", dropped)
+        logger.warning("plaintext sent after 234 before the TLS handshake dropped", extra=fields(bytes=dropped))
     return True
 
 

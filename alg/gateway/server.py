@@ -15,6 +15,7 @@ import signal
 import socket
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
+from ipaddress import IPv4Address
 from typing import Any
 
 from alg import __version__
@@ -23,7 +24,7 @@ from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.control import ChannelSettings
 from alg.ftp.reasons import Refusal, SessionOutcome
 from alg.ftp.wire import reply
-from alg.gateway import advertise, kerneldata, secure
+from alg.gateway import advertise, forward, kerneldata, secure
 from alg.gateway.advertise import Advertiser
 from alg.gateway.frontdoor import FrontTls, Origin, ProxyRefused, read_user, receive_origin
 from alg.gateway.guard import guard_for
@@ -31,6 +32,7 @@ from alg.gateway.health import HealthChecker
 from alg.gateway.implicit import ImplicitListeners
 from alg.gateway.peers import hostport
 from alg.gateway.reload import Bundle, Failed, Inbox, Reloader, tls_of
+from alg.gateway.resolve import Resolver, system_resolver
 from alg.gateway.secure import TlsRuntime, runtime_from_settings
 from alg.gateway.session import GatewayContext, Session, Timeouts
 from alg.gateway.upstreams import Route, UpstreamPool
@@ -44,9 +46,11 @@ from alg.ops.admin import session_id
 from alg.ops.config import HealthCheck, Settings
 from alg.ops.config_check import lookup_user
 from alg.ops.defender import Offence
+from alg.ops.forward_allow import Allowlist
 from alg.ops.logs import fields
 from alg.ops.metrics import Metrics
-from alg.ops.rules import Policy
+from alg.ops.proxy_users import ProxyUsers
+from alg.ops.rules import Policy, is_own_address
 
 log = logging.getLogger("ftp_alg.server")
 
@@ -112,6 +116,15 @@ def context_from_settings(
     )
 
 
+NAMED_AT_LOGIN = HostPort(IPv4Address(0), 0)  # forward mode: the upstream until the login names it
+
+
+def proxy_users_of(settings: Settings) -> ProxyUsers | None:
+    """Forward mode's proxy logins, read from forward.users_file (None: no proxy login)."""
+    path = settings.forward.users_file
+    return None if path is None or settings.mode != "forward" else ProxyUsers.read(path)
+
+
 def own_addresses(settings: Settings) -> list[IPAddress]:
     """Addresses a redirected connection must not loop back to: the listeners' and the public ones."""
     own = [address.ip for address in settings.listen]
@@ -144,6 +157,8 @@ class Gateway:
         self.upstreams: UpstreamPool | None = None
         self.health: HealthChecker | None = None
         self._setup_upstreams(settings)
+        self.resolver: Resolver = system_resolver
+        self.proxy_users = proxy_users_of(settings)  # ConfigError: a users file that cannot be read
 
     def _setup_upstreams(self, settings: Settings) -> None:
         """Reverse mode: the upstream pool; health checks when configured or when there are several upstreams."""
@@ -200,6 +215,8 @@ class Gateway:
         private = advertise.private_address_warning(self.settings, advertise.local_ipv4_addresses())
         if private is not None and self.worker == 0:  # once for the gateway, not once per worker
             log.warning(private)
+        if self.settings.mode == "forward" and not self.settings.forward.allow and self.worker == 0:
+            log.warning("forward mode with an empty forward.allow: every destination is refused until one is listed")
         self.implicit.start(self.settings.tls.client.implicit_listen, reuse_port=self.settings.workers > 1)
         if self.health is not None:
             self.health.start()
@@ -230,6 +247,8 @@ class Gateway:
             return original_destination(writer.get_extra_info("socket"))
         if self.upstreams is not None:
             return self.upstreams.upstreams[0].address  # the route decides; this names it until then
+        if self.settings.mode == "forward":
+            return NAMED_AT_LOGIN
         return None  # reverse mode always has a pool: no upstream at all
 
     def reload(self, load: Callable[[], Settings] | None = None) -> None:
@@ -247,6 +266,7 @@ class Gateway:
         try:  # everything built first: a failure here leaves the gateway exactly as it was
             tls = tls_of(message)
             fresh = Policy(settings.rules, message.rules, own_addresses=own_addresses(settings))
+            users = proxy_users_of(settings)
             context = dataclasses.replace(
                 self.context,
                 channel_settings=channel_settings(settings, self.policy, tls),
@@ -265,19 +285,20 @@ class Gateway:
         self.policy.paths, self.policy.rules = fresh.paths, fresh.rules
         self.policy.own_addresses = fresh.own_addresses
         self.tls, self.context = tls, context
+        self.proxy_users = users
         self._replace_upstreams(settings)
         logging.getLogger().setLevel(settings.log.level.upper())
         self.settings = settings
         self._update_certificate_expiry(message.cert)
         self.guard.reconfigure(settings.defender)  # its scores and bans stay
         self.metrics.reloads.labels("ok").inc()
-        log.info(
-            "settings reloaded rule_files=%d command_rules=%d upstreams=%d tls_client=%s",
-            len(settings.rules),
-            len(message.rules.commands),
-            len(settings.upstream_servers),
-            tls.client_mode,
+        reloaded = fields(
+            rule_files=len(settings.rules),
+            command_rules=len(message.rules.commands),
+            upstreams=len(settings.upstream_servers),
+            tls_client=tls.client_mode,
         )
+        log.info("settings reloaded", extra=reloaded)
 
     def _replace_upstreams(self, settings: Settings) -> None:
         """A new upstream pool and health checker; sessions routed by the old pool release it when they end.
@@ -341,10 +362,12 @@ class Gateway:
         if upstream is None:
             return
         route, secured = None, implicit_tls
-        if self.upstreams is not None:
-            route, secured = await self._route(reader, writer, client, secured=implicit_tls)
+        if self.upstreams is not None or self.settings.mode == "forward":
+            if self.upstreams is not None:
+                route, secured = await self._route(reader, writer, client, secured=implicit_tls)
+            else:
+                route, secured = await self._forward_route(reader, writer, client, secured=implicit_tls)
             if route is None:
-                self.metrics.session_ended(SessionOutcome.CLIENT_CLOSED)
                 writer.close()
                 return
             upstream = route.first
@@ -425,22 +448,71 @@ class Gateway:
         assert self.upstreams is not None
         if not self.upstreams.routes_by_user:
             return Route(self.upstreams, self.upstreams.candidates()), secured
-        front_tls = None
-        certificate = self.tls.certificate
-        if self.tls.client_mode != "refuse" and certificate is not None:
-            context = certificate.context  # the session's data connections resume against this one
-
-            async def start() -> bool:
-                if await secure.client_handshake(reader, writer, self.tls, context, self.metrics, log):
-                    return True
-                self.guard.offence(client, Offence.TLS_GARBAGE)  # as a session's own AUTH TLS would
-                return False
-
-            front_tls = FrontTls(required=self.tls.client_mode == "require", start=start, secured=secured)
+        front_tls = self._front_tls(reader, writer, client, secured)
         login = await read_user(reader, writer, self.settings.timeouts.login_s, front_tls)
         if login is None:
+            self.metrics.session_ended(SessionOutcome.CLIENT_CLOSED)
             return None, secured
         return Route(self.upstreams, self.upstreams.candidates(login.user), replay=login.line), login.secured
+
+    def _front_tls(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: IPAddress, secured: bool
+    ) -> FrontTls | None:
+        """AUTH TLS answered before USER (per_user, forward), when client TLS is on."""
+        certificate = self.tls.certificate
+        if self.tls.client_mode == "refuse" or certificate is None:
+            return None
+        context = certificate.context  # the session's data connections resume against this one
+
+        async def start() -> bool:
+            if await secure.client_handshake(reader, writer, self.tls, context, self.metrics, log):
+                return True
+            self.guard.offence(client, Offence.TLS_GARBAGE)  # as a session's own AUTH TLS would
+            return False
+
+        return FrontTls(required=self.tls.client_mode == "require", start=start, secured=secured)
+
+    async def _forward_route(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: IPAddress, *, secured: bool
+    ) -> tuple[Route | None, bool]:
+        """Forward mode: the server the login names, once it passed forward.allow (None: refused or gone)."""
+        settings = self.settings.forward
+        front_tls = self._front_tls(reader, writer, client, secured)
+        asked = await forward.read_login(reader, writer, self.settings.timeouts.login_s, front_tls, self.proxy_users)
+        if asked is None:
+            self.metrics.session_ended(SessionOutcome.CLIENT_CLOSED)
+            return None, secured
+        if isinstance(asked, forward.Refused):
+            await self._refuse_forward(writer, asked, client, "")
+            return None, secured
+        destination = asked.destination
+        found = await forward.resolve(destination, self.resolver, settings.resolve_timeout_s)
+        if isinstance(found, forward.Refused):
+            refused: forward.Refused | None = found
+        else:
+            refused = forward.check(destination, found, Allowlist(settings.allow), self._loops)
+        if refused is not None:
+            await self._refuse_forward(writer, refused, client, str(destination))
+            return None, secured
+        assert isinstance(found, list)
+        log.info("forward", extra=fields(client=client, destination=destination, proxy_user=asked.proxy_user or "-"))
+        return forward.route_to(destination, found, forward.replay_line(destination)), asked.secured
+
+    def _loops(self, ip: IPAddress, port: int) -> bool:
+        """Forward mode: `ip`:`port` is one of our own listeners."""
+        ports = {address.port for address in (*self.addresses, *self.settings.tls.client.implicit_listen)}
+        return port in ports and (ip in self.policy.own_addresses or is_own_address(ip))
+
+    async def _refuse_forward(
+        self, writer: asyncio.StreamWriter, refused: forward.Refused, client: IPAddress, destination: str
+    ) -> None:
+        forward.refuse(writer, refused, client, destination)
+        if refused.guessed:
+            self.guard.offence(client, Offence.LOGIN_FAILED)
+        self.metrics.refused(refused.reason)
+        self.metrics.session_ended(SessionOutcome.REFUSED_FORWARD)
+        with contextlib.suppress(Exception):
+            await writer.drain()
 
     def proxy_refused(self, refused: ProxyRefused) -> None:
         self.metrics.proxy_refused(refused.reason)

@@ -140,6 +140,7 @@ class Session:
             client_secured=self.client_secured,
             server_secured=upstream.secured,
             server_private=upstream.private,
+            server_side=upstream.peer.ours,
         )
         self.data = self._data_channels(self.channel, upstream.peer)
         if upstream.banner:  # read by the route (to know the upstream is alive) or by the TLS negotiation
@@ -380,7 +381,7 @@ class Session:
         # Over TLS an urgent byte would land inside a TLS record: ABOR goes as a plain line.
         if urgent and self.server.writer.get_extra_info("ssl_object") is None:
             sent, sent_then = peers.write_urgent(self.server.writer, urgent, rest)
-            self.log.debug("sent urgent bytes=%d of %d, then %d of %d", sent, len(urgent), sent_then, len(rest))
+            self.log.debug("sent urgent", extra=fields(bytes=sent, of=len(urgent), then=sent_then, then_of=len(rest)))
         else:
             peers.write(self.server.writer, urgent + rest)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -108,5 +109,18 @@ def _why(error: OSError | TimeoutError) -> str:
 
 def _tls_failed(why: str, upstream: HostPort, log: logging.LoggerAdapter[logging.Logger]) -> UpstreamFailed:
     log.warning("upstream tls failed", extra=fields(upstream=upstream, reason=printable(why)))
-    # OpenSSL's reason can name the server ("certificate is not valid for 'ftp.internal.example'"): log only.
-    return UpstreamFailed("Service not available: TLS to the FTP server failed.", SessionOutcome.TLS_FAILED)
+    text = f"Service not available: TLS to the FTP server failed ({_nameless(why)})."
+    return UpstreamFailed(text, SessionOutcome.TLS_FAILED)
+
+
+# OpenSSL's reason can name the server ("certificate is not valid for 'ftp.internal.example'") or its address:
+# the client is told the kind of failure (expired, name mismatch, untrusted issuer), the log keeps the rest.
+_QUOTED = re.compile(r"\s*(?:for|of|to|from)?\s*'[^']*'")
+_ADDRESS = re.compile(
+    r"\s*(?:for|of|to|from)?\s*\b(?:\d{1,3}\.){3}\d{1,3}\b|\s*(?:for|of|to|from)?\s*\b[0-9a-fA-F:]*::[0-9a-fA-F:]*\b"
+)
+_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)")
+
+
+def _nameless(why: str) -> str:
+    return _ADDRESS.sub("", _QUOTED.sub("", _SOURCE.sub("", why))).strip(" .") or "handshake failed"

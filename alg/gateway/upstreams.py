@@ -24,6 +24,7 @@ from alg.gateway.health import Checked, HealthState
 from alg.gateway.resolve import NamedAddress, NameNotResolved, Resolver, system_resolver
 from alg.net import proxyproto
 from alg.ops.banner import BannerError, read_banner
+from alg.ops.config import Settings
 from alg.ops.config_values import HostName
 from alg.ops.logs import fields, printable
 from alg.ops.metrics import Metrics
@@ -89,29 +90,32 @@ class UpstreamPool:
                 metrics.upstream_healthy.labels(upstream.label).set(1 if upstream.health.healthy else 0)
 
     @classmethod
-    def from_settings(cls, settings: object, metrics: Metrics | None = None) -> UpstreamPool:
-        servers = getattr(settings, "upstream_servers", ())
-        check = getattr(settings, "health_check", None)
+    def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> UpstreamPool:
+        servers = settings.upstream_servers
+        check = settings.health_check
         rise, fall = (check.rise, check.fall) if check is not None else (2, 3)
         upstreams = []
         for server in servers:
-            named = server.address if isinstance(server.address, HostName) else None
+            named: HostName | None = None
+            address = server.address
+            if isinstance(address, HostName):  # a placeholder until the name resolves (pool.start())
+                named, address = address, HostPort(IPv4Address(0), address.port)
             upstreams.append(
                 Upstream(
                     label=server.label,
-                    address=HostPort(IPv4Address(0), named.port) if named else server.address,
+                    address=address,
                     weight=server.weight,
                     proxy_version={"v1": 1, "v2": 2}.get(server.proxy_protocol or ""),
                     health=HealthState(rise=rise, fall=fall, healthy=named is None),
                     name=named,
-                    resolve_interval_s=getattr(server, "resolve_interval_s", RESOLVE_INTERVAL_S),
-                    data_mode=getattr(server, "upstream_data_mode", None),
+                    resolve_interval_s=server.resolve_interval_s,
+                    data_mode=server.upstream_data_mode,
                 )
             )
         return cls(
             upstreams,
-            policy=getattr(settings, "upstream_policy", "round_robin"),
-            users=getattr(settings, "upstream_users", {}),
+            policy=settings.upstream_policy,
+            users=settings.upstream_users,
             metrics=metrics,
         )
 

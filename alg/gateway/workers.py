@@ -140,7 +140,7 @@ class _Supervisor:
             return
         for pid, outbox in list(self.pipes.items()):
             if not send(outbox, message):
-                log.warning("worker pid=%d did not take the reload within %s s", pid, SEND_TIMEOUT_S)
+                log.warning("a worker did not take the reload in time", extra=fields(pid=pid, seconds=SEND_TIMEOUT_S))
 
     def on_alarm(self, signum: int, frame: FrameType | None) -> None:
         log.warning("workers still running after the grace period: killing %s", sorted(self.workers))

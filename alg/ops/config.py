@@ -26,6 +26,7 @@ from alg.ops.config_sections import (
     AdminSettings,
     AdvertiseRule,
     DefenderSettings,
+    ForwardSettings,
     HealthCheck,
     Limits,
     LogSettings,
@@ -69,8 +70,9 @@ __all__ = [
 
 
 class Settings(Frozen):
-    # The common deployment: one public front for internal FTP servers.
-    mode: Literal["reverse", "transparent"] = "reverse"
+    # The common deployment: one public front for internal FTP servers. forward: clients name the server at
+    # login (USER user@host), among those forward.allow lets through.
+    mode: Literal["reverse", "transparent", "forward"] = "reverse"
     # The standard FTP control port on every IPv4 address.
     listen: Annotated[tuple[ListenAddress, ...], Field(min_length=1)] = (HostPort(IPv4Address("0.0.0.0"), 21),)
     # No default: only the admin knows the server; transparent mode uses each original destination.
@@ -131,6 +133,8 @@ class Settings(Frozen):
     health_check: HealthCheck | None = None
     # Scores and bans hostile clients at the door (alg.ops.defender); off unless asked for.
     defender: DefenderSettings = DefenderSettings()
+    # mode forward: what may be reached (nothing unless listed) and the optional proxy login.
+    forward: ForwardSettings = ForwardSettings()
 
     @property
     def upstream_servers(self) -> tuple[UpstreamServer, ...]:
@@ -166,8 +170,11 @@ class Settings(Frozen):
 def _check_scaleout(settings: Settings) -> None:
     if settings.upstream is not None and settings.upstreams:
         raise invalid_at("upstreams", "give either upstream or upstreams, not both")
-    if settings.mode == "transparent" and settings.upstreams:
-        raise invalid_at("upstreams", "not allowed in transparent mode, where each original destination is used")
+    for mode, where in (("transparent", "each original destination is used"), ("forward", "clients name it")):
+        if settings.mode == mode and settings.upstreams:
+            raise invalid_at("upstreams", f"not allowed in {mode} mode, where {where}")
+    if settings.mode == "forward" and settings.upstream is not None:
+        raise invalid_at("upstream", "not allowed in forward mode, where each client names its server at USER")
     labels = [server.label for server in settings.upstreams]
     if len(set(labels)) != len(labels):
         raise invalid_at("upstreams", f"two upstreams share a name: {sorted(labels)}; give each a unique name")
@@ -214,6 +221,8 @@ _OVERRIDABLE: dict[str, tuple[str, ...]] = {
     "tls_upstream_verify": ("tls", "upstream", "verify"),
     "tls_upstream_data": ("tls", "upstream", "data"),
     "defender": ("defender", "enabled"),
+    "forward_allow": ("forward", "allow"),
+    "forward_users_file": ("forward", "users_file"),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,9 @@ from alg.errors import ConfigError
 from alg.net.tls import ServerCertificate, reason_of, upstream_context
 from alg.ops.config import Settings
 from alg.ops.config_sections import TlsClient, TlsUpstream
+from alg.ops.config_values import HostName
 from alg.ops.config_yaml import each_problem
+from alg.ops.proxy_users import ProxyUsers
 
 
 def _why(error: Exception) -> str:
@@ -88,7 +91,27 @@ def problems(settings: Settings) -> list[ConfigError]:
         attempt(load_upstream_context, settings.tls.upstream)
     if settings.admin.listen is not None:
         attempt(read_token, settings.admin.token_file)
+    for server in settings.upstream_servers:
+        if isinstance(server.address, HostName):
+            attempt(resolve_upstream, server.address)
+    users_file = settings.forward.users_file
+    if settings.mode == "forward" and users_file is not None:
+        attempt(ProxyUsers.read, users_file)
     return found
+
+
+def resolve_upstream(name: HostName) -> None:
+    """ConfigError, in the words the upstream pool uses at start, when the name has no address now."""
+    try:
+        infos = socket.getaddrinfo(name.name, name.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as error:
+        why = f"{name.name} does not resolve ({error.strerror or error})"
+    else:
+        if any(family in (socket.AF_INET, socket.AF_INET6) for family, *_ in infos):
+            return
+        why = f"{name.name} does not resolve (no IPv4 or IPv6 address)"
+    hint = "give a name this host resolves (/etc/hosts, DNS) or an IP address"
+    raise ConfigError(f"{why}; {hint}", key="upstream")
 
 
 # ---- what the unprivileged user could not read (warnings: the parent process reads those files as root) ----
@@ -104,6 +127,8 @@ def _files(settings: Settings) -> list[tuple[str, Path, int]]:
         found.append(("tls.upstream.ca_file", upstream.ca_file, os.R_OK))
     if settings.admin.listen is not None and settings.admin.token_file is not None:
         found.append(("admin.token_file", settings.admin.token_file, os.R_OK))
+    if settings.mode == "forward" and settings.forward.users_file is not None:
+        found.append(("forward.users_file", settings.forward.users_file, os.R_OK))  # read again at each reload
     if settings.log.transfer_log is not None:
         log_file = settings.log.transfer_log
         found.append(("log.transfer_log", log_file if log_file.exists() else log_file.parent, os.W_OK))

@@ -23,6 +23,7 @@ from alg.ops.config_values import (
     parse_public_address,
     show_value,
 )
+from alg.ops.forward_allow import AllowEntry, parse_allow_entry
 
 
 class Timeouts(Frozen):
@@ -272,3 +273,32 @@ class DefenderSettings(Frozen):
         if self.max_ban_s < self.ban_s:
             raise invalid_at("max_ban_s", f"{self.max_ban_s:g} s is shorter than ban_s ({self.ban_s:g} s)")
         return self
+
+
+def _allow_entries(value: object) -> tuple[AllowEntry, ...]:
+    items = [value] if isinstance(value, str | AllowEntry) else value
+    if not isinstance(items, list | tuple):
+        raise invalid(f"expected a list of entries such as 198.51.100.0/24:21, got {show_value(value)}")
+    entries = []
+    for item in items:
+        if isinstance(item, AllowEntry):
+            entries.append(item)
+            continue
+        if not isinstance(item, str):
+            raise invalid(f"expected an entry such as ftp.example.org:21, got {show_value(item)}")
+        try:
+            entries.append(parse_allow_entry(item))
+        except ValueError as error:
+            raise invalid(str(error)) from None
+    return tuple(entries)
+
+
+class ForwardSettings(Frozen):
+    # Where mode forward may connect: CIDR:PORTS, NAME:PORTS or *.DOMAIN:PORTS (port 21 when none). Empty:
+    # nothing at all, so a forward proxy is never open by default. Every address a name resolves to must pass.
+    allow: Annotated[tuple[AllowEntry, ...], PlainValidator(_allow_entries)] = ()
+    # null: no proxy login. A file of NAME:HASH lines (ftp-alg forward-passwd NAME writes one): clients log in
+    # to the proxy first (USER NAME, PASS ...), then USER user@host.
+    users_file: ConfigPath | None = None
+    # A name that takes longer to resolve is refused as unknown.
+    resolve_timeout_s: Seconds = 5.0

@@ -127,6 +127,15 @@ class Metrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self._declare_sessions(r)
+        self._declare_data(r)
+        self._declare_operations(r)
+        self._declare_series(r)
+        self._declare_scaleout(r)
+        self._declare_defender(r)
+
+    def _declare_sessions(self, r: CollectorRegistry) -> None:
+        """Sessions, commands and what the control channel rewrote."""
         self.sessions_active = Gauge("ftp_alg_sessions_active", "Control sessions open now.", registry=r)
         self.sessions = Counter("ftp_alg_sessions", "Control sessions ended, by outcome.", ["outcome"], registry=r)
         self.commands = Counter("ftp_alg_commands", "Client commands seen, by verb.", ["verb"], registry=r)
@@ -137,6 +146,9 @@ class Metrics:
             ["from", "to"],
             registry=r,
         )
+
+    def _declare_data(self, r: CollectorRegistry) -> None:
+        """Data connections: opened, failed, their bytes and timings."""
         self.data_opened = Counter(
             "ftp_alg_data_channels_opened",
             "Data connections relayed, by mode and direction.",
@@ -167,6 +179,9 @@ class Metrics:
             buckets=_TRANSFER_BUCKETS,
             registry=r,
         )
+
+    def _declare_operations(self, r: CollectorRegistry) -> None:
+        """Refusals, port pools, readiness, TLS, admin, reloads and internal errors."""
         self.refusals = Counter(
             "ftp_alg_refusals", "Requests refused by the gateway, by reason.", ["reason"], registry=r
         )
@@ -220,6 +235,9 @@ class Metrics:
             ["where"],
             registry=r,
         )
+
+    def _declare_series(self, r: CollectorRegistry) -> None:
+        """The version, the process collector, and every labelled series that exists from the start."""
         self.build_info = Info("ftp_alg_build", "Version of ftp-alg.", registry=r)
         self.build_info.info({"version": __version__})
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... (Linux /proc only)
@@ -260,8 +278,6 @@ class Metrics:
         for where in INTERNAL_ERROR_PLACES:
             self.internal_errors.labels(where)
         self._pool_in_use_series = {pool: self.pool_in_use.labels(pool) for pool in POOLS}
-        self._declare_scaleout(r)
-        self._declare_defender(r)
 
     def _declare_scaleout(self, r: CollectorRegistry) -> None:
         """PROXY protocol and upstream pool metrics; the per-upstream series appear in declare_upstreams()."""

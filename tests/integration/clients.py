@@ -15,6 +15,7 @@ on data connections; reuse=True runs a subclass that does (curl and lftp always 
 
 from __future__ import annotations
 
+import ftplib
 import json
 import re
 import subprocess
@@ -24,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from netns import Host
-from servers import FtpTarget
+from netns import Host, Topology
+from servers import FtpServer, FtpTarget
 
 Mode = Literal["pasv", "epsv", "port", "eprt"]
 MODES: tuple[Mode, ...] = ("pasv", "epsv", "port", "eprt")
@@ -106,6 +107,20 @@ def _transcript(result: ClientResult, *, outgoing: bool) -> list[str]:
         if match and (match.group(1) == out_mark) == outgoing:
             lines.append(match.group(2).rstrip())
     return lines
+
+
+def ftplib_login(topo: Topology, server: FtpServer) -> ftplib.FTP:
+    """A session logged in through the gateway (the client namespace to its public address, port 21), left open:
+    for the tests that count, list or end live sessions."""
+
+    def body() -> ftplib.FTP:
+        ftp = ftplib.FTP(timeout=10)
+        ftp.connect(str(topo.public_addr), 21)
+        ftp.login(server.user, server.password)
+        return ftp
+
+    result: ftplib.FTP = topo.client.call(body)
+    return result
 
 
 def run_client(

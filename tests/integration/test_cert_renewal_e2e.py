@@ -14,29 +14,20 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
-from conftest import require_netns, require_server
 from gateway import Gateway, start_reverse_gateway
 from netns import Topology
-from servers import FtpServer, start_server
+from servers import FtpServer
 
 pytestmark = pytest.mark.netns
 
 
 @pytest.fixture
-def site() -> Iterator[tuple[Topology, FtpServer]]:
-    require_netns()
-    require_server("vsftpd")
-    with Topology("reverse") as topo:
-        server = start_server("vsftpd", topo.server)
-        try:
-            yield topo, server
-        finally:
-            server.stop()
+def site(reverse_topo: Topology, vsftpd: FtpServer) -> tuple[Topology, FtpServer]:
+    return reverse_topo, vsftpd  # conftest's: vsftpd at 198.51.100.10:21 behind the reverse topology
 
 
 class CertbotLayout:

@@ -150,7 +150,9 @@ def test_upstream_killed_mid_transfer_gives_426_then_421_and_a_clean_end(
         data, _ = running_download(topo, client)
         kill_upstream(topo)
         failed = client.reply(timeout_s=10)
-        assert failed.code in (426, 451), str(failed)
+        # The gateway's 426, or vsftpd's own failure reply when it got one out first ("500 OOPS: child died"
+        # from its parent process): a failure either way, never a 2xx.
+        assert failed.code in (426, 451) or failed.text.startswith("500 OOPS"), str(failed)
         assert client.reply().code == 421
         assert client.closed() == b""
         assert len(read_all(data)) < HUGE

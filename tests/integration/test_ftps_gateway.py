@@ -182,22 +182,12 @@ def test_lftp_ssl_force_protect_data_ls_get_put_reget(world: FtpsWorld, kind: st
         partial.write_bytes(got.read_bytes()[:99_999])
 
 
-# Kept visible as xfail (non-strict) until more runs prove it gone: proftpd's mod_tls ended the whole session
-# (426, 421; "panic: SSL_ERROR_SYSCALL ... Broken pipe") in about one run in five, when the gateway closed the
-# data leg under the running RETR with the server's data unread (a reset; EPIPE rather than ECONNRESET
-# suggests the client's FIN, passed on, had put the server's socket in CLOSE_WAIT). Since the gateway lingers
-# on that leg (datachannels._linger), 18 runs of 18 passed (against 11 of 14 before, same machine and hour).
-# (pure-ftpd at times answers RETR and ABOR with one 226; the gateway pairs the next reply with the next
-# command, as the client does: test_abor_pairing.)
-ABOR_KNOWN = {
-    "proftpd": "proftpd's mod_tls dropped the session on a reset data leg (1 run in 5 before the lingering close)",
-}
-
-
-@pytest.mark.parametrize(
-    "kind",
-    [pytest.param(k, marks=pytest.mark.xfail(reason=ABOR_KNOWN[k])) if k in ABOR_KNOWN else k for k in TLS_KINDS],
-)
+# proftpd's mod_tls once ended the whole session (426, 421; "panic: SSL_ERROR_SYSCALL ... Broken pipe") when the
+# gateway closed the data leg under the running RETR with the server's data unread; the gateway lingers on that
+# leg since (datachannels._linger). proftpd then answers RETR with 226 and ABOR with 426 (or the reverse), both
+# passed as sent (test_abor_pairing). pure-ftpd at times answers RETR and ABOR with one 226; the gateway pairs
+# the next reply with the next command, as the client does.
+@pytest.mark.parametrize("kind", TLS_KINDS)
 def test_abor_of_a_tls_transfer_keeps_the_session(world: FtpsWorld, kind: str, tmp_path: Path) -> None:
     result = ftplib_run(
         world.topo.client,

@@ -13,14 +13,13 @@ import re
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require_netns, require_server
+from clients import ftplib_login
 from gateway import Gateway, wait_listening
 from netns import Topology
-from servers import FtpServer, start_server
+from servers import FtpServer
 
 from alg.gateway.workers import MIN_UPTIME_S
 
@@ -31,15 +30,8 @@ READ_ONLY = "commands:\n  rules:\n    - deny: [DELE]\n      code: 553\n      tex
 
 
 @pytest.fixture
-def topo() -> Iterator[tuple[Topology, FtpServer]]:
-    require_netns()
-    require_server("vsftpd")
-    with Topology("reverse") as topo:
-        server = start_server("vsftpd", topo.server)
-        try:
-            yield topo, server
-        finally:
-            server.stop()
+def topo(reverse_topo: Topology, vsftpd: FtpServer) -> tuple[Topology, FtpServer]:
+    return reverse_topo, vsftpd  # conftest's: vsftpd at 198.51.100.10:21 behind the reverse topology
 
 
 def write_config(path: Path, body: str, workers: int = 2) -> None:
@@ -90,16 +82,6 @@ def reloads(topo: Topology, worker: int, result: str) -> float | None:
     return sample(scrape(topo, worker), f'ftp_alg_reloads_total{{result="{result}"}}')
 
 
-def session(topo: Topology, server: FtpServer) -> ftplib.FTP:
-    def body() -> ftplib.FTP:
-        ftp = ftplib.FTP(timeout=10)
-        ftp.connect(str(topo.public_addr), 21)
-        ftp.login(server.user, server.password)
-        return ftp
-
-    return topo.client.call(body)
-
-
 def send(topo: Topology, ftp: ftplib.FTP, line: str) -> str:
     def body() -> str:
         try:
@@ -127,7 +109,7 @@ def test_sighup_reloads_the_file_in_every_worker_and_keeps_what_needs_a_restart(
     gateway = start(net, config)
     started = time.monotonic()
     try:
-        kept = session(net, server)  # open across both reloads: never dropped
+        kept = ftplib_login(net, server)  # open across both reloads: never dropped
         server.put_file("upload/a.txt", b"a")
         assert send(net, kept, "DELE upload/a.txt") == "553 Read-only gateway (test rule)."
 
@@ -144,7 +126,7 @@ def test_sighup_reloads_the_file_in_every_worker_and_keeps_what_needs_a_restart(
 
         files = [server.put_file(f"upload/{n}.txt", b"x") for n in range(8)]
         for number, path in enumerate(files):  # new sessions, spread over both workers
-            ftp = session(net, server)
+            ftp = ftplib_login(net, server)
             assert send(net, ftp, f"DELE upload/{number}.txt").startswith("250")
             net.client.call(ftp.quit)
             assert not path.exists()
@@ -159,7 +141,7 @@ def test_sighup_reloads_the_file_in_every_worker_and_keeps_what_needs_a_restart(
             assert time.monotonic() < deadline, "a worker did not count the failed reload"
             time.sleep(0.05)
         assert "invalid YAML" in gateway.log()
-        ftp = session(net, server)
+        ftp = ftplib_login(net, server)
         server.put_file("upload/b.txt", b"b")
         assert send(net, ftp, "DELE upload/b.txt").startswith("250")
         net.client.call(ftp.quit)

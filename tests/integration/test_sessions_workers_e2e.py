@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+from clients import ftplib_login
 from gateway import Gateway, start_reverse_gateway
 from netns import Topology
 from servers import FtpServer
@@ -21,16 +22,6 @@ from test_live_sessions import ADMIN_PORT, TOKEN, sessions_cli
 pytestmark = pytest.mark.netns
 
 MAX_SESSIONS = 24  # SO_REUSEPORT hashes each connection: both workers hold some long before this
-
-
-def login(topo: Topology, server: FtpServer) -> ftplib.FTP:
-    def body() -> ftplib.FTP:
-        ftp = ftplib.FTP(timeout=10)
-        ftp.connect(str(topo.public_addr), 21)
-        ftp.login(server.user, server.password)
-        return ftp
-
-    return topo.client.call(body)
 
 
 def listed(topo: Topology) -> list[dict[str, object]]:
@@ -63,7 +54,7 @@ def test_ids_name_one_session_in_the_whole_gateway(reverse_topo: Topology, vsftp
     clients: list[ftplib.FTP] = []
     try:
         while len(clients) < MAX_SESSIONS:
-            clients.append(login(topo, vsftpd))
+            clients.append(ftplib_login(topo, vsftpd))
             workers = {str(session["id"]).split("-")[0] for session in listed(topo)}
             if len(clients) >= 4 and workers == {"0", "1"}:
                 break

@@ -248,6 +248,14 @@ def test_an_upstream_name_that_does_not_resolve_stops_the_start(reverse_topo: To
     assert result.returncode == 2, result.stdout + result.stderr
     assert "upstream: nowhere.internal.example does not resolve" in result.stderr
     assert "give a name this host resolves (/etc/hosts, DNS) or an IP address" in result.stderr
+    # check is run minus the sockets: the same refusal, in the same words, before anything is started.
+    checked = gw.run(
+        [sys.executable, "-m", "alg.cli", "check", "--listen", f"{GW}:21", "--upstream", "nowhere.internal.example"],
+        cwd=REPO_ROOT,
+    )
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    refusal = [line for line in result.stderr.splitlines() if "does not resolve" in line]
+    assert refusal and refusal == [line for line in checked.stderr.splitlines() if "does not resolve" in line]
 
 
 def test_tls_to_an_upstream_given_by_name_checks_the_certificate_against_the_name(

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from ipaddress import ip_address
+from corerig import CLIENT, PUBLIC, SERVER, passive_connected, to_client
 
-from alg.ftp.addresses import HostPort
 from alg.ftp.control import (
     Action,
     CloseDataEndpoint,
     ControlChannel,
     ListenForClient,
     Refused,
-    SendToClient,
     SendToServer,
 )
-
-CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
-SERVER = HostPort(ip_address("198.51.100.10"), 21)
-PUBLIC = HostPort(ip_address("203.0.113.1"), 50000)
 
 # pure-ftpd over TLS, as recorded through the gateway: RETR, the client drops the data connection, ABOR. The
 # transfer fails on the closed connection and gets no final reply (only its statistics, as 150 lines); the ABOR
@@ -34,10 +28,6 @@ PURE_ONE_226 = (
 )
 
 
-def to_client(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToClient))
-
-
 def feed(ch: ControlChannel, data: bytes, *, server: bool) -> list[Action]:
     """One byte at a time, as the worst network would deliver it."""
     send = ch.server_data if server else ch.client_data
@@ -51,10 +41,7 @@ def retr_under_way() -> ControlChannel:
     for line, answer in ((b"USER u\r\n", b"331 p\r\n"), (b"PASS p\r\n", b"230 ok\r\n")):
         ch.client_data(line)
         ch.server_data(answer)
-    ch.client_data(b"PASV\r\n")
-    listen = next(a for a in ch.server_data(b"227 ok (198,51,100,10,195,80)\r\n") if isinstance(a, ListenForClient))
-    ch.data_endpoint_ready(listen.ticket, PUBLIC)
-    ch.data_connected(listen.ticket)
+    passive_connected(ch)
     ch.client_data(b"RETR abor.bin\r\n")
     assert to_client(feed(ch, PURE_150, server=True)) == PURE_150
     return ch
@@ -139,6 +126,34 @@ def test_an_abor_left_unanswered_ends_the_data_connection_when_the_session_says_
     pasv_works(ch)
 
 
+def test_a_data_leg_broken_under_an_abor_keeps_the_servers_replies_for_retr_and_abor() -> None:
+    # proftpd over TLS: the gateway ends the data connection under the running RETR (the ABOR's cut, or the
+    # overdue timer's), the session reports the leg failed, and proftpd answers the RETR with 226 and the ABOR
+    # with 426 (or 426 then 226). The client asked for the cut: no 426 of ours in place of the transfer's reply,
+    # which would leave it with two 426s and no 226 for its ABOR; the replies pass as the server sent them.
+    for replies in (
+        b"226 Transfer complete\r\n426 Transfer aborted. Data connection closed\r\n",
+        b"426 Transfer aborted. Data connection closed\r\n226 Abort successful\r\n",
+    ):
+        ch = retr_under_way()
+        (ticket,) = ch.open_tickets
+        ch.client_data(b"ABOR\r\n")
+        ch.data_endpoint_failed(ticket, "the data connection broke")
+        actions = feed(ch, replies, server=True)
+        assert to_client(actions) == replies and NOOP in actions
+        assert to_client(ch.server_data(b"200 Zzz...\r\n")) == b""  # our NOOP's
+        pasv_works(ch)
+
+
+def test_a_data_leg_broken_without_an_abor_still_turns_the_226_into_our_426() -> None:
+    ch = retr_under_way()
+    (ticket,) = ch.open_tickets
+    ch.data_endpoint_failed(ticket, "the data connection broke")
+    ours = b"426 Connection closed; transfer aborted: the data connection broke.\r\n"
+    assert to_client(feed(ch, b"226 Transfer complete\r\n", server=True)) == ours
+    pasv_works(ch)
+
+
 def test_an_overdue_abor_closes_a_relay_still_delivering_and_nothing_once_answered() -> None:
     ch = retr_under_way()
     (ticket,) = ch.open_tickets
@@ -156,10 +171,7 @@ def test_an_overdue_abor_leaves_an_upload_to_the_server() -> None:
     # Closed by the gateway, an upload's data connection would read as its end: the server would keep the file.
     ch = ControlChannel(CLIENT, SERVER)
     ch.server_data(b"220 hi\r\n")
-    ch.client_data(b"PASV\r\n")
-    listen = next(a for a in ch.server_data(b"227 ok (198,51,100,10,195,80)\r\n") if isinstance(a, ListenForClient))
-    ch.data_endpoint_ready(listen.ticket, PUBLIC)
-    ch.data_connected(listen.ticket)
+    passive_connected(ch)
     ch.client_data(b"STOR up.bin\r\n")
     ch.server_data(b"150 go\r\n")
     ch.client_data(b"ABOR\r\n")

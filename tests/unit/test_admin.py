@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fakewriter import FakeWriter
 from prometheus_client.parser import text_string_to_metric_families
 
 from alg import cli
@@ -57,17 +58,6 @@ class FakeSessions:
             return False
         self.ended.append(session_id)
         return True
-
-
-class FakeWriter:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def drain(self) -> None:
-        pass
 
 
 def listener(token: str | None = TOKEN, *, metrics: bool = True, with_admin: bool = True) -> http.HttpListener:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
+from corerig import CLIENT, PUBLIC, SERVER, to_client, to_server
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,22 +24,11 @@ from alg.ftp.control import (
     SendToServer,
 )
 
-CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
-SERVER = HostPort(ip_address("198.51.100.10"), 21)
-PUBLIC = HostPort(ip_address("203.0.113.1"), 50000)
 INTERNAL = HostPort(ip_address("198.51.100.1"), 40123)
 
 
 def channel(**kw: object) -> ControlChannel:
     return ControlChannel(CLIENT, SERVER, ChannelSettings(**kw))  # type: ignore[arg-type]
-
-
-def to_client(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToClient))
-
-
-def to_server(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToServer))
 
 
 def logged_in() -> ControlChannel:
@@ -393,13 +383,23 @@ def test_output_does_not_depend_on_chunking(client_cuts: list[int], server_cuts:
 @settings(max_examples=300)
 @given(st.lists(st.tuples(st.booleans(), st.binary(max_size=80)), max_size=30))
 def test_any_bytes_from_either_side_give_actions_or_our_error(feeds: list[tuple[bool, bytes]]) -> None:
+    """Whatever arrives, the channel answers with actions, or raises one of ours carrying an FTP failure code;
+    what it sends either way is whole lines, and no rewritten 227/229 names the server's side."""
     ch = channel(max_line_bytes=512)
     for from_client, data in feeds:
         try:
             actions = ch.client_data(data) if from_client else ch.server_data(data)
-        except FtpAlgError:
+        except FtpAlgError as error:
+            assert 400 <= getattr(error, "reply_code", 500) <= 599, error
             continue
         for a in actions:
+            assert isinstance(a, Action), a
+            if isinstance(a, SendToClient):
+                assert a.data.endswith(b"\n"), a
+            if isinstance(a, SendToServer) and not a.urgent:  # ABOR's Telnet synch is urgent and no line
+                assert a.data.endswith(b"\n") and a.data.count(b"\n") == 1, a  # one whole command per write
+            if isinstance(a, Rewrote) and a.kind not in ("port", "eprt"):
+                assert b"198,51,100" not in a.after and b"198.51.100" not in a.after, a
             if isinstance(a, ListenForClient):
                 ch.data_endpoint_ready(a.ticket, PUBLIC)
             elif isinstance(a, ListenForServer):

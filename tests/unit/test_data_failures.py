@@ -6,17 +6,12 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
+from corerig import CLIENT, PUBLIC, SERVER, to_client
+
 from alg.ftp.addresses import HostPort
-from alg.ftp.control import Action, ControlChannel, ListenForClient, ListenForServer, SendToClient
+from alg.ftp.control import ControlChannel, ListenForClient, ListenForServer
 
-CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
-SERVER = HostPort(ip_address("198.51.100.10"), 21)
-PUBLIC = HostPort(ip_address("203.0.113.1"), 50000)
 INTERNAL = HostPort(ip_address("198.51.100.1"), 41000)
-
-
-def to_client(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToClient))
 
 
 def active_transfer() -> tuple[ControlChannel, int]:

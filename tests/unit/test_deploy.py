@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tools import external_tool
 
 from alg import __version__, cli
 from alg.gateway.instance import for_instance
@@ -28,18 +28,10 @@ CONTAINERFILE = DEPLOY / "Containerfile"
 K8S = DEPLOY / "kubernetes"
 HAPROXY_EXAMPLE = DEPLOY / "haproxy" / "haproxy.cfg"
 K8S_VERSION = "1.30.0"
-BIN = Path(sys.executable).parent
 
 
 def tool(name: str) -> str:
-    """A checker installed by ./dev test (the test extra's wheels, or scripts/install-test-deps.sh)."""
-    path = shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    if path is None:
-        reason = f"{name} is not installed (./dev test installs it)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    return path
+    return external_tool(name, "./dev test installs it")
 
 
 def run(*argv: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

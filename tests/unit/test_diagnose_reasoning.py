@@ -687,7 +687,6 @@ def test_a_password_quoted_back_by_the_server_is_masked() -> None:
 
 def test_every_mode_against_a_local_server_and_no_socket_left_open(capsys: pytest.CaptureFixture[str]) -> None:
     # The probe end to end on loopback, against the demo's pyftpdlib server: every mode, the --size transfer.
-    pytest.importorskip("pyftpdlib")
     import gc
     import warnings
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
+from corerig import passive_connected, to_client, to_server
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,7 +16,6 @@ from alg.ftp.control import (
     ListenForClient,
     ListenForServer,
     Refused,
-    SendToClient,
     SendToServer,
     Translated,
 )
@@ -30,14 +30,6 @@ PUBLIC4 = HostPort(ip_address("203.0.113.1"), 50000)
 PUBLIC6 = HostPort(ip_address("2001:db8:1::1"), 50000)
 INTERNAL4 = HostPort(ip_address("198.51.100.1"), 40123)
 INTERNAL6 = HostPort(ip_address("2001:db8:2::1"), 40123)
-
-
-def to_client(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToClient))
-
-
-def to_server(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToServer))
 
 
 def translations(actions: list[Action]) -> list[tuple[str, str]]:
@@ -186,13 +178,10 @@ SYNCH = [
 def transferring(client: HostPort = CLIENT4, server: HostPort = SERVER4) -> tuple[ControlChannel, int]:
     """A RETR under way: its data connection open, its final reply still owed."""
     ch = logged_in(client, server)
-    ch.client_data(b"PASV\r\n")
-    listen = next(a for a in ch.server_data(b"227 ok (198,51,100,10,195,80)\r\n") if isinstance(a, ListenForClient))
-    ch.data_endpoint_ready(listen.ticket, PUBLIC4)
-    ch.data_connected(listen.ticket)
+    ticket = passive_connected(ch, PUBLIC4)
     ch.client_data(b"RETR big\r\n")
     ch.server_data(b"150 go\r\n")
-    return ch, listen.ticket
+    return ch, ticket
 
 
 def test_abor_during_a_transfer_goes_with_the_telnet_synch_whatever_the_client_sent() -> None:

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fakewriter import FakeWriter
 from prometheus_client.parser import text_string_to_metric_families
 
 from alg.ftp.addresses import HostPort
@@ -30,17 +31,6 @@ def _sync(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]
         asyncio.run(test(*args, **kwargs))
 
     return run
-
-
-class FakeWriter:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def drain(self) -> None:
-        pass
 
 
 def fed(data: bytes, *, eof: bool = True) -> asyncio.StreamReader:

@@ -7,9 +7,7 @@ checks the alerting rules, their unit tests, the scrape config and the dashboard
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from tools import external_tool
 
 from alg import __version__
 from alg.ftp.reasons import DataFailure, Refusal, SessionOutcome
@@ -121,13 +120,7 @@ def test_names_follow_prometheus_conventions() -> None:
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        reason = "promtool not found (Debian package prometheus: run scripts/install-test-deps.sh)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason} (CI=true: not skipping)", pytrace=False)
-        pytest.skip(reason)
-    return path
+    return external_tool("promtool", "Debian package prometheus: run scripts/install-test-deps.sh")
 
 
 def run_promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -8,17 +8,12 @@ NOOP, QUIT and REIN at once and send the transfer's 226 when the data is done; p
 
 from __future__ import annotations
 
-from ipaddress import ip_address
-
 import pytest
+from corerig import CLIENT, SERVER, passive_connected, to_client
+from corerig import server_bytewise as feed
 
-from alg.ftp.addresses import HostPort
-from alg.ftp.control import Action, CloseSession, ControlChannel, ListenForClient, SendToClient, SendToServer
+from alg.ftp.control import CloseSession, ControlChannel, SendToServer
 from alg.ftp.reasons import SessionOutcome
-
-CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
-SERVER = HostPort(ip_address("198.51.100.10"), 21)
-PUBLIC = HostPort(ip_address("203.0.113.1"), 50000)
 
 PROFTPD_STAT = (
     b"211-Status of 'ftp-alg test proftpd'\r\n"
@@ -53,15 +48,6 @@ PURE_226 = b"226-File successfully transferred\r\n226 1.544 seconds (measured he
 PURE_500 = b"500 Unknown command\r\n"
 
 
-def to_client(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToClient))
-
-
-def feed(ch: ControlChannel, data: bytes) -> list[Action]:
-    """The server's bytes one at a time, as the worst network would deliver them."""
-    return [action for byte in data for action in ch.server_data(bytes([byte]))]
-
-
 def under_way(verb: bytes, preliminary: bytes) -> tuple[ControlChannel, int]:
     """A session with a RETR or STOR running: data connected, the server's 1xx relayed."""
     ch = ControlChannel(CLIENT, SERVER)
@@ -69,13 +55,10 @@ def under_way(verb: bytes, preliminary: bytes) -> tuple[ControlChannel, int]:
     for line, answer in ((b"USER u\r\n", b"331 p\r\n"), (b"PASS p\r\n", b"230 ok\r\n"), (b"TYPE I\r\n", b"200 I\r\n")):
         ch.client_data(line)
         ch.server_data(answer)
-    ch.client_data(b"PASV\r\n")
-    listen = next(a for a in ch.server_data(b"227 ok (198,51,100,10,195,80)\r\n") if isinstance(a, ListenForClient))
-    ch.data_endpoint_ready(listen.ticket, PUBLIC)
-    ch.data_connected(listen.ticket)
+    ticket = passive_connected(ch)
     assert SendToServer(verb) in ch.client_data(verb)
     assert to_client(feed(ch, preliminary)) == preliminary
-    return ch, listen.ticket
+    return ch, ticket
 
 
 RETR = (b"RETR big.bin\r\n", b"150 Opening BINARY mode data connection for big.bin (33554432 bytes)\r\n")

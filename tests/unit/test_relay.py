@@ -12,25 +12,17 @@ import hashlib
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from loops import LOOPS, run_on
 
 from alg.net import relay as relay_module
 from alg.net.relay import RelayResult, relay, relay_mode
 
 MODES = ["splice", "asyncio"] if relay_module.splice_available() else ["asyncio"]
-LOOPS = ["asyncio", "uvloop"]
 TRANSPORTS = ["unix", "tcp"]
-
-
-def _run(loop_kind: str, main: Callable[[], Awaitable[Any]]) -> Any:
-    if loop_kind == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(asyncio.wait_for(main(), 20))
-    return asyncio.run(asyncio.wait_for(main(), 20))
 
 
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -110,7 +102,7 @@ def test_both_directions_arrive_whole_and_are_counted(rig: Rig, mode: str, loop_
         )
         return await task, got_by_server, got_by_client
 
-    result, got_by_server, got_by_client = _run(loop_kind, main)
+    result, got_by_server, got_by_client = run_on(loop_kind, main)
     assert hashlib.sha256(got_by_server).digest() == hashlib.sha256(up).digest()
     assert hashlib.sha256(got_by_client).digest() == hashlib.sha256(down).digest()
     assert (result.to_b, result.to_a, result.idle_timeout) == (len(up), len(down), False)
@@ -124,7 +116,7 @@ def test_empty_transfer_counts_zero_and_ends(rig: Rig, mode: str, loop_kind: str
         got = await asyncio.gather(_read_all(rig.server), _read_all(rig.client))
         return await task, got[0], got[1]
 
-    assert _run(loop_kind, main) == (RelayResult(0, 0, False), b"", b"")
+    assert run_on(loop_kind, main) == (RelayResult(0, 0, False), b"", b"")
 
 
 def test_counts_can_be_read_while_the_relay_runs(rig: Rig, mode: str, loop_kind: str) -> None:
@@ -145,7 +137,7 @@ def test_counts_can_be_read_while_the_relay_runs(rig: Rig, mode: str, loop_kind:
         assert await task is counts
         return during, counts.to_b
 
-    assert _run(loop_kind, main) == (1000, 1000)
+    assert run_on(loop_kind, main) == (1000, 1000)
 
 
 # --- half-close and the end-of-file reports ------------------------------------------------------------------
@@ -165,7 +157,7 @@ def test_half_close_is_passed_on_and_the_other_direction_keeps_flowing(rig: Rig,
         answer = await _read_all(rig.client)
         return upload, answer, await task
 
-    upload, answer, result = _run(loop_kind, main)
+    upload, answer, result = run_on(loop_kind, main)
     assert (upload, answer) == (b"upload", b"after the client's EOF")
     assert (result.to_b, result.to_a) == (6, 22)
 
@@ -180,7 +172,7 @@ def test_half_close_from_the_b_side(rig: Rig, mode: str, loop_kind: str) -> None
         await task
         return download, late
 
-    assert _run(loop_kind, main) == (b"download", b"late")
+    assert run_on(loop_kind, main) == (b"download", b"late")
 
 
 def test_each_end_of_file_is_reported_once_after_its_last_byte_was_delivered(
@@ -211,7 +203,7 @@ def test_each_end_of_file_is_reported_once_after_its_last_byte_was_delivered(
 
     # When the 226 is allowed, every byte of the transfer has been handed to the client's socket; the other
     # direction's end is reported when it comes.
-    assert _run(loop_kind, main) == [(False, len(data)), (True, len(data))]
+    assert run_on(loop_kind, main) == [(False, len(data)), (True, len(data))]
 
 
 def test_no_end_of_file_is_reported_when_the_relay_fails(rig: Rig, mode: str, loop_kind: str) -> None:
@@ -221,7 +213,7 @@ def test_no_end_of_file_is_reported_when_the_relay_fails(rig: Rig, mode: str, lo
             await relay(rig.a, rig.b, idle_timeout_s=0.05, on_eof=reports.append, mode=mode)
         return len(reports)
 
-    assert _run(loop_kind, main) == 0
+    assert run_on(loop_kind, main) == 0
 
 
 # --- timeouts and errors --------------------------------------------------------------------------------------
@@ -236,7 +228,7 @@ def test_idle_timeout_raises_and_is_flagged(rig: Rig, mode: str, loop_kind: str)
             await relay(rig.a, rig.b, idle_timeout_s=0.1, on_eof=lambda _: None, result=counts, mode=mode)
         return counts, loop.time() - started
 
-    counts, waited = _run(loop_kind, main)
+    counts, waited = run_on(loop_kind, main)
     assert counts.idle_timeout
     assert 0.09 <= waited < 2
 
@@ -255,7 +247,7 @@ def test_traffic_keeps_the_relay_from_idling_out(rig: Rig, mode: str, loop_kind:
         await asyncio.gather(_read_all(rig.client), _read_all(rig.server))
         return await task
 
-    result = _run(loop_kind, main)
+    result = run_on(loop_kind, main)
     assert (result.to_b, result.idle_timeout) == (32, False)
 
 
@@ -273,7 +265,7 @@ def test_a_reset_peer_raises_connection_error(mode: str, loop_kind: str) -> None
                 await task
             assert isinstance(caught.value, ConnectionError) or caught.value.errno in (errno.EPIPE, errno.ECONNRESET)
 
-        _run(loop_kind, main)
+        run_on(loop_kind, main)
     finally:
         rig.close()
 
@@ -286,7 +278,7 @@ def test_sockets_are_left_open_for_the_caller(rig: Rig, mode: str, loop_kind: st
         await asyncio.gather(_read_all(rig.client), _read_all(rig.server))
         await task
 
-    _run(loop_kind, main)
+    run_on(loop_kind, main)
     assert rig.a.fileno() >= 0 and rig.b.fileno() >= 0
     rig.a.getsockname()  # still a working socket
 
@@ -329,7 +321,7 @@ def test_no_descriptor_leaks_whatever_the_ending(mode: str, loop_kind: str) -> N
         for _ in range(3):
             rig = Rig("tcp")
             try:
-                _run(loop_kind, lambda rig=rig, scenario=scenario: scenario(rig))  # type: ignore[misc]
+                run_on(loop_kind, lambda rig=rig, scenario=scenario: scenario(rig))  # type: ignore[misc]
             finally:
                 rig.close()
     assert _open_fds() == before
@@ -369,7 +361,7 @@ def test_splice_refused_by_the_kernel_falls_back_to_copying(
         await _read_all(rig.client)
         return await task, got
 
-    result, got = _run(loop_kind, main)
+    result, got = run_on(loop_kind, main)
     assert got == data and result.to_b == len(data)
 
 
@@ -402,5 +394,5 @@ def test_splice_carries_bulk_and_small_transfers_cost_no_pipe(
         await task
         return got
 
-    assert _run(loop_kind, main) == data
+    assert run_on(loop_kind, main) == data
     assert (calls["splice"] > 0, calls["pipe2"]) == ((True, 1) if spliced else (False, 0))

@@ -3,11 +3,10 @@ hardening, a stop timeout longer than the default shutdown grace, and every dire
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tools import external_tool
 
 from alg.ops.config import Timeouts
 
@@ -54,13 +53,12 @@ def test_systemd_waits_longer_than_the_default_shutdown_grace() -> None:
 
 
 def test_systemd_knows_every_directive(tmp_path: Path) -> None:
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze not installed")
+    analyze = external_tool("systemd-analyze", "Debian package systemd")
     unit = tmp_path / "ftp-alg.service"
     # ExecStart must exist for verify; the rest of the file is checked as shipped.
     text = "\n".join(
         "ExecStart=/bin/true" if line.startswith("ExecStart=") else line for line in UNIT.read_text().splitlines()
     )
     unit.write_text(text + "\n")
-    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=30)
+    done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "Unknown" not in done.stderr and "ignoring" not in done.stderr, done.stderr

@@ -9,16 +9,14 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import trustme
+from loops import LOOPS, run_on
 
 from alg.net.relay import RelayResult
 from alg.net.tls import PlainLeg, TlsLeg, TlsTruncated, relay_legs, server_context, upstream_context
-
-LOOPS = ["asyncio", "uvloop"]
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +28,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, trust
     cert.private_key_pem.write_to_path(str(directory / "key.pem"))
     ca.cert_pem.write_to_path(str(directory / "ca.pem"))
     return server_context(directory / "cert.pem", directory / "key.pem"), ca, directory
-
-
-def _run(loop_kind: str, main: Callable[[], Awaitable[Any]]) -> Any:
-    if loop_kind == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(asyncio.wait_for(main(), 20))
-    return asyncio.run(asyncio.wait_for(main(), 20))
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:
@@ -103,7 +93,7 @@ def test_a_download_ends_cleanly_with_close_notify_and_raises_on_a_bare_fin(
         assert (True in eofs) == clean, "the end of the download is reported only for a clean end"
         return result, got[0]
 
-    result, got = _run(loop_kind, main)
+    result, got = run_on(loop_kind, main)
     assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
     if clean:
         assert isinstance(result, RelayResult) and result.to_b == len(payload)
@@ -147,7 +137,7 @@ def test_a_data_leg_resumes_the_control_sessions_session(
             leg.sock.close()
         return control_reused[0], data_reused[0] and data.session_reused
 
-    assert _run(loop_kind, main) == (False, True)
+    assert run_on(loop_kind, main) == (False, True)
 
 
 def test_a_client_without_close_notify_on_an_upload_is_accepted_when_not_strict(
@@ -180,4 +170,4 @@ def test_a_client_without_close_notify_on_an_upload_is_accepted_when_not_strict(
         await asyncio.to_thread(thread.join, 10)
         return data, leg.ragged
 
-    assert _run("asyncio", main) == (b"x" * 1000, True)
+    assert run_on("asyncio", main) == (b"x" * 1000, True)

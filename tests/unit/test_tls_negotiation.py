@@ -3,13 +3,11 @@ gateway's own AUTH TLS toward the server. Bytes in, actions out; fed whole and o
 
 from __future__ import annotations
 
-from ipaddress import ip_address
-
 import pytest
+from corerig import CLIENT, SERVER, to_client, to_server
 from hypothesis import given
 from hypothesis import strategies as st
 
-from alg.ftp.addresses import HostPort
 from alg.ftp.control import (
     Action,
     ChannelSettings,
@@ -18,7 +16,6 @@ from alg.ftp.control import (
     ListenForServer,
     Refused,
     SendToClient,
-    SendToServer,
 )
 from alg.ftp.tls import (
     ReplyReader,
@@ -32,24 +29,12 @@ from alg.ftp.tls import (
     rewrite_feat,
 )
 
-CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
-SERVER = HostPort(ip_address("198.51.100.10"), 21)
-PUBLIC = HostPort(ip_address("203.0.113.1"), 50000)
-
 
 def channel(mode: str = "allow", data: str = "follow", upstream_data: str = "follow", **kw: bool) -> ControlChannel:
     settings = ChannelSettings(tls=TlsPolicy(mode, data, upstream_data))
     ch = ControlChannel(CLIENT, SERVER, settings, **kw)
     ch.server_data(b"220 ready\r\n")
     return ch
-
-
-def to_client(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToClient))
-
-
-def to_server(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToServer))
 
 
 def secured(**kw: str) -> ControlChannel:

@@ -8,37 +8,19 @@ and a second USER with 331, and forgets PBSZ and PROT on both.
 
 from __future__ import annotations
 
-from ipaddress import ip_address
+from corerig import CLIENT, PUBLIC, SERVER, to_client, to_server
+from corerig import server_bytewise as feed
 
-from alg.ftp.addresses import HostPort
 from alg.ftp.control import (
-    Action,
     ChannelSettings,
     CloseSession,
     ControlChannel,
     ListenForClient,
-    SendToClient,
-    SendToServer,
 )
 from alg.ftp.reasons import SessionOutcome
 from alg.ftp.tls import TlsPolicy
 
-CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
-SERVER = HostPort(ip_address("198.51.100.10"), 21)
-PUBLIC = HostPort(ip_address("203.0.113.1"), 50000)
 PASV_227 = b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n"
-
-
-def to_client(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToClient))
-
-
-def to_server(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToServer))
-
-
-def feed(ch: ControlChannel, data: bytes) -> list[Action]:
-    return [action for byte in data for action in ch.server_data(bytes([byte]))]
 
 
 def logged_in(upstream_data: str) -> ControlChannel:
