@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
+from corerig import CLIENT, PUBLIC, SERVER, to_client, to_server
+
 from alg.ftp.addresses import HostPort
 from alg.ftp.control import (
-    Action,
     ChannelSettings,
     CloseDataEndpoint,
     ConnectBoth,
@@ -15,24 +16,11 @@ from alg.ftp.control import (
     ListenForBoth,
     ListenForClient,
     ListenForServer,
-    SendToClient,
-    SendToServer,
 )
 
-CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
-SERVER = HostPort(ip_address("198.51.100.10"), 21)
 SERVER6 = HostPort(ip_address("2001:db8:51::10"), 21)
-PUBLIC = HostPort(ip_address("203.0.113.1"), 50000)
 INTERNAL = HostPort(ip_address("198.51.100.1"), 40123)
 INTERNAL6 = HostPort(ip_address("2001:db8:51::1"), 40123)
-
-
-def to_client(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToClient))
-
-
-def to_server(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToServer))
 
 
 def logged_in(mode: str, server: HostPort = SERVER) -> ControlChannel:
