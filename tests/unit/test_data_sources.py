@@ -14,8 +14,10 @@ from alg.errors import ConfigError
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.channelstate import ChannelSettings
 from alg.ftp.reasons import DataFailure
+from alg.gateway import secure
 from alg.gateway.context import GatewayContext, Timeouts
 from alg.gateway.relaypath import DataTls, RelayPath
+from alg.gateway.server import channel_settings, context_from_settings
 from alg.gateway.transfer import DataJob, Ended, Transfer
 from alg.net.dataplane import Listener, open_listener
 from alg.ops.config import settings_from_mapping
@@ -123,3 +125,13 @@ def test_the_setting_takes_cidrs_and_refuses_anything_else() -> None:
     assert settings_from_mapping({"upstream": "198.51.100.10"}).upstream_data_sources == ()
     with pytest.raises(ConfigError, match="upstream_data_sources"):
         settings_from_mapping({"upstream": "198.51.100.10", "upstream_data_sources": ["the server"]})
+
+
+def test_the_settings_reach_new_sessions_and_a_reload() -> None:
+    settings = settings_from_mapping(
+        {"upstream": "198.51.100.10", "upstream_data_mode": "active", "upstream_data_sources": ["198.51.100.0/28"]}
+    )
+    assert channel_settings(settings, None, secure.TlsRuntime()).upstream_data_mode == "active"
+    context = context_from_settings(settings, Metrics())
+    assert context.upstream_data_sources == (ip_network("198.51.100.0/28"),)
+    assert context.channel_settings.upstream_data_mode == "active"
