@@ -103,7 +103,7 @@ class RelayPath:
             events.announce(job)
             assert cross.client_target is not None
             client_job = replace(job, target=cross.client_target, source=cross.client_source or job.source)
-            client = await self._connect(client_job, ended)
+            client = await self._connect(client_job, ended, timed=False)  # one setup time per transfer
             if client is None:
                 return
             socks.append(client)
@@ -133,7 +133,7 @@ class RelayPath:
             server if isinstance(server, socket.socket) else None,
         )
 
-    async def _connect(self, job: DataJob, ended: Ended) -> socket.socket | None:
+    async def _connect(self, job: DataJob, ended: Ended, *, timed: bool = True) -> socket.socket | None:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.context.timeouts.data_connect_s):
@@ -145,7 +145,8 @@ class RelayPath:
             self.log.warning("data connect failed", extra=fields(ticket=job.ticket, target=job.target, error=error))
             ended.failure = DataFailure.CONNECT_FAILED
             return None
-        self.context.metrics.data_setup_seconds.observe(time.monotonic() - started)
+        if timed:
+            self.context.metrics.data_setup_seconds.observe(time.monotonic() - started)
         return sock
 
     async def _accept(self, job: DataJob, events: TransferEvents, ended: Ended) -> socket.socket | None:
