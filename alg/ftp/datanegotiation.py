@@ -290,16 +290,17 @@ class DataNegotiation:
         """The server's answer to a crossed data command, answered to the client in its own command's form."""
         ticket = entry.ticket if entry.ticket is not None else -1
         record = self.state.tickets.get(ticket)
+        gone = "the data endpoint closed before the FTP server answered"
+        if record is None or record.client_end is None:
+            return self._cross_refused(entry, ticket, gone)
         if entry.verb in _PASSIVE:
-            if record is None or not 200 <= code < 300 or record.client_end is None:
+            if not 200 <= code < 300:
                 return self._cross_refused(entry, ticket, f"the FTP server refused {entry.sent} ({code})")
             if entry.verb == "PASV":
                 after = addresses.format_227(record.client_end)
             else:
                 after = addresses.format_229(record.client_end.port)
             return [Rewrote(entry.verb.lower(), line, after), SendToClient(after)]
-        if record is None or record.client_end is None:
-            return self._cross_refused(entry, ticket, "its data endpoint is gone")
         target, out = self._server_passive_address(entry.sent, code, line)
         if target is None:
             return out + self._cross_refused(entry, ticket, "the FTP server's passive reply was not understood")

@@ -36,6 +36,7 @@ class DataFailure(StrEnum):
     PORT_POOL_EXHAUSTED = "port_pool_exhausted"
     LISTEN_FAILED = "listen_failed"
     ACCEPT_TIMEOUT = "accept_timeout"
+    UNEXPECTED_SOURCE = "unexpected_source"
     CONNECT_FAILED = "connect_failed"
     CONNECT_TIMEOUT = "connect_timeout"
     IDLE_TIMEOUT = "idle_timeout"

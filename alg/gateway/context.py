@@ -6,6 +6,7 @@ Rules: plain records, built once per worker (alg.gateway.server) and read by ses
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 
 from alg.ftp import control as c
 from alg.ftp.addresses import IPAddress
@@ -42,3 +43,5 @@ class GatewayContext:
     kernel_path: KernelPath | None = None  # data_path: kernel, where the kernel allows it
     advertiser: Advertiser | None = None  # split horizon and port offset; None: public_address alone
     guard: Guard | None = None  # the defender: scores hostile acts (alg.gateway.guard)
+    # upstream_data_sources: where else a server's active-mode data connections may come from
+    upstream_data_sources: tuple[IPv4Network | IPv6Network, ...] = ()

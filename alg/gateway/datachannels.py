@@ -9,6 +9,7 @@ one place (_finish), which reports to the channel exactly once (data_finished or
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -156,9 +157,12 @@ class DataChannels:
         self.context.metrics.refused(Refusal.PORT_THEFT)
         if self.context.guard is not None:
             self.context.guard.offence(ip, Offence.PORT_THEFT)
-        self.log.warning(
-            "data port theft attempt", extra=fields(ticket=job.ticket, **{"from": ip}, expected=job.expected)
-        )
+        found = fields(ticket=job.ticket, **{"from": ip}, expected=job.expected)
+        if job.from_server:
+            # Maybe the server itself, from another of its addresses (a multi-homed server, a cluster's node
+            # behind its virtual address): the log says which setting would admit it.
+            found = fields(ticket=job.ticket, **{"from": ip}, expected=job.expected, setting="upstream_data_sources")
+        self.log.warning("data port theft attempt", extra=found)
 
     def pools_changed(self) -> None:
         metrics = self.context.metrics
@@ -189,7 +193,10 @@ class DataChannels:
         transfer = Transfer(mode=mode, client_tls=action.client_tls, server_tls=action.server_tls)
         dialled = ends.server.ip if passive and context.transparent else listen_on
         public = self._announced(listener, passive=passive)
-        return DataJob(action.ticket, transfer, listener, expected, dialled, action.then_connect, source, public)
+        job = DataJob(action.ticket, transfer, listener, expected, dialled, action.then_connect, source, public)
+        if passive:
+            return job
+        return dataclasses.replace(job, from_server=True, sources=context.upstream_data_sources)
 
     def _cross_job(self, action: c.ListenForBoth | c.ConnectBoth) -> DataJob:
         """upstream_data_mode: the client's leg in its own mode, the server's in the other (the relay carries
@@ -220,7 +227,7 @@ class DataChannels:
         cross = Cross(server_listener=server_listener, server_expected=ends.server.ip, internal=internal)
         return DataJob(
             action.ticket, transfer, listener, ends.data_peer, ends.client_side.ip, ends.server, ends.server_side.ip,
-            public, cross,
+            public, cross, sources=context.upstream_data_sources,
         )  # fmt: skip
 
     def _announced(self, listener: Listener, *, passive: bool) -> HostPort:

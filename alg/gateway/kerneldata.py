@@ -98,6 +98,10 @@ def mapped(context: GatewayContext, job: DataJob, session_log: SessionLog) -> Ke
     path = context.kernel_path
     if path is None or job.transfer.client_tls or job.transfer.server_tls:
         return None  # TLS-protected data is decrypted and re-encrypted: only the relay can do that
+    if job.from_server and job.sources:
+        # A mapping admits one peer address; upstream_data_sources may name several: relayed.
+        session_log.debug("upstream_data_sources: relaying this transfer", extra=fields(ticket=job.ticket))
+        return None
     if job.cross is not None or job.listener is None:
         # One NAT mapping joins one accepted leg to one connected leg; two of a kind need the relay.
         session_log.debug("upstream_data_mode: relaying this transfer", extra=fields(ticket=job.ticket))

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from alg.ftp.addresses import HostPort
+from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.channelstate import DOWNLOAD_VERBS
 from alg.ftp.reasons import DataFailure, Refusal
 from alg.gateway import secure
@@ -103,7 +103,7 @@ class RelayPath:
             events.announce(job)
             assert cross.client_target is not None
             client_job = replace(job, target=cross.client_target, source=cross.client_source or job.source)
-            client = await self._connect(client_job, ended)
+            client = await self._connect(client_job, ended, timed=False)  # one setup time per transfer
             if client is None:
                 return
             socks.append(client)
@@ -117,7 +117,7 @@ class RelayPath:
         self, job: DataJob, server_listener: Listener, events: TransferEvents, ended: Ended, socks: list[socket.socket]
     ) -> tuple[socket.socket | None, socket.socket | None]:
         expected = job.cross.server_expected if job.cross is not None else None
-        server_job = replace(job, listener=server_listener, expected=expected or job.target.ip)
+        server_job = replace(job, listener=server_listener, expected=expected or job.target.ip, from_server=True)
         client_task = asyncio.ensure_future(self._accept(job, events, ended))
         server_task = asyncio.ensure_future(self._accept(server_job, events, ended))
         try:
@@ -133,7 +133,7 @@ class RelayPath:
             server if isinstance(server, socket.socket) else None,
         )
 
-    async def _connect(self, job: DataJob, ended: Ended) -> socket.socket | None:
+    async def _connect(self, job: DataJob, ended: Ended, *, timed: bool = True) -> socket.socket | None:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.context.timeouts.data_connect_s):
@@ -145,16 +145,34 @@ class RelayPath:
             self.log.warning("data connect failed", extra=fields(ticket=job.ticket, target=job.target, error=error))
             ended.failure = DataFailure.CONNECT_FAILED
             return None
-        self.context.metrics.data_setup_seconds.observe(time.monotonic() - started)
+        if timed:
+            self.context.metrics.data_setup_seconds.observe(time.monotonic() - started)
         return sock
 
     async def _accept(self, job: DataJob, events: TransferEvents, ended: Ended) -> socket.socket | None:
         assert job.listener is not None  # a ConnectBoth's job accepts nothing
+        sources = job.sources if job.from_server else ()
+
+        def stranger(ip: IPAddress) -> None:
+            events.stranger(job, ip)
+            if job.from_server and job.transfer.verb is not None:
+                # The transfer command is out: this is the server's one connection, from another address of
+                # its own most likely; it will not connect again, so no use waiting for the timeout. (Before
+                # the command, a stranger is only refused: someone on the internal network racing the server.)
+                raise _Stranger(ip)
+
         try:
             async with asyncio.timeout(self.context.timeouts.data_connect_s):
-                return await accept_from(job.listener, job.expected, lambda ip: events.stranger(job, ip))
+                return await accept_from(job.listener, job.expected, stranger, also=sources)
         except TimeoutError:
             ended.failure = DataFailure.ACCEPT_TIMEOUT
+            return None
+        except _Stranger as refused:
+            ended.failure = DataFailure.UNEXPECTED_SOURCE
+            ended.text = (
+                f"the FTP server's data connection came from {refused.ip}, not {job.expected}"
+                " (the gateway's upstream_data_sources setting lists the addresses it may use)"
+            )
             return None
         finally:
             job.listener.close()
@@ -241,6 +259,12 @@ class RelayPath:
             timeout_s=self.context.timeouts.data_connect_s,
         )
         return (client_leg, server_leg) if passive else (server_leg, client_leg)
+
+
+class _Stranger(Exception):
+    def __init__(self, ip: IPAddress) -> None:
+        super().__init__(str(ip))
+        self.ip = ip
 
 
 def _carries(transfer: Transfer, *, forward: bool) -> bool:

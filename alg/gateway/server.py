@@ -112,6 +112,7 @@ def context_from_settings(
         public_address6=settings.public_address6,
         tls=tls,
         advertiser=Advertiser.from_settings(settings),
+        upstream_data_sources=settings.upstream_data_sources,
     )
 
 
@@ -274,6 +275,7 @@ class Gateway:
                 public_address6=settings.public_address6,
                 tls=tls,
                 advertiser=Advertiser.from_settings(settings),
+                upstream_data_sources=settings.upstream_data_sources,
             )
         except Exception as error:  # ConfigError, or a value the code did not expect: the reload is refused
             traceback = not isinstance(error, ConfigError)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
 from typing import Protocol
 
 from alg.ftp.addresses import HostPort, IPAddress
@@ -23,6 +24,7 @@ INTERNAL_ERROR = DataFailure.INTERNAL_ERROR
 # Why a transfer failed, as the client's 426 (or 425, before the address was announced) says it.
 FAILURE_TEXT: dict[DataFailure, str] = {
     DataFailure.ACCEPT_TIMEOUT: "nobody connected to the data port in time",
+    DataFailure.UNEXPECTED_SOURCE: "the FTP server's data connection came from an unexpected address",
     DataFailure.CONNECT_FAILED: "the other end of the data connection could not be reached",
     DataFailure.CONNECT_TIMEOUT: "the other end of the data connection did not answer in time",
     DataFailure.TLS_TRUNCATED: "the FTP server's TLS data stream ended without close_notify (truncated)",
@@ -66,6 +68,10 @@ class DataJob:
     public: HostPort  # the address the peer is told (passive: once the relay has the server's leg connected)
     # upstream_data_mode: the server's leg in the other mode than the client's (relay path only).
     cross: Cross | None = None
+    # The listener is the server's (active mode toward it): upstream_data_sources are admitted too, and a
+    # stranger fails the transfer at once (the server will not connect again).
+    from_server: bool = False
+    sources: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)

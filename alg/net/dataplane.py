@@ -13,7 +13,7 @@ import socket
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from ipaddress import IPv6Address, ip_address
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from alg.errors import DataChannelError
 from alg.ftp.addresses import HostPort, IPAddress
@@ -115,13 +115,19 @@ def open_listener(ip: IPAddress, pool: PortPool | None) -> Listener:
 
 
 async def accept_from(
-    listener: Listener, expected: IPAddress, on_stranger: Callable[[IPAddress], None]
+    listener: Listener,
+    expected: IPAddress,
+    on_stranger: Callable[[IPAddress], None],
+    *,
+    also: tuple[IPv4Network | IPv6Network, ...] = (),
 ) -> socket.socket:
-    """The first connection from `expected`; anyone else is closed at once (data-port theft)."""
+    """The first connection from `expected` (or from a network in `also`); anyone else is closed at once
+    (data-port theft)."""
     loop = asyncio.get_running_loop()
     while True:
         conn, address = await loop.sock_accept(listener.sock)
-        if peer_ip(address) == expected:
+        peer = peer_ip(address)
+        if peer == expected or any(peer in network for network in also):
             conn.setblocking(False)
             return conn
         conn.close()

@@ -30,6 +30,7 @@ from alg.ops.config_sections import (
     HealthCheck,
     Limits,
     LogSettings,
+    OptionalNetworks,
     ProxyProtocolIn,
     Timeouts,
     TlsSettings,
@@ -93,6 +94,9 @@ class Settings(Frozen):
     # connects out); active: always PORT/EPRT to the gateway's internal address (the server's firewall opens
     # port 21 only). The client is answered in its own mode either way (docs/data-modes.md).
     upstream_data_mode: Literal["follow", "passive", "active"] = "follow"
+    # A server's active-mode data connections come from the address the gateway dialled; a multi-homed server
+    # or a cluster behind a virtual address may use others: list them (CIDRs). Anyone else is refused.
+    upstream_data_sources: OptionalNetworks = ()
     # refuse: a PORT/EPRT naming another host than the client is an FTP bounce (RFC 2577) and gets 504;
     # rewrite: ignore the address and use the client's own, as OpenBSD ftp-proxy does (clients behind NAT).
     port_address_mismatch: Literal["refuse", "rewrite"] = "refuse"

@@ -166,6 +166,10 @@ def _networks_or_none(value: object) -> tuple[IPNetwork, ...]:
     return () if value in ((), [], None) else _networks(value)
 
 
+# A list that may be empty (the default: none).
+OptionalNetworks = Annotated[tuple[IPNetwork, ...], PlainValidator(_networks_or_none)]
+
+
 class ProxyProtocolIn(Frozen):
     # Only the balancers named here may speak for clients: anyone else sending a header is refused, and so is
     # one of these not sending it.

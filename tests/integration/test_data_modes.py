@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from clients import Mode, curl_download, curl_upload
+from clients import Mode, curl_download, curl_upload, ftplib_run, lftp
 from conftest import require_netns, require_server
 from gateway import Gateway, random_file, sha256_file, start_reverse_gateway, wait_listening
 from netns import Topology
@@ -177,3 +177,43 @@ def test_the_kernel_data_path_relays_what_it_cannot_map(setup: Setup, tmp_path: 
         assert "upstream_data_mode: relaying this transfer" in gateway.log()
     finally:
         gateway.stop()
+
+
+@pytest.mark.parametrize(("which", "mode"), [("active", "pasv"), ("passive", "port")])
+def test_abor_of_a_crossed_transfer_keeps_the_session(setup: Setup, which: str, mode: Mode, tmp_path: Path) -> None:
+    """ABOR mid-download (ftplib: 64 KiB read, data closed, ABOR), then NOOP and a whole RETR in the session."""
+    server = setup.no_pasv if which == "active" else setup.no_port
+    gateway = setup.active if which == "active" else setup.passive
+    result = ftplib_run(
+        setup.topo.client,
+        server.target(setup.topo.public_addr, gateway.port),
+        [("abor_retr", "big.bin"), ("cmd", "NOOP"), ("retr", "small.bin", tmp_path / "after.bin")],
+        mode=mode,
+        timeout_s=40,
+        io_timeout_s=15,
+    )
+    assert result.ok, str(result)
+    assert result.data is not None
+    abor = result.data["results"][0]
+    assert abor["received"] > 0 and {"225", "226"} & set(abor["codes"]), abor
+    assert result.data["results"][1]["reply"].startswith("200"), result.data
+    assert sha256_file(tmp_path / "after.bin") == sha256_file(setup.files / "small.bin")
+
+
+@pytest.mark.parametrize(("which", "mode"), [("active", "pasv"), ("active", "epsv"), ("passive", "port")])
+def test_lftp_ls_get_put_in_the_other_mode_toward_the_server(
+    setup: Setup, which: str, mode: Mode, tmp_path: Path
+) -> None:
+    server = setup.no_pasv if which == "active" else setup.no_port
+    gateway = setup.active if which == "active" else setup.passive
+    got = tmp_path / "small.bin"
+    remote = f"upload/lftp-{which}-{mode}.bin"
+    result = lftp(
+        setup.topo.client,
+        server.target(setup.topo.public_addr, gateway.port),
+        ["ls", f"get small.bin -o {got}", f"put {setup.files / 'one.bin'} -o {remote}"],
+        mode=mode,
+    ).check()
+    assert "small.bin" in result.stdout, result
+    assert sha256_file(got) == sha256_file(setup.files / "small.bin")
+    assert server.sha256(remote) == sha256_file(setup.files / "one.bin")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
+from corerig import CLIENT, PUBLIC, SERVER, to_client, to_server
+
 from alg.ftp.addresses import HostPort
 from alg.ftp.control import (
-    Action,
     ChannelSettings,
     CloseDataEndpoint,
     ConnectBoth,
@@ -15,24 +16,11 @@ from alg.ftp.control import (
     ListenForBoth,
     ListenForClient,
     ListenForServer,
-    SendToClient,
-    SendToServer,
 )
 
-CLIENT = HostPort(ip_address("203.0.113.10"), 40000)
-SERVER = HostPort(ip_address("198.51.100.10"), 21)
 SERVER6 = HostPort(ip_address("2001:db8:51::10"), 21)
-PUBLIC = HostPort(ip_address("203.0.113.1"), 50000)
 INTERNAL = HostPort(ip_address("198.51.100.1"), 40123)
 INTERNAL6 = HostPort(ip_address("2001:db8:51::1"), 40123)
-
-
-def to_client(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToClient))
-
-
-def to_server(actions: list[Action]) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendToServer))
 
 
 def logged_in(mode: str, server: HostPort = SERVER) -> ControlChannel:
@@ -137,3 +125,21 @@ def test_follow_passive_client_is_unchanged_with_passive_mode() -> None:
     ch = logged_in("passive")
     assert to_server(ch.client_data(b"PASV\r\n")) == b"PASV\r\n"
     assert any(isinstance(a, ListenForClient) for a in ch.server_data(b"227 (198,51,100,10,117,48)\r\n"))
+
+
+def test_active_endpoints_that_cannot_open_get_the_clients_pasv_a_425_and_let_its_next_command_go() -> None:
+    ch = logged_in("active")
+    listen = next(a for a in ch.client_data(b"PASV\r\nNOOP\r\n") if isinstance(a, ListenForBoth))
+    out = ch.data_endpoint_failed(listen.ticket, "no free data port in the range")
+    assert to_client(out) == b"425 Can't open data connection: no free data port in the range.\r\n"
+    assert to_server(out) == b"NOOP\r\n"
+
+
+def test_active_an_endpoint_that_breaks_before_the_servers_200_gets_the_client_a_425() -> None:
+    ch = logged_in("active")
+    listen = next(a for a in ch.client_data(b"PASV\r\n") if isinstance(a, ListenForBoth))
+    ch.data_endpoint_ready(listen.ticket, PUBLIC, INTERNAL)
+    assert to_client(ch.data_endpoint_failed(listen.ticket, "reset")) == b""  # the PASV's reply is still owed
+    out = ch.server_data(b"200 PORT command successful\r\n")
+    expected = b"425 Can't open data connection: the data endpoint closed before the FTP server answered.\r\n"
+    assert to_client(out) == expected
