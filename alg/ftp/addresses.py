@@ -133,6 +133,12 @@ def find_227(line: bytes) -> tuple[HostPort, int, int]:
     return public, match.start(), match.end()
 
 
+def passive_addresses_in(reply_text: bytes) -> int:
+    """How many runs of six numbers (227) or (|||port|) (229) a whole reply holds: a multi-line reply that names
+    more than one is ambiguous, and is not followed."""
+    return len(_SIX_NUMBERS_IN_TEXT.findall(reply_text, 3)) + len(_EPSV_PORT_IN_TEXT.findall(reply_text, 3))
+
+
 def rewrite_227(line: bytes, public: HostPort) -> bytes:
     """The 227 line with its six numbers replaced by `public`, the rest of the server's text kept."""
     _, start, end = find_227(line)

@@ -481,6 +481,8 @@ class DataNegotiation:
         # A multi-line reply is read whole: its numbers may stand in any of its lines (curl and ftplib accept it).
         if (verb, code) not in (("PASV", 227), ("EPSV", 229)):
             return None, [Refused(Refusal.SERVER_REPLY, verb, 425, "unusable passive reply")]
+        if addresses.passive_addresses_in(line) > 1:  # which one would the client have taken? neither
+            return None, [Refused(Refusal.SERVER_REPLY, verb, 425, "passive reply names more than one address")]
         try:
             if code == 227:
                 announced, _, _ = addresses.find_227(line)

@@ -180,6 +180,22 @@ def test_a_multiline_227_without_numbers_is_refused_and_names_nothing_internal()
     assert out == b"425 Can't open data connection: the FTP server's passive reply was not understood.\r\n"
 
 
+def test_a_multiline_passive_reply_naming_two_addresses_is_not_followed() -> None:
+    # Which one would a client take? The gateway follows neither (a hostile server's test in test_security).
+    for verb, text in (
+        (b"PASV", b"227-Entering Passive Mode (198,51,100,10,0,22)\r\n227 Entering Passive Mode (1,2,3,4,5,6)\r\n"),
+        (b"EPSV", b"229-Entering Extended Passive Mode (|||21|)\r\n229 Entering Extended Passive Mode (|||6446|)\r\n"),
+    ):
+        ch = logged_in()
+        ch.client_data(verb + b"\r\n")
+        actions = ch.server_data(text)
+        assert not any(isinstance(a, ListenForClient) for a in actions), text
+        assert (
+            to_client(actions)
+            == b"425 Can't open data connection: the FTP server's passive reply was not understood.\r\n"
+        )
+
+
 def test_a_227_inside_a_multiline_reply_is_text() -> None:
     ch = logged_in()
     ch.client_data(b"STAT\r\n")
