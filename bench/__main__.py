@@ -21,6 +21,8 @@ from typing import Any
 
 from bench import workloads as w
 from bench.world import (
+    DEFENDER_PASSIVE_PORTS,
+    DEFENDER_PORT,
     FTPS_PORT,
     KERNEL_PASSIVE_PORTS,
     KERNEL_PATH_PORT,
@@ -51,6 +53,7 @@ TARGETS = {
     "kernel_small_ratio": 0.80,
     "banner_max_s": 5.0,
     "idle_bytes_per_session": 64 * 1024,
+    "defender_cost_ratio": 0.98,  # issue 24: the defender on costs at most 2 % of small-file throughput
 }
 
 
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             steps: dict[str, Callable[[], Any]] = {
                 "retr": lambda: bulk_pair(world, vsftpd, paths, "retr", sizes),
                 "stor": lambda: bulk_pair(world, vsftpd, paths, "stor", sizes),
-                "small": lambda: small_pair(world, vsftpd, paths, sizes),
+                "small": lambda: small_with_defender(world, vsftpd, paths, sizes),
                 "concurrent": lambda: concurrent_pair(world, vsftpd, paths, sizes),
             }
             for name in WORKLOADS:
@@ -195,6 +198,14 @@ def ftps_pair(world: World, sizes: dict[str, Any], relay: str | None) -> dict[st
             verb: bulk_pair(world, server, paths, verb, sizes, modes=("passive",), floor_mb_s=20)
             for verb in ("retr", "stor")
         }
+
+
+def small_with_defender(world: World, server: w.Target, paths: Paths, sizes: dict[str, Any]) -> dict[str, Any]:
+    """The small-file runs, with a fourth path interleaved: the relay with the defender on (its cost)."""
+    with world.gateway(server, port=DEFENDER_PORT, defender=True, passive_ports=DEFENDER_PASSIVE_PORTS) as guarded:
+        results = small_pair(world, server, {**paths, "defender": (guarded.target, guarded)}, sizes)
+    results["defender_cost_ratio"] = round(results["defender_files_s"] / results["gateway_files_s"], 3)
+    return results
 
 
 def small_pair(world: World, server: w.Target, paths: Paths, sizes: dict[str, Any]) -> dict[str, Any]:
@@ -326,6 +337,9 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
             ratio, least = small[f"{name}_ratio"], TARGETS[f"{prefix}small_ratio"]
             what = f"small files {'relay' if name == 'gateway' else 'kernel path'} ratio"
             add(what, ratio, f">= {least}", ratio >= least)
+    if "defender_cost_ratio" in small:
+        cost, least = small["defender_cost_ratio"], TARGETS["defender_cost_ratio"]
+        add("small files, defender on / off (relay)", cost, f">= {least}", cost >= least)
     for count, pair in (results.get("concurrent") or {}).items():
         if isinstance(pair, dict) and "gateway" in pair:
             g = pair["gateway"]
@@ -354,7 +368,12 @@ def print_table(report: dict[str, Any]) -> None:
         f"python {m['python']}, relay {report['options']['relay']}"
     )
     rows: list[tuple[Any, ...]] = [("workload", "direct", "through", "ratio", "gateway CPU")]
-    labels = {"gateway": "ftp-alg relay", "kernel": "ftp-alg kernel path", "helper": "kernel FTP helper"}
+    labels = {
+        "gateway": "ftp-alg relay",
+        "kernel": "ftp-alg kernel path",
+        "helper": "kernel FTP helper",
+        "defender": "ftp-alg relay, defender on",
+    }
     ftps = r.get("ftps") if isinstance(r.get("ftps"), dict) and "error" not in r["ftps"] else {}
     bulk = [(verb, "", r.get(verb) or {}) for verb in ("retr", "stor")]
     bulk += [(verb, "FTPS PROT P ", ftps.get(verb) or {}) for verb in ("retr", "stor")]

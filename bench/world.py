@@ -38,6 +38,8 @@ FTPS_SERVER_PASSIVE = (20000, 29999)
 FTPS_GATEWAY_PASSIVE = "35000-39999"
 KERNEL_PATH_PORT = 2200  # ftp-alg with data_path: kernel, in front of vsftpd
 HELPER_PORT = 2201  # the kernel's own FTP helper: DNAT to vsftpd, nf_conntrack_ftp + nf_nat_ftp attached
+DEFENDER_PORT = 2202  # ftp-alg relaying, with the defender on (its cost on small files)
+DEFENDER_PASSIVE_PORTS = "30000-34999"
 PASSIVE_PORTS = "40000-49999"  # room for 1,000 concurrent sessions' data connections, in any worker
 KERNEL_PASSIVE_PORTS = "50000-59999"  # the kernel-path gateway's, apart from the relay gateway's
 NOFILE = 65536  # descriptors for the processes started here: 10,000 sessions hold 20,000 sockets
@@ -230,6 +232,7 @@ table inet bench_helper {{
         relay: str | None = None,
         data_path: str = "relay",
         passive_ports: str = PASSIVE_PORTS,
+        defender: bool = False,
     ) -> Iterator[Gateway]:
         """ftp-alg in the gw namespace in front of `upstream`, at its defaults except the limits a load needs.
 
@@ -246,6 +249,8 @@ limits:
   max_sessions: 20000
   max_sessions_per_client: 20000
 """
+        if defender:  # its defaults: every session is scored and checked at accept
+            text += "defender: {enabled: true}\n"
         if upstream.ca_file is not None:
             text += f"""\
 tls:

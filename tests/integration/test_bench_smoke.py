@@ -35,4 +35,6 @@ def test_quick_benchmark_measures_both_paths(tmp_path: Path) -> None:
     assert results["small"]["files"] == 100
     assert results["small"]["direct_files_s"] > 0 and results["small"]["gateway_files_s"] > 0
     assert results["small"]["kernel_files_s"] > 0 and results["small"]["helper_files_s"] > 0
+    assert results["small"]["defender_files_s"] > 0 and results["small"]["defender_cost_ratio"] > 0
+    assert "defender on" in done.stdout
     assert "ratio" in done.stdout and "targets:" in done.stdout
