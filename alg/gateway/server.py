@@ -282,8 +282,7 @@ class Gateway:
             log.error("reload failed, keeping the running settings: %s", error, exc_info=traceback)
             self.metrics.reloads.labels("failed").inc()
             return
-        self.policy.paths, self.policy.rules = fresh.paths, fresh.rules
-        self.policy.own_addresses = fresh.own_addresses
+        self.policy.adopt(fresh)
         self.tls, self.context = tls, context
         self.proxy_users = users
         self._replace_upstreams(settings)

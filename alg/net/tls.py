@@ -54,28 +54,13 @@ def upstream_context(ca_file: Path | None, *, verify: bool = True, min_version: 
 
 
 class ServerCertificate:
-    """The client-facing context, replaced on reload; a bad file keeps the old one. Sessions keep the context
-    they started with, so their data connections resume against the same one."""
+    """The client-facing context. A reload builds a new one (alg.gateway.reload); sessions keep the context they
+    started with, so their data connections resume against the same one."""
 
     def __init__(self, cert: Path, key: Path, min_version: str) -> None:
         self.cert, self.key, self.min_version = cert, key, min_version
         self.context = server_context(cert, key, min_version)
         self.loaded_at = time.time()
-
-    def reload(self) -> str | None:
-        """Load the files again; the reason they were refused, or None when the new certificate is in use."""
-        try:
-            self.context = server_context(self.cert, self.key, self.min_version)
-        except (OSError, ssl.SSLError, ValueError) as error:
-            reason = getattr(error, "strerror", None) or str(error)
-            log.warning(
-                "tls certificate reload failed, keeping the old one",
-                extra={"fields": {"cert": self.cert, "reason": reason}},
-            )
-            return reason
-        self.loaded_at = time.time()
-        log.info("tls certificate reloaded", extra={"fields": {"cert": self.cert}})  # alg.ops.logs.fields
-        return None
 
 
 def describe(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str:

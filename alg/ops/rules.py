@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from alg.errors import ConfigError, PolicyDenied
+from alg.errors import PolicyDenied
 from alg.ftp.addresses import IPAddress
 from alg.ftp.reasons import Refusal
 from alg.ftp.wire import Command
@@ -407,21 +407,10 @@ class Policy:
         self.own_addresses = frozenset(_unmapped(ip) for ip in own_addresses if not ip.is_unspecified)
         self._is_own = is_own
 
-    def reload(self) -> bool:
-        """Load every rule file again; on any error keep the current rules and log one line saying why."""
-        try:
-            rules = load_rules(self.paths)
-        except ConfigError as error:
-            log.error("rules reload failed, keeping the previous rules: %s", error)
-            return False
-        self.rules = rules
-        log.info(
-            "rules reloaded files=%d command_rules=%d default=%s",
-            len(rules.sources),
-            len(rules.commands),
-            rules.default_command,
-        )
-        return True
+    def adopt(self, fresh: Policy) -> None:
+        """A reload's rules and addresses (read and checked by alg.gateway.reload): taken in place, so every
+        holder of the check_command hook applies them from its next command on."""
+        self.paths, self.rules, self.own_addresses = fresh.paths, fresh.rules, fresh.own_addresses
 
     # The ChannelSettings.check_command hook: called for every client command.
     def check_command(self, command: Command) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from ipaddress import ip_address
 from pathlib import Path
@@ -241,30 +240,13 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 # ---- reload --------------------------------------------------------------------------------------------------
 
 
-def test_reload_swaps_rules_for_holders_of_the_hook(tmp_path: Path) -> None:
+def test_adopted_rules_apply_to_holders_of_the_hook(tmp_path: Path) -> None:
     path = write(tmp_path, "commands:\n  rules:\n    - deny: MKD\n")
     policy = Policy([path])
     check = policy.check_command  # what ChannelSettings keeps for the gateway's lifetime
     check(command(b"DELE f"))
     path.write_text("commands:\n  rules:\n    - deny: DELE\n")
-    assert policy.reload()
+    policy.adopt(Policy([path]))
     with pytest.raises(PolicyDenied):
         check(command(b"DELE f"))
     check(command(b"MKD d"))
-
-
-def test_reload_keeps_old_rules_on_error_and_logs_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    good = write(tmp_path, "commands:\n  rules:\n    - deny: DELE\n", "a.yaml")
-    other = write(tmp_path, "clients:\n  deny: [203.0.113.66]\n", "b.yaml")
-    policy = Policy([good, other])
-    before = policy.rules
-    other.write_text("clients:\n  deny: [203.0.113.666]\n")
-    with caplog.at_level(logging.INFO, logger="ftp_alg.rules"):
-        assert not policy.reload()
-    assert policy.rules is before
-    with pytest.raises(PolicyDenied):
-        policy.check_command(command(b"DELE f"))
-    assert [record.getMessage() for record in caplog.records] == [
-        f"rules reload failed, keeping the previous rules: {other}: clients.deny (line 2): "
-        "'203.0.113.666' is not an address or ADDRESS/PREFIX (CIDR), e.g. 198.51.100.0/24"
-    ]
