@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from alg.ftp.addresses import HostPort, IPAddress
 from alg.ftp.reasons import Refusal
 from alg.ftp.wire import parse_command, reply
-from alg.gateway.frontdoor import MAX_LOGIN_LINES, FrontTls, answer_before_login
+from alg.gateway.frontdoor import FrontTls, answer_before_login, answer_until_login
 from alg.gateway.health import Checked, HealthState
 from alg.gateway.resolve import NamedAddress, NameNotResolved, Resolver
 from alg.gateway.upstreams import Route, Upstream, UpstreamPool
@@ -103,30 +103,13 @@ async def read_login(
     """Greet and read up to the USER that names the server; None when the client quit, closed, failed its TLS
     handshake or took too long."""
     dialog = _Dialog(users, tls is not None and tls.secured)
-    writer.write(reply(220, GREETING if users is None else GREETING_LOGIN))
-    try:
-        async with asyncio.timeout(timeout_s):
-            for _ in range(MAX_LOGIN_LINES):
-                line = await reader.readline()
-                if not line.endswith(b"\n"):
-                    return None
-                answer, then = await dialog.line(line, tls)
-                writer.write(answer)
-                if isinstance(then, Asked | Refused):
-                    return then
-                if then == "quit":
-                    return None
-                if then == "tls":
-                    assert tls is not None
-                    if not await tls.start():
-                        return None
-                    dialog.secured = True
-                    continue
-                await writer.drain()
-            writer.write(reply(421, "Too many commands before USER."))
-    except (TimeoutError, ConnectionError, OSError, ValueError):
-        pass
-    return None
+
+    async def step(line: bytes, secured: bool) -> tuple[bytes, Asked | Refused | str | None]:
+        dialog.secured = secured
+        return await dialog.line(line, tls)
+
+    greeting = reply(220, GREETING if users is None else GREETING_LOGIN)
+    return await answer_until_login(reader, writer, timeout_s, tls, greeting, step)
 
 
 async def resolve(destination: Destination, resolver: Resolver, timeout_s: float) -> list[IPAddress] | Refused:

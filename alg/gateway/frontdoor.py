@@ -14,6 +14,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from alg.ftp import tls as ftptls
 from alg.ftp.addresses import HostPort, IPAddress
@@ -23,6 +24,8 @@ from alg.net import proxyproto
 from alg.ops.config_sections import ProxyProtocolIn
 from alg.ops.logs import fields, printable
 from alg.ops.metrics import Metrics
+
+T = TypeVar("T")
 
 log = logging.getLogger("ftp_alg.frontdoor")
 
@@ -230,7 +233,33 @@ async def read_user(
 ) -> Login | None:
     """per_user routing: greet the client ourselves and read up to its USER command (after AUTH TLS and the
     handshake, for an FTPS client), or None when the client quit, closed, failed its handshake or took too long."""
-    writer.write(reply(220, "FTP gateway ready; log in to be connected to your server."))
+
+    async def step(line: bytes, secured: bool) -> tuple[bytes, Login | str | None]:
+        answer, then = answer_before_login(line, tls=tls, secured=secured)
+        if then != "login":
+            return answer, then
+        command = parse_command(line)
+        assert command is not None
+        return b"", Login(command.argument.strip().decode("utf-8", "replace"), line, secured)
+
+    greeting = reply(220, "FTP gateway ready; log in to be connected to your server.")
+    found = await answer_until_login(reader, writer, timeout_s, tls, greeting, step)
+    return found if isinstance(found, Login) else None
+
+
+async def answer_until_login(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    timeout_s: float,
+    tls: FrontTls | None,
+    greeting: bytes,
+    step: Callable[[bytes, bool], Awaitable[tuple[bytes, T | str | None]]],
+) -> T | None:
+    """The gateway's own dialogue before it knows the server: greet, then answer each line with `step(line,
+    secured)` (its reply, and "quit", "tls" for our 234, None for the next line, or its result), at most
+    MAX_LOGIN_LINES lines within timeout_s. None when the client quit, closed, failed its handshake or took too
+    long."""
+    writer.write(greeting)
     secured = tls is not None and tls.secured
     try:
         async with asyncio.timeout(timeout_s):
@@ -238,12 +267,9 @@ async def read_user(
                 line = await reader.readline()
                 if not line.endswith(b"\n"):
                     return None
-                answer, then = answer_before_login(line, tls=tls, secured=secured)
-                if then == "login":
-                    command = parse_command(line)
-                    assert command is not None
-                    return Login(command.argument.strip().decode("utf-8", "replace"), line, secured)
-                writer.write(answer)
+                answer, then = await step(line, secured)
+                if answer:
+                    writer.write(answer)
                 if then == "quit":
                     return None
                 if then == "tls":
@@ -252,6 +278,8 @@ async def read_user(
                         return None
                     secured = True
                     continue
+                if then is not None and not isinstance(then, str):
+                    return then
                 await writer.drain()
             writer.write(reply(421, "Too many commands before USER."))
     except (TimeoutError, ConnectionError, OSError, ValueError):
